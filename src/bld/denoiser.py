@@ -1,0 +1,161 @@
+"""Transformer denoiser over binary-latent grid positions, and its size presets. SPEC 3.
+
+Input embedding ``(2z - 1) @ W_in``, learned positional embedding initialised to 2-D
+sin-cos, a time token (sinusoidal -> MLP) and an optional class token, pre-LN blocks
+(attention + 4x GELU MLP), final LayerNorm, linear head to one logit per bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class DenoiserConfig:
+    bits: int = 32  # C, bits per position
+    grid: int = 8  # H = W of the latent grid
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 0  # 0 = unconditional; else a learned null label is added
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+
+
+# name -> (width, depth, heads). 'tiny' trains in seconds on a CPU; 'original' is the
+# paper's 768 x 24 (~172M parameters at 16x16x64).
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 2),
+    "small": (192, 6, 6),
+    "base": (384, 12, 6),
+    "large": (512, 16, 8),
+    "original": (768, 24, 12),
+}
+
+
+def preset_config(name: str, **kwargs) -> DenoiserConfig:
+    """A DenoiserConfig from a named size preset; kwargs set bits, grid, num_classes, ..."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown denoiser preset {name!r}; choose one of {sorted(PRESETS)}")
+    w, d, h = PRESETS[name]
+    return replace(DenoiserConfig(width=w, depth=d, heads=h), **kwargs)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine positional table, shape (grid * grid, dim)."""
+    if dim % 4:
+        raise ValueError(f"width must be divisible by 4 for 2-D sin-cos, got {dim}")
+    q = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float64) / q))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    out = []
+    for pos in (ys.flatten(), xs.flatten()):
+        ang = pos[:, None] * omega[None]
+        out += [torch.sin(ang), torch.cos(ang)]
+    return torch.cat(out, dim=1).float()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of normalised time t in [0, 1] (scaled by 1000), (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = (t.float() * 1000)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D)."""
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h d) -> three b h n d",
+                            three=3, h=self.heads)
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(rearrange(a, "b h n d -> b n (h d)"))
+        return x + self.mlp(self.norm2(x))
+
+
+class Denoiser(nn.Module):
+    """f(z_t, t/T, y) -> one logit per bit; z_t (B, C, H, W) in {0,1}, t (B,) in [0, 1]."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.n_pos = c.grid * c.grid
+        self.embed = nn.Linear(c.bits, c.width, bias=False)
+        self.pos = nn.Parameter(sincos_2d(c.grid, c.width)[None])  # (1, N, D), learned
+        self.time_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(),
+                                      nn.Linear(c.width, c.width))
+        # class embedding with one extra row: the learned null condition for CFG
+        self.class_embed = nn.Embedding(c.num_classes + 1, c.width) if c.num_classes > 0 else None
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, c.dropout)
+                                    for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.bits)
+        self.apply(self._init)
+        nn.init.zeros_(self.head.weight)  # start by predicting "no flip" at 50%
+        nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def null_label(self) -> int | None:
+        """Index of the learned null condition (for classifier-free guidance)."""
+        return self.config.num_classes if self.class_embed is not None else None
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """z: (B, C, H, W) bits, t: (B,) time / T, y: (B,) labels or None -> (B, C, H, W)."""
+        c = self.config
+        B, C, H, W = z.shape
+        if C != c.bits or H != c.grid or W != c.grid:
+            raise ValueError(f"denoiser expects latents (B, {c.bits}, {c.grid}, {c.grid}), "
+                             f"got {tuple(z.shape)}")
+        x = self.embed(rearrange(2 * z - 1, "b c h w -> b (h w) c").to(self.embed.weight.dtype))
+        x = x + self.pos  # (B, N, D)
+        tokens = [self.time_mlp(timestep_embedding(t, c.width).to(x.dtype))[:, None]]
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full((B,), self.null_label, device=z.device, dtype=torch.long)
+            tokens.append(self.class_embed(y)[:, None])
+        n_extra = len(tokens)
+        x = torch.cat([*tokens, x], dim=1)  # (B, extra + N, D)
+        for blk in self.blocks:
+            x = blk(x)
+        out = self.head(self.norm(x[:, n_extra:]))  # (B, N, C)
+        return rearrange(out, "b (h w) c -> b c h w", h=H, w=W)
+
+    def flops_per_forward(self) -> int:
+        """Matmul FLOPs of one forward for one sample (2 x multiply-adds), for MFU figures."""
+        c = self.config
+        n = self.n_pos + 1 + (self.class_embed is not None)
+        d, hidden = c.width, int(c.width * c.mlp_ratio)
+        per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * n * n * d
+        return c.depth * per_block + 2 * self.n_pos * (c.bits * d + d * c.bits)

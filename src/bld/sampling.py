@@ -1,0 +1,99 @@
+"""Samplers for the Bernoulli prior: few-step, guided, inpainting. SPEC 2, sampling.
+
+One pure function under ``@torch.no_grad()`` (as in k-diffusion's ``sampling.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .diffusion import BernoulliDiffusion, Denoiser, sampling_timesteps
+
+
+class SampleOutput(NamedTuple):
+    z0: torch.Tensor  # (B, ...) binary sample in {0, 1}
+    intermediates: list[torch.Tensor]  # z_t after each step (CPU), empty unless asked for
+    timesteps: list[int]  # the visited t, in order
+
+
+def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Tensor,
+                  t: torch.Tensor, y: torch.Tensor | None, guidance: float,
+                  null_label: int | None) -> torch.Tensor:
+    """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. SPEC 2."""
+    if guidance == 0 or y is None:
+        return diffusion.model_logits(model, z_t, t, y)
+    if null_label is None:
+        raise ValueError("guidance needs a conditional model with a learned null label")
+    y_null = torch.full_like(y, null_label)
+    both = diffusion.model_logits(model, torch.cat([z_t, z_t]), torch.cat([t, t]),
+                                  torch.cat([y, y_null]))
+    cond, uncond = both.chunk(2)
+    return (1 + guidance) * cond - guidance * uncond
+
+
+@torch.no_grad()
+def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...], *,
+           steps: int | None = None, y: torch.Tensor | None = None, guidance: float = 0.0,
+           temperature: float = 1.0, null_label: int | None = None,
+           known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, device: torch.device | str | None = None,
+           return_intermediates: bool = False) -> SampleOutput:
+    """Draw binary latents from the prior in ``steps`` of the trained T steps.
+
+    Args:
+        model: denoiser, called as ``model(z_t, t / T, y)`` -> one logit per bit.
+        shape: latent shape ``(B, C, H, W)`` (any ``(B, ...)`` works).
+        steps: S visited steps, 1 <= S <= T (default T). Time is always normalised by T.
+        y: class labels (B,), or None for unconditional sampling.
+        guidance: classifier-free guidance scale w (0 = plain conditional sampling).
+        temperature: network logits are divided by it (tau < 1: less diverse, more faithful).
+        null_label: the label index of the learned null condition (needed when guidance != 0).
+        known, mask: inpainting: bits with mask == 1 are kept from ``known`` after every step.
+        generator: makes the draw reproducible (its device must match ``device``).
+        return_intermediates: also return z after each step (moved to CPU).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    T = diffusion.T
+    ts = sampling_timesteps(T if steps is None else steps, T)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu")) \
+            if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    device = torch.device(device)
+    if (known is None) != (mask is None):
+        raise ValueError("inpainting needs both `known` and `mask`")
+    if known is not None:
+        if known.shape != tuple(shape) or mask.shape != tuple(shape):
+            raise ValueError(f"known {tuple(known.shape)} and mask {tuple(mask.shape)} "
+                             f"must both have the sample shape {tuple(shape)}")
+        known, mask = known.to(device).float(), mask.to(device).float()
+    if y is not None:
+        y = y.to(device)
+        if y.shape != (shape[0],):
+            raise ValueError(f"y must have shape ({shape[0]},), got {tuple(y.shape)}")
+
+    def impose(z: torch.Tensor) -> torch.Tensor:
+        return z if mask is None else mask * known + (1 - mask) * z
+
+    # z_T ~ B(0.5): pure coin flips
+    z = (torch.rand(shape, generator=generator, device=device) < 0.5).float()
+    z = impose(z)
+    inter: list[torch.Tensor] = []
+    B = shape[0]
+    for i, t_int in enumerate(ts):
+        t = torch.full((B,), t_int, device=device, dtype=torch.long)
+        net = guided_logits(model, diffusion, z, t, y, guidance, null_label).float() / temperature
+        z0_logits = diffusion.z0_logits(net, z)
+        if i == len(ts) - 1:
+            z = (z0_logits > 0).float()  # final step: z_0 = [p > 0.5]
+        else:
+            s = torch.full((B,), ts[i + 1], device=device, dtype=torch.long)
+            probs = torch.sigmoid(diffusion.posterior_logits(z0_logits, z, t, s))
+            u = torch.rand(probs.shape, generator=generator, device=device)
+            z = (u < probs).float()
+        z = impose(z)
+        if return_intermediates:
+            inter.append(z.cpu())
+    return SampleOutput(z, inter, ts)
