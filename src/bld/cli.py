@@ -1,0 +1,303 @@
+"""The ``bld`` command line. Thin: it parses arguments, then calls library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .config import ConfigError, apply_overrides, load_yaml
+
+log = logging.getLogger("bld")
+
+
+def preset_names(kind: str) -> list[str]:
+    folder = resources.files("bld") / "configs" / kind
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config_dict(kind: str, config: str | None, overrides: list[str]) -> dict:
+    """A preset name or a YAML path, with key=value overrides applied."""
+    if config is None:
+        config = "fashion-mnist"
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        data = load_yaml(path)
+    else:
+        names = preset_names(kind)
+        if config not in names:
+            raise ConfigError(f"--config {config!r} is neither a YAML file nor a {kind} preset; "
+                              f"presets: {names}")
+        data = load_yaml(resources.files("bld") / "configs" / kind / f"{config}.yaml")
+    return apply_overrides(data, overrides)
+
+
+def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
+    p.add_argument("--config", default=None,
+                   help=f"a preset ({', '.join(preset_names(kind))}) or a YAML file "
+                        "(default: fashion-mnist)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, plots)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.steps=500 (repeatable)")
+    p.add_argument("--steps", type=int, help="shortcut for --set optim.steps=N")
+    p.add_argument("--batch-size", type=int, help="shortcut for --set optim.batch_size=N")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (CPU and CUDA)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data", help="dataset: fashion-mnist, emoji-twitter, emoji-google, "
+                                  "or a folder of images (class labels from subfolders)")
+    p.add_argument("--data-dir", help="where the dataset lives if not in its default place")
+
+
+def _shortcut_overrides(args) -> list[str]:
+    out = list(args.overrides)
+    for flag, key in [("steps", "optim.steps"), ("batch_size", "optim.batch_size"),
+                      ("device", "run.device"), ("bf16", "run.bf16"), ("seed", "run.seed"),
+                      ("data", "data.source"), ("data_dir", "data.data_dir")]:
+        v = getattr(args, flag, None)
+        if v is not None:
+            out.append(f"{key}={str(v).lower() if isinstance(v, bool) else v}")
+    return out
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", required=True, help="prior run or checkpoint folder")
+    p.add_argument("--autoencoder", help="autoencoder folder (default: the one the prior used)")
+    p.add_argument("--steps", type=int, default=16, help="sampling steps S (1..T)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance w")
+    p.add_argument("--class", dest="classes", action="append", metavar="ID_OR_NAME",
+                   help="class to sample (repeatable; cycles over samples)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bld", description="Binary Latent Diffusion: train a "
+                                 "binary autoencoder and a Bernoulli diffusion prior, sample, "
+                                 "inpaint and evaluate.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train an autoencoder + class-conditional prior on "
+                       "Fashion-MNIST, then write samples, reconstructions, plots and a report")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--ae-steps", type=int, help="autoencoder training steps")
+    p.add_argument("--prior-steps", type=int, help="prior training steps")
+    p.add_argument("--limit", type=int, default=0, help="use only N training images (0 = all)")
+    p.add_argument("--eval-samples", type=int, default=2000,
+                   help="samples for the report's FD / class accuracy (0 = skip evaluation)")
+    p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--data-dir", help="Fashion-MNIST folder if not in its Debian location")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train-ae", help="train a binary autoencoder from a YAML config")
+    _training_flags(p, "autoencoder")
+
+    p = sub.add_parser("train-prior", help="train a Bernoulli diffusion prior on binary latents")
+    _training_flags(p, "prior")
+    p.add_argument("--autoencoder", help="trained autoencoder folder (sets autoencoder=...)")
+    p.add_argument("--latents", help="latent cache from `bld encode` (sets latents=...)")
+    p.add_argument("--preset", help="denoiser size preset (tiny, small, base, large, original)")
+
+    p = sub.add_parser("encode", help="encode a dataset once into packed binary latents")
+    p.add_argument("--autoencoder", required=True, help="trained autoencoder folder")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--data", default=None, help="dataset (default: the autoencoder's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--batch-size", type=int, default=256)
+
+    p = sub.add_parser("sample", help="sample images from a trained prior")
+    _sampling_flags(p)
+    p.add_argument("-n", "--num", type=int, default=16, help="number of images")
+    p.add_argument("--out", required=True, help="grid PNG path")
+    p.add_argument("--nrow", type=int, default=8, help="images per grid row")
+    p.add_argument("--individual", metavar="DIR", help="also write one PNG per image here")
+    p.add_argument("--scale", type=int, default=1, help="upscale the grid (nearest)")
+
+    p = sub.add_parser("inpaint", help="complete the masked part of an image")
+    _sampling_flags(p)
+    p.add_argument("--image", required=True, help="input image")
+    p.add_argument("--mask", required=True, help="mask PNG, white = keep, black = fill in")
+    p.add_argument("-n", "--num", type=int, default=4, help="number of completions")
+    p.add_argument("--out", required=True, help="grid PNG: input, masked input, completions")
+
+    p = sub.add_parser("reconstruct", help="images through the autoencoder, with the error")
+    p.add_argument("--autoencoder", required=True)
+    p.add_argument("--images", nargs="*", help="image files (default: dataset test images)")
+    p.add_argument("--data", default=None, help="dataset for test images (default: the AE's)")
+    p.add_argument("--data-dir")
+    p.add_argument("-n", "--num", type=int, default=16)
+    p.add_argument("--out", required=True, help="grid PNG: originals above reconstructions")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
+    p.add_argument("--vendor", choices=["twitter", "google"], default="twitter")
+    p.add_argument("--dest", help="folder (default ~/.cache/bld/emoji-VENDOR)")
+    return ap
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args, kind: str) -> None:
+    from .train import config_from_dict, train_autoencoder, train_prior
+    overrides = _shortcut_overrides(args)
+    if kind == "prior":
+        for flag, key in [("autoencoder", "autoencoder"), ("latents", "latents"),
+                          ("preset", "preset")]:
+            v = getattr(args, flag)
+            if v is not None:
+                overrides.append(f"{key}={v}")
+    cfg = config_from_dict(kind, load_config_dict(kind, args.config, overrides))
+    fn = train_autoencoder if kind == "autoencoder" else train_prior
+    path = fn(cfg, args.out, resume=args.resume)
+    log.info("done: %s", path)
+
+
+def _device(name: str):
+    from .train import resolve_device
+    return resolve_device(name)
+
+
+def _load_pair(args):
+    from .train import load_autoencoder, load_prior
+    device = _device(args.device)
+    prior = load_prior(args.prior, device)
+    ae_path = args.autoencoder or prior.config.autoencoder
+    if not ae_path:
+        raise ConfigError("the prior does not name its autoencoder; pass --autoencoder")
+    return prior, load_autoencoder(ae_path, device)
+
+
+def cmd_sample(args) -> None:
+    from .pipeline import class_labels, generate
+    from .plots import image_grid, save_image
+    prior, ae = _load_pair(args)
+    labels = class_labels(prior, args.classes, args.num)
+    res = generate(prior, ae, args.num, steps=args.steps, temperature=args.temperature,
+                   guidance=args.guidance, labels=labels, seed=args.seed,
+                   batch_size=args.batch_size, bf16=args.bf16, progress=True)
+    save_image(image_grid(res.images, nrow=args.nrow), args.out, scale=args.scale)
+    if args.individual:
+        for i, img in enumerate(res.images):
+            save_image(img, Path(args.individual) / f"{i:05d}.png")
+    log.info("wrote %s (%d images, %d steps, %.3f s/image)", args.out, args.num, args.steps,
+             res.seconds / args.num)
+
+
+def cmd_inpaint(args) -> None:
+    import torch
+    from .data import load_image
+    from .pipeline import class_labels, inpaint
+    from .plots import image_grid, save_image
+    prior, ae = _load_pair(args)
+    c = ae.config
+    image = load_image(args.image, c.image_size, c.in_channels)
+    mask = load_image(args.mask, c.image_size, 1)[0] > 0  # white = keep
+    labels = class_labels(prior, args.classes, args.num)
+    res = inpaint(prior, ae, image, mask.float(), n=args.num, steps=args.steps,
+                  temperature=args.temperature, guidance=args.guidance, labels=labels,
+                  seed=args.seed, bf16=args.bf16)
+    masked = torch.where(mask, image, torch.zeros_like(image))
+    save_image(image_grid(torch.cat([image[None], masked[None], res.images]),
+                          nrow=args.num + 2), args.out)
+    log.info("wrote %s (input, masked input, %d completions)", args.out, args.num)
+
+
+def cmd_reconstruct(args) -> None:
+    import torch
+    from .data import build_dataset, load_image
+    from .pipeline import reconstruct
+    from .plots import image_grid, save_image
+    from .train import load_autoencoder, config_from_dict
+    from . import checkpoint as ckpt
+    device = _device(args.device)
+    ae = load_autoencoder(args.autoencoder, device)
+    c = ae.config
+    if args.images:
+        images = torch.stack([load_image(p, c.image_size, c.in_channels) for p in args.images])
+    else:
+        source = args.data or config_from_dict(
+            "autoencoder", ckpt.load_checkpoint(args.autoencoder, "autoencoder").config).data.source
+        ds = build_dataset(source, split="test", image_size=c.image_size, channels=c.in_channels,
+                           data_dir=args.data_dir)
+        images = torch.stack([ds[i][0] for i in range(min(args.num, len(ds)))])
+    res = reconstruct(ae, images)
+    save_image(image_grid(torch.cat([images, res.recon]), nrow=len(images)), args.out)
+    print(f"L1 {res.l1:.4f}  MSE {res.mse:.5f}  PSNR {res.psnr:.2f} dB  ({len(images)} images)")
+
+
+def cmd_encode(args) -> None:
+    from . import checkpoint as ckpt
+    from .data import build_dataset
+    from .pipeline import encode_dataset
+    from .train import config_from_dict, load_autoencoder
+    device = _device(args.device)
+    ae = load_autoencoder(args.autoencoder, device)
+    ae_cfg = config_from_dict("autoencoder",
+                              ckpt.load_checkpoint(args.autoencoder, "autoencoder").config)
+    source = args.data or ae_cfg.data.source
+    ds = build_dataset(source, split=args.split, image_size=ae.config.image_size,
+                       channels=ae.config.in_channels,
+                       data_dir=args.data_dir or ae_cfg.data.data_dir or None)
+    path = encode_dataset(ae, ds, args.out, batch_size=args.batch_size, device=device,
+                          bf16=args.bf16, metadata={"source": source, "split": args.split,
+                                                    "autoencoder": args.autoencoder})
+    log.info("wrote %s (%d latents of shape %s, %d bytes each)", path, len(ds),
+             ae.config.latent_shape, (ae.config.bits * ae.config.grid ** 2 + 7) // 8)
+
+
+def cmd_prepare_emoji(args) -> None:
+    from .data import prepare_emoji
+    res = prepare_emoji(args.vendor, args.dest)
+    print(f"{res.num_images} images in {len(res.categories)} categories at {res.root}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import DemoSettings, run_demo
+    s = DemoSettings(out=Path(args.out), device=args.device, seed=args.seed, limit=args.limit,
+                     eval_samples=args.eval_samples, resume=args.resume,
+                     data_dir=args.data_dir or "")
+    if args.ae_steps is not None:
+        s.ae_steps = args.ae_steps
+    if args.prior_steps is not None:
+        s.prior_steps = args.prior_steps
+    run_demo(s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import os
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else
+                        (logging.INFO if rank == 0 else logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    commands = {
+        "demo": cmd_demo,
+        "train-ae": lambda a: cmd_train(a, "autoencoder"),
+        "train-prior": lambda a: cmd_train(a, "prior"),
+        "encode": cmd_encode, "sample": cmd_sample, "inpaint": cmd_inpaint,
+        "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji,
+    }
+    from .checkpoint import CheckpointError
+    from .data import DatasetNotFoundError
+    try:
+        commands[args.command](args)
+    except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError) as e:
+        print(f"bld {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

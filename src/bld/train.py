@@ -1,0 +1,686 @@
+"""Training loops for the binary autoencoder and the Bernoulli prior.
+
+One code path for 1 or N processes: under ``torchrun`` the RANK / WORLD_SIZE / LOCAL_RANK
+environment variables turn on DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0
+logs, draws grids and writes checkpoints. Both loops read top to bottom (as nanoGPT's
+``train.py``): build data and model, restore a checkpoint when resuming, then step.
+
+Resumable: batches are a pure function of (seed, step, rank) and every random draw goes
+through a per-rank ``torch.Generator`` whose state is checkpointed, so on CPU a run that is
+killed and resumed ends with the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig,
+                          BinaryAutoencoder)
+from .config import ConfigError, from_dict, to_dict
+from .data import build_dataset
+from .denoiser import PRESETS, Denoiser, DenoiserConfig
+from .diffusion import BernoulliDiffusion, DiffusionConfig
+from .packing import unpack_bits
+from .sampling import sample
+
+log = logging.getLogger("bld")
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # fashion-mnist | emoji-twitter | emoji-google | a folder
+    data_dir: str = ""  # where the dataset lives, when not in its default place
+    image_size: int = 0  # 0 = the dataset's own (28 for Fashion-MNIST, 64 for emoji)
+    channels: int = 0  # 0 = the dataset's own
+    limit: int = 0  # use only the first N training images (0 = all)
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 2000
+    batch_size: int = 64  # per process
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * this
+    warmup: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast (CPU and CUDA)
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    log_every: int = 25
+    sample_every: int = 500  # 0 = only at the end
+    ckpt_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class PriorTrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: str = ""  # checkpoint (or run) folder of the trained autoencoder
+    latents: str = ""  # latent cache from `bld encode` (empty: encode on the fly)
+    preset: str = ""  # a denoiser size preset; sets width/depth/heads
+    model: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    class_conditional: bool = True
+    cond_drop: float = 0.1  # per-sample label dropout for classifier-free guidance
+    sample_steps: int = 16
+    sample_guidance: float = 1.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
+                                                                  weight_decay=0.0))
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig}
+
+
+def config_from_dict(kind: str, data: dict[str, Any]):
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"unknown config kind {kind!r}; choose one of {sorted(CONFIG_KINDS)}")
+    return from_dict(CONFIG_KINDS[kind], data)
+
+
+# ------------------------------------------------------------------------ distributed
+@dataclass
+class Context:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def autocast(self, enabled: bool):
+        if not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def setup_context(run: RunConfig) -> Context:
+    """Start torch.distributed when launched by torchrun (RANK/WORLD_SIZE set)."""
+    if run.threads > 0:
+        torch.set_num_threads(run.threads)
+    device = resolve_device(run.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return Context(device, rank, world, local_rank)
+    return Context(device)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------ data
+class StepBatchSampler(Sampler[list[int]]):
+    """Distributed batches that depend only on (seed, step, rank), so resuming is exact.
+
+    Each epoch is a permutation seeded by (seed, epoch); rank r takes every world-th index
+    of it (as DistributedSampler does); steps past the end of an epoch start the next one.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int,
+                 start_step: int, total_steps: int) -> None:
+        if n < world * batch_size:
+            raise ValueError(f"the dataset has {n} items, fewer than one global batch "
+                             f"({world} x {batch_size}); lower optim.batch_size or add images")
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch = n // (world * batch_size)
+        self.start, self.total = start_step, total_steps
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def batch(self, step: int) -> list[int]:
+        epoch, i = divmod(step, self.per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g)[self.rank::self.world])
+        return self._perm[1][i * self.bs:(i + 1) * self.bs].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.total):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+def make_loader(dataset: Dataset, optim: OptimConfig, run: RunConfig, ctx: Context,
+                start_step: int, num_workers: int) -> DataLoader:
+    sampler = StepBatchSampler(len(dataset), optim.batch_size, run.seed, ctx.rank, ctx.world,
+                               start_step, optim.steps)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+
+
+def load_data(cfg: DataConfig, split: str = "train") -> Dataset:
+    ds = build_dataset(cfg.source, split=split, image_size=cfg.image_size or None,
+                       channels=cfg.channels or None, data_dir=cfg.data_dir or None)
+    if cfg.limit and cfg.limit < len(ds):
+        ds = LimitedDataset(ds, cfg.limit)
+    return ds
+
+
+class LimitedDataset(Dataset):
+    """The first ``limit`` items of a dataset (keeps ``classes`` / ``num_classes``)."""
+
+    def __init__(self, base: Dataset, limit: int) -> None:
+        self.base, self.limit = base, limit
+        self.classes = getattr(base, "classes", ())
+        self.num_classes = getattr(base, "num_classes", 0)
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.limit:
+            raise IndexError(i)
+        return self.base[i]
+
+
+# ------------------------------------------------------------------------- utilities
+class EMA:
+    """Exponential moving average of a model's weights (used for sampling / evaluation)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def lr_at(step: int, optim: OptimConfig) -> float:
+    """Linear warm-up then cosine decay to lr * min_lr_ratio."""
+    if step < optim.warmup:
+        return optim.lr * (step + 1) / optim.warmup
+    progress = (step - optim.warmup) / max(1, optim.steps - optim.warmup)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cos)
+
+
+def make_optimizer(params, optim: OptimConfig, lr: float | None = None) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr or optim.lr, betas=(optim.beta1, optim.beta2),
+                             weight_decay=optim.weight_decay)
+
+
+class CSVLogger:
+    """Appends rows to metrics.csv (rank 0); truncated to ``start_step`` on resume."""
+
+    def __init__(self, path: Path, start_step: int) -> None:
+        self.path = path
+        if start_step > 0 and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) < start_step]
+            self._rewrite(rows)
+        elif path.exists():
+            path.unlink()
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def log(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _gather_generator_states(gen: torch.Generator, ctx: Context) -> list[torch.Tensor]:
+    state = gen.get_state()
+    if not ctx.distributed:
+        return [state]
+    out: list[Any] = [None] * ctx.world
+    dist.all_gather_object(out, state)
+    return out
+
+
+def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema: EMA,
+          trainer_state: dict[str, Any], ctx: Context, keep: int,
+          metadata: dict[str, Any] | None = None) -> None:
+    """Rank 0 writes an atomic checkpoint folder and moves `latest` to it."""
+    if ctx.is_main:
+        d = ckpt.checkpoint_dir(run_dir, step)
+        ckpt.save_checkpoint(d, kind=kind, config=to_dict(cfg), model=model, ema=ema.model,
+                             trainer_state=trainer_state, step=step, metadata=metadata)
+        ckpt.write_latest(run_dir, d)
+        ckpt.prune_checkpoints(run_dir, keep)
+    ctx.barrier()
+
+
+def _resume(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
+            gen: torch.Generator, ctx: Context) -> tuple[int, dict[str, Any]]:
+    """Load the latest checkpoint of ``run_dir``; its config must match ``cfg``."""
+    found = ckpt.find_latest(run_dir)
+    if found is None:
+        raise ckpt.CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from; "
+                                   "drop --resume to start a new run")
+    ck = ckpt.load_checkpoint(found, kind=kind, map_location=ctx.device)
+    saved = ck.config
+    now = to_dict(cfg)
+    diffs = [k for k in now if k not in ("optim", "run") and now[k] != saved.get(k)]
+    if diffs:
+        raise ckpt.CheckpointError(
+            f"--resume: the config differs from the checkpoint's in {diffs}; resume with the "
+            f"same config (it is saved in {found}/config.json) or start a new run folder")
+    ckpt.load_state_strict(model, ck.model_state, "model")
+    ckpt.load_state_strict(ema.model, ck.ema_state, "ema")
+    state = ck.trainer_state(map_location="cpu")
+    ckpt.restore_rng_state(state["rng"])
+    gens = state["generators"]
+    gen.set_state(gens[ctx.rank] if ctx.rank < len(gens) else gens[0])
+    return ck.step, state
+
+
+def _progress(ctx: Context, start: int, total: int, desc: str):
+    return tqdm(total=total, initial=start, desc=desc, disable=not ctx.is_main,
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+# ------------------------------------------------------------------- autoencoder loop
+def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: bool = False
+                      ) -> Path:
+    """Train the binary autoencoder; returns the final checkpoint folder."""
+    from .plots import image_grid, plot_metrics, save_image
+
+    run_dir = Path(run_dir)
+    ctx = setup_context(cfg.run)
+    try:
+        data = load_data(cfg.data, "train")
+        sample_img, _ = data[0]
+        m = cfg.model
+        if (m.in_channels, m.image_size) != (sample_img.shape[0], sample_img.shape[-1]):
+            raise ConfigError(
+                f"model.in_channels={m.in_channels}, model.image_size={m.image_size} do not match "
+                f"the data ({sample_img.shape[0]} channels, {sample_img.shape[-1]} px); set them "
+                f"to match or set data.image_size / data.channels")
+        torch.manual_seed(cfg.run.seed)
+        model = BinaryAutoencoder(cfg.model).to(ctx.device)
+        loss_fn = AutoencoderLoss(cfg.loss, cfg.model.in_channels).to(ctx.device)
+        ema = EMA(model, cfg.optim.ema_decay)
+        opt = make_optimizer(model.parameters(), cfg.optim)
+        opt_d = (make_optimizer(loss_fn.discriminator.parameters(), cfg.optim)
+                 if loss_fn.discriminator is not None else None)
+        gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
+        start = 0
+        if resume:
+            start, state = _resume(run_dir, "autoencoder", cfg, model, ema, gen, ctx)
+            opt.load_state_dict(state["optimizer"])
+            if opt_d is not None:
+                loss_fn.discriminator.load_state_dict(state["discriminator"])
+                opt_d.load_state_dict(state["optimizer_d"])
+        elif ctx.is_main and ckpt.find_latest(run_dir) is not None:
+            raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to "
+                                       "continue that run, or choose a new --out folder")
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "samples").mkdir(exist_ok=True)
+            n_params = sum(p.numel() for p in model.parameters())
+            log.info("autoencoder: %.2fM parameters, latent %s per image, %d training images",
+                     n_params / 1e6, cfg.model.latent_shape, len(data))
+        net = model
+        disc = loss_fn.discriminator
+        if ctx.distributed:
+            net = torch.nn.parallel.DistributedDataParallel(model)
+            if disc is not None:
+                disc = torch.nn.parallel.DistributedDataParallel(disc)
+                loss_fn.discriminator = disc
+        logger = CSVLogger(run_dir / "metrics.csv", start) if ctx.is_main else None
+        fixed = torch.stack([data[i][0] for i in range(min(16, len(data)))]).to(ctx.device)
+        loader = make_loader(data, cfg.optim, cfg.run, ctx, start, cfg.data.num_workers)
+        bar = _progress(ctx, start, cfg.optim.steps, "train-ae")
+        t_last, n_last = time.perf_counter(), 0
+
+        def trainer_state() -> dict[str, Any]:
+            st = {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx)}
+            if opt_d is not None:
+                st["discriminator"] = _unwrap(disc).state_dict()
+                st["optimizer_d"] = opt_d.state_dict()
+            return st
+
+        def snapshot(step: int) -> None:
+            if ctx.is_main:
+                with torch.no_grad():
+                    rec = ema.model(fixed, deterministic=True).recon.clamp(-1, 1)
+                save_image(image_grid(torch.cat([fixed, rec]), nrow=len(fixed)),
+                           run_dir / "samples" / f"recon_{step:06d}.png")
+
+        step = start
+        for x, _ in loader:
+            x = x.to(ctx.device, non_blocking=True)
+            lr = lr_at(step, cfg.optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with ctx.autocast(cfg.run.bf16):
+                out = net(x, deterministic=False, generator=gen)
+            losses = loss_fn.generator_loss(x, out, step, model.last_layer)
+            opt.zero_grad(set_to_none=True)
+            losses.loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            d_loss = torch.zeros(())
+            if opt_d is not None and loss_fn.gan_active(step):
+                for group in opt_d.param_groups:
+                    group["lr"] = lr
+                with ctx.autocast(cfg.run.bf16):
+                    d_loss = loss_fn.discriminator_loss(x, out.recon)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            ema.update(model, step)
+            step += 1
+            n_last += x.shape[0] * ctx.world
+            bar.update(1)
+            if ctx.is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
+                now = time.perf_counter()
+                ips = n_last / (now - t_last)
+                t_last, n_last = now, 0
+                with torch.no_grad():
+                    usage = out.probs.float().mean(dim=(0, 2, 3))
+                row = {"step": step, "loss": losses.loss.item(), "l1": losses.l1.item(),
+                       "mse": losses.mse.item(), "g_loss": losses.g_loss.item(),
+                       "d_weight": float(losses.d_weight), "d_loss": d_loss.item(),
+                       "bit_mean": usage.mean().item(),
+                       "bit_usage_min": usage.min().item(), "grad_norm": float(gnorm),
+                       "lr": lr, "images_per_s": ips}
+                logger.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", l1=f"{row['l1']:.4f}",
+                                img_s=f"{ips:.0f}")
+            if cfg.run.sample_every and step % cfg.run.sample_every == 0:
+                snapshot(step)
+            if cfg.run.ckpt_every and step % cfg.run.ckpt_every == 0 and step < cfg.optim.steps:
+                _save(run_dir, "autoencoder", cfg, step, model, ema, trainer_state(), ctx,
+                      cfg.run.keep_checkpoints)
+        bar.close()
+        snapshot(step)
+        _save(run_dir, "autoencoder", cfg, step, model, ema, trainer_state(), ctx,
+              cfg.run.keep_checkpoints, metadata={"dataset": cfg.data.source,
+                                                  "classes": list(getattr(data, "classes", ()))})
+        if ctx.is_main:
+            plot_metrics(run_dir / "metrics.csv", run_dir / "loss_curves.png",
+                         ["loss", "l1", "bit_mean"], title="autoencoder training")
+        return ckpt.find_latest(run_dir) or run_dir
+    finally:
+        teardown(ctx)
+
+
+# ------------------------------------------------------------------------- prior loop
+class LatentDataset(Dataset):
+    """Packed binary latents (N, bytes) uint8 + labels, unpacked per item."""
+
+    def __init__(self, packed: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...],
+                 classes: tuple[str, ...] = ()) -> None:
+        self.packed, self.labels, self.shape = packed, labels, tuple(shape)
+        self.classes = tuple(classes)
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return self.packed.shape[0]
+
+    def __getitem__(self, i: int):
+        return unpack_bits(self.packed[i:i + 1], self.shape)[0], int(self.labels[i])
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu",
+                     use_ema: bool = True) -> BinaryAutoencoder:
+    """A trained autoencoder (EMA weights by default), in eval mode."""
+    ck = ckpt.load_checkpoint(path, kind="autoencoder", map_location=device)
+    cfg = config_from_dict("autoencoder", ck.config)
+    model = BinaryAutoencoder(cfg.model)
+    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
+    ckpt.load_state_strict(model, state, "autoencoder")
+    return model.to(device).eval()
+
+
+@dataclass
+class LoadedPrior:
+    model: Denoiser
+    diffusion: BernoulliDiffusion
+    config: PriorTrainConfig
+    classes: tuple[str, ...]
+    path: Path
+
+
+def load_prior(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True
+               ) -> LoadedPrior:
+    """A trained prior (EMA weights by default) with its diffusion process, in eval mode."""
+    ck = ckpt.load_checkpoint(path, kind="prior", map_location=device)
+    cfg = config_from_dict("prior", ck.config)
+    model = Denoiser(cfg.model)
+    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
+    ckpt.load_state_strict(model, state, "prior")
+    diffusion = BernoulliDiffusion(cfg.diffusion).to(device)
+    return LoadedPrior(model.to(device).eval(), diffusion, cfg,
+                       tuple(ck.metadata.get("classes", ())), ck.path)
+
+
+def load_latent_cache(path: str | Path) -> LatentDataset:
+    from safetensors.torch import load_file
+    import json
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"latent cache {path} does not exist; make it with `bld encode`")
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "bld-latents":
+        raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`)")
+    t = load_file(str(path))
+    return LatentDataset(t["packed"], t["labels"], tuple(json.loads(meta["shape"])),
+                         tuple(json.loads(meta.get("classes", "[]"))))
+
+
+def resolve_prior_config(cfg: PriorTrainConfig, ae_cfg: AutoencoderConfig,
+                         num_classes: int) -> PriorTrainConfig:
+    """Fill bits / grid / num_classes from the autoencoder and data; apply the preset."""
+    import dataclasses
+    m = cfg.model
+    if cfg.preset:
+        if cfg.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+        w, d, h = PRESETS[cfg.preset]
+        m = dataclasses.replace(m, width=w, depth=d, heads=h)
+    bits, grid = ae_cfg.bits, ae_cfg.grid
+    nc = num_classes if cfg.class_conditional else 0
+    m = dataclasses.replace(m, bits=bits, grid=grid, num_classes=nc)
+    return dataclasses.replace(cfg, model=m, preset="")
+
+
+def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False) -> Path:
+    """Train the Bernoulli diffusion prior on binary latents; returns the final checkpoint."""
+    from .plots import image_grid, plot_metrics, save_image
+
+    run_dir = Path(run_dir)
+    ctx = setup_context(cfg.run)
+    try:
+        if not cfg.autoencoder:
+            raise ConfigError("train-prior needs the trained autoencoder: set autoencoder=PATH "
+                              "(the run or checkpoint folder written by `bld train-ae`)")
+        ae = load_autoencoder(cfg.autoencoder, ctx.device)
+        if cfg.latents:
+            data = load_latent_cache(cfg.latents)
+            if data.shape != ae.config.latent_shape:
+                raise ConfigError(f"latent cache {cfg.latents} holds latents {data.shape} but the "
+                                  f"autoencoder makes {ae.config.latent_shape}; re-run bld encode")
+            encode_on_the_fly = False
+        else:
+            data = load_data(cfg.data, "train")
+            encode_on_the_fly = True
+        classes = tuple(getattr(data, "classes", ()))
+        cfg = resolve_prior_config(cfg, ae.config, len(classes))
+        torch.manual_seed(cfg.run.seed)
+        model = Denoiser(cfg.model).to(ctx.device)
+        diffusion = BernoulliDiffusion(cfg.diffusion).to(ctx.device)
+        ema = EMA(model, cfg.optim.ema_decay)
+        opt = make_optimizer(model.parameters(), cfg.optim)
+        gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
+        start = 0
+        if resume:
+            start, state = _resume(run_dir, "prior", cfg, model, ema, gen, ctx)
+            opt.load_state_dict(state["optimizer"])
+        elif ctx.is_main and ckpt.find_latest(run_dir) is not None:
+            raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to "
+                                       "continue that run, or choose a new --out folder")
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "samples").mkdir(exist_ok=True)
+            log.info("prior: %.2fM parameters (width %d, depth %d), latents %s, %d classes, "
+                     "%d training items", sum(p.numel() for p in model.parameters()) / 1e6,
+                     cfg.model.width, cfg.model.depth, ae.config.latent_shape,
+                     cfg.model.num_classes, len(data))
+        net = (torch.nn.parallel.DistributedDataParallel(model) if ctx.distributed else model)
+        logger = CSVLogger(run_dir / "metrics.csv", start) if ctx.is_main else None
+        loader = make_loader(data, cfg.optim, cfg.run, ctx, start, cfg.data.num_workers)
+        bar = _progress(ctx, start, cfg.optim.steps, "train-prior")
+        t_last, n_last = time.perf_counter(), 0
+        null = model.null_label
+        n_rows = max(1, min(cfg.model.num_classes, 10))
+
+        def trainer_state() -> dict[str, Any]:
+            return {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx)}
+
+        def snapshot(step: int) -> None:
+            if not ctx.is_main:
+                return
+            y = (torch.arange(n_rows, device=ctx.device).repeat_interleave(8)
+                 if null is not None else None)
+            g = torch.Generator(ctx.device).manual_seed(1234)
+            with ctx.autocast(cfg.run.bf16):
+                z = sample(ema.model, diffusion, (8 * n_rows, *ae.config.latent_shape),
+                           steps=min(cfg.sample_steps, diffusion.T), y=y,
+                           guidance=cfg.sample_guidance if null is not None else 0.0,
+                           null_label=null, generator=g, device=ctx.device).z0
+                imgs = ae.decode(z).float().clamp(-1, 1)
+            save_image(image_grid(imgs, nrow=8), run_dir / "samples" / f"samples_{step:06d}.png")
+
+        step = start
+        for batch, labels in loader:
+            batch = batch.to(ctx.device, non_blocking=True)
+            labels = labels.to(ctx.device)
+            if encode_on_the_fly:
+                with torch.no_grad(), ctx.autocast(cfg.run.bf16):
+                    z0 = ae.encode(batch, deterministic=True).float()
+            else:
+                z0 = batch.float()
+            y = None
+            if null is not None:
+                drop = torch.rand(labels.shape, generator=gen, device=ctx.device) < cfg.cond_drop
+                y = torch.where(drop, torch.full_like(labels, null), labels)  # per-sample drop
+            lr = lr_at(step, cfg.optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with ctx.autocast(cfg.run.bf16):
+                out = diffusion.training_losses(net, z0, y, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            ema.update(model, step)
+            step += 1
+            n_last += z0.shape[0] * ctx.world
+            bar.update(1)
+            if ctx.is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
+                now = time.perf_counter()
+                ips = n_last / (now - t_last)
+                t_last, n_last = now, 0
+                row = {"step": step, "loss": out.loss.item(), "bce": out.bce.item(),
+                       "aux": out.aux.item(), "bit_accuracy": out.accuracy.item(),
+                       "grad_norm": float(gnorm), "lr": lr, "latents_per_s": ips}
+                logger.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['bit_accuracy']:.3f}",
+                                lat_s=f"{ips:.0f}")
+            if cfg.run.sample_every and step % cfg.run.sample_every == 0:
+                snapshot(step)
+            if cfg.run.ckpt_every and step % cfg.run.ckpt_every == 0 and step < cfg.optim.steps:
+                _save(run_dir, "prior", cfg, step, model, ema, trainer_state(), ctx,
+                      cfg.run.keep_checkpoints, metadata={"classes": list(classes)})
+        bar.close()
+        snapshot(step)
+        _save(run_dir, "prior", cfg, step, model, ema, trainer_state(), ctx,
+              cfg.run.keep_checkpoints, metadata={"classes": list(classes),
+                                                  "autoencoder": str(cfg.autoencoder)})
+        if ctx.is_main:
+            plot_metrics(run_dir / "metrics.csv", run_dir / "loss_curves.png",
+                         ["loss", "bit_accuracy"], title="prior training")
+        return ckpt.find_latest(run_dir) or run_dir
+    finally:
+        teardown(ctx)
