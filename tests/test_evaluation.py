@@ -12,6 +12,16 @@ from bld.evaluation import (FeatureStats, InceptionFeatures, bit_usage, extract_
                             fd_from_features, frechet_distance, precision_recall, psnr, ssim)
 
 
+@pytest.fixture
+def one_thread():
+    """On a shared 2-core CPU, two intra-op threads competing with other jobs can run 10-40x
+    slower than one (measured: 55 s vs 2 s); training tests use one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def fmnist_test():
     images, labels = load_fashion_mnist("test")
@@ -185,7 +195,7 @@ def test_augment_keeps_shape_and_content():
     assert torch.equal(augment(x, 0, False, g), x)
 
 
-def test_tiny_classifier_learns_fashion_mnist(fmnist_test):
+def test_tiny_classifier_learns_fashion_mnist(fmnist_test, one_thread):
     train_x, train_y = load_fashion_mnist("train")
     x, y = to_model_range(train_x[:2000]), train_y[:2000]
     test_x, test_y = fmnist_test[0][:1000], fmnist_test[1][:1000]
