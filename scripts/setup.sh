@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install bld and what it needs on a fresh machine (Python + pip + apt).
+#   bash scripts/setup.sh          # the package, torch (CPU build) and Fashion-MNIST
+#   bash scripts/setup.sh --test   # the same plus the test tools
+#   bash scripts/setup.sh --bench  # the same plus the benchmark baselines (diffusers, vector-quantize-pytorch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="${extras:+$extras,}test" ;;
+    --bench) extras="${extras:+$extras,}bench" ;;
+    *) echo "setup.sh: unknown option $arg (use --test and/or --bench)" >&2; exit 2 ;;
+  esac
+done
+
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup.sh: need root or sudo to apt-get install dataset-fashion-mnist" >&2; exit 1; }
+    sudo=sudo
+  fi
+  echo "setup.sh: installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+# torch is pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".${extras:+[$extras]}"
+echo "setup.sh: done ($(python3 -c 'import bld, torch; print("bld", bld.__version__, "torch", torch.__version__)'))"
