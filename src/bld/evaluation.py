@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -355,3 +355,154 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Reports: the FD classifier as a checkpoint, autoencoder and sample evaluations
+# ----------------------------------------------------------------------------------------
+
+def save_classifier(path: str | os.PathLike, result, dataset: str, seconds: float) -> Path:
+    """Store a trained classifier like any checkpoint (kind 'classifier')."""
+    from dataclasses import asdict
+    from .checkpoint import save_checkpoint
+    return save_checkpoint(path, kind="classifier", config=asdict(result.model.config),
+                           model=result.model, metadata={
+                               "dataset": dataset, "test_accuracy": result.test_accuracy,
+                               "train_seconds": seconds, "steps": len(result.train_losses)})
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A stored FD classifier in eval mode, and its metadata (dataset, test accuracy)."""
+    from .checkpoint import load_checkpoint, load_state_strict
+    from .classifier import Classifier, ClassifierConfig
+    from .config import from_dict
+    ck = load_checkpoint(path, kind="classifier", map_location=device)
+    model = Classifier(from_dict(ClassifierConfig, ck.config))
+    load_state_strict(model, ck.model_state, "classifier")
+    return model.to(device).eval(), ck.metadata
+
+
+def train_and_save_classifier(dataset: str, out: str | os.PathLike, *, steps: int = 2000,
+                              seed: int = 0, data_dir: str | None = None,
+                              image_size: int | None = None, channels: int | None = None,
+                              progress: bool = True):
+    """Train the FD feature classifier on a dataset's train split; test on its test split."""
+    import time
+    from .classifier import ClassifierConfig, train_classifier
+    from .data import build_dataset
+    train = build_dataset(dataset, "train", image_size, channels, data_dir)
+    test = build_dataset(dataset, "test", image_size, channels, data_dir)
+    if train.num_classes < 2:
+        raise ValueError(f"{dataset} has no class labels; the FD classifier needs >= 2 classes")
+    x, y = dataset_tensors(train)
+    xt, yt = dataset_tensors(test)
+    cfg = ClassifierConfig(in_channels=x.shape[1], image_size=x.shape[-1],
+                           num_classes=train.num_classes)
+    t0 = time.perf_counter()
+    res = train_classifier(x, y, cfg, steps=steps, seed=seed, test_images=xt, test_labels=yt,
+                           hflip=x.shape[1] == 3, progress=progress)
+    save_classifier(out, res, dataset, time.perf_counter() - t0)
+    return res
+
+
+def dataset_tensors(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (or the first ``limit``) items of an image dataset as (images, labels) tensors."""
+    images = getattr(ds, "images", None)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if images is not None and images.dtype == torch.uint8 and getattr(ds, "image_size", None) in (
+            None, images.shape[-1]) and getattr(ds, "channels", images.shape[1]) == images.shape[1]:
+        from .data import to_model_range
+        return to_model_range(images[:n]), torch.as_tensor(ds.labels[:n]).long()
+    items = [ds[i] for i in range(n)]
+    return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+
+
+def real_reference(test_images: torch.Tensor, n: int, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint halves of the test set: (reference, floor set of n images).
+
+    Generated sets are compared with the reference half; the real-vs-real floor at the
+    same n compares n images of the other half with that reference (SPEC 5).
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(test_images), generator=g)
+    half = len(test_images) // 2
+    if n > half:
+        raise ValueError(f"n={n} exceeds half the test set ({half}); the floor needs two "
+                         "disjoint halves")
+    return test_images[perm[:half]], test_images[perm[half:half + n]]
+
+
+@torch.no_grad()
+def evaluate_images(classifier: nn.Module, reference: torch.Tensor, floor_images: torch.Tensor,
+                    images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """FD (with the real-vs-real floor at the same N), precision/recall, class accuracy."""
+    ref_f = extract_features(classifier, reference)
+    ref_stats = FeatureStats.from_features(ref_f)
+    gen_f = extract_features(classifier, images)
+    floor_f = extract_features(classifier, floor_images[:len(images)])
+    pr = precision_recall(ref_f[:len(images)], gen_f)
+    out = {
+        "n": len(images),
+        "fd": ref_stats.frechet_distance(FeatureStats.from_features(gen_f)),
+        "fd_floor_real_vs_real": ref_stats.frechet_distance(FeatureStats.from_features(floor_f)),
+        "precision": pr.precision, "recall": pr.recall,
+    }
+    if labels is not None:
+        from .classifier import accuracy
+        out["class_accuracy"] = accuracy(classifier, images, labels)
+    return out
+
+
+@torch.no_grad()
+def evaluate_autoencoder(ae: nn.Module, images: torch.Tensor, classifier: nn.Module | None = None,
+                         reference: torch.Tensor | None = None, batch_size: int = 256
+                         ) -> dict[str, float]:
+    """PSNR, SSIM, L1, bit usage and (given a classifier) FD of reconstructions."""
+    device = next(ae.parameters()).device
+    recon, probs = [], []
+    for i in range(0, len(images), batch_size):
+        out = ae(images[i:i + batch_size].to(device), deterministic=True)
+        recon.append(out.recon.float().clamp(-1, 1).cpu())
+        probs.append(out.probs.float().cpu())
+    recon_t, probs_t = torch.cat(recon), torch.cat(probs)
+    usage = bit_usage(probs_t)
+    res = {"n": len(images), "psnr": psnr(recon_t, images), "ssim": ssim(recon_t, images),
+           "l1": (recon_t - images).abs().mean().item(),
+           "bit_mean": usage.channel_mean.mean().item(), "dead_bit_fraction": usage.dead_fraction,
+           "bit_entropy": usage.bit_entropy, "position_entropy_bits": usage.position_entropy}
+    if classifier is not None:
+        ref = reference if reference is not None else images
+        res["fd_recon"] = fd_from_features(extract_features(classifier, ref),
+                                           extract_features(classifier, recon_t))
+    return res
+
+
+def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: torch.Tensor, *,
+                   n: int = 2000, steps: int = 16, temperature: float = 1.0,
+                   guidance: float = 0.0, seed: int = 0, conditional: bool = True,
+                   batch_size: int = 250, bf16: bool = True) -> dict[str, Any]:
+    """Sample n images (classes cycled when conditional) and measure them on the test set.
+
+    Returns the sample figures (FD, its real-vs-real floor at the same n, precision/recall,
+    class accuracy), the autoencoder's own figures at the same n (FD of reconstructions:
+    a prior cannot beat its decoder) and the settings and wall time per image.
+    """
+    from .pipeline import generate
+    reference, floor = real_reference(test_images, n, seed=seed)
+    nc = prior.config.model.num_classes
+    labels = torch.arange(nc).repeat(n // max(nc, 1) + 1)[:n] if (conditional and nc) else None
+    res = generate(prior, ae, n, steps=steps, temperature=temperature,
+                   guidance=guidance if labels is not None else 0.0, labels=labels, seed=seed,
+                   batch_size=batch_size, bf16=bf16)
+    samples = evaluate_images(classifier, reference, floor, res.images, labels)
+    recon = evaluate_autoencoder(ae, floor, classifier, reference)
+    return {
+        "settings": {"n": n, "steps": steps, "temperature": temperature,
+                     "guidance": guidance if labels is not None else 0.0, "seed": seed,
+                     "conditional": labels is not None, "batch_size": batch_size, "bf16": bf16},
+        "samples": samples, "autoencoder": recon,
+        "fd_ratio_to_recon": samples["fd"] / max(recon["fd_recon"], 1e-12),
+        "seconds_per_image": res.seconds / n,
+        "images": res.images, "labels": labels,
+    }
