@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0, help="encode only the first N images (0 = all)")
 
     p = sub.add_parser("sample", help="sample images from a trained prior")
     _sampling_flags(p)
@@ -141,6 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=16)
     p.add_argument("--out", required=True, help="grid PNG: originals above reconstructions")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("train-classifier", help="train the classifier whose features FD uses")
+    p.add_argument("--data", default="fashion-mnist", help="dataset with class labels")
+    p.add_argument("--data-dir")
+    p.add_argument("--image-size", type=int, help="resize images (default: the dataset's)")
+    p.add_argument("--channels", type=int, choices=[1, 3])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint folder for the classifier")
+
+    p = sub.add_parser("eval", help="FD / precision / recall / class accuracy of samples, and "
+                       "PSNR / SSIM / reconstruction FD / bit usage of the autoencoder")
+    p.add_argument("--prior", help="prior folder (omit to evaluate only the autoencoder)")
+    p.add_argument("--autoencoder", help="autoencoder folder (default: the prior's)")
+    p.add_argument("--classifier", required=True, help="folder from `bld train-classifier`")
+    p.add_argument("--data", help="dataset whose test split is the reference "
+                   "(default: the autoencoder's)")
+    p.add_argument("--data-dir")
+    p.add_argument("-n", "--num", type=int, default=2000, help="generated samples (and the "
+                   "real-vs-real floor at the same N)")
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--unconditional", action="store_true", help="sample without labels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--out", required=True, help="folder for eval.json, eval.md and a grid")
 
     p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
     p.add_argument("--vendor", choices=["twitter", "google"], default="twitter")
@@ -241,7 +270,7 @@ def cmd_encode(args) -> None:
     from . import checkpoint as ckpt
     from .data import build_dataset
     from .pipeline import encode_dataset
-    from .train import config_from_dict, load_autoencoder
+    from .train import LimitedDataset, config_from_dict, load_autoencoder
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
     ae_cfg = config_from_dict("autoencoder",
@@ -250,6 +279,8 @@ def cmd_encode(args) -> None:
     ds = build_dataset(source, split=args.split, image_size=ae.config.image_size,
                        channels=ae.config.in_channels,
                        data_dir=args.data_dir or ae_cfg.data.data_dir or None)
+    if 0 < args.limit < len(ds):
+        ds = LimitedDataset(ds, args.limit)
     path = encode_dataset(ae, ds, args.out, batch_size=args.batch_size, device=device,
                           bf16=args.bf16, metadata={"source": source, "split": args.split,
                                                     "autoencoder": args.autoencoder})
@@ -261,6 +292,62 @@ def cmd_prepare_emoji(args) -> None:
     from .data import prepare_emoji
     res = prepare_emoji(args.vendor, args.dest)
     print(f"{res.num_images} images in {len(res.categories)} categories at {res.root}")
+
+
+def cmd_train_classifier(args) -> None:
+    from .evaluation import train_and_save_classifier
+    res = train_and_save_classifier(args.data, args.out, steps=args.steps, seed=args.seed,
+                                    data_dir=args.data_dir, image_size=args.image_size,
+                                    channels=args.channels)
+    print(f"classifier test accuracy {res.test_accuracy:.4f}; saved to {args.out}")
+
+
+def cmd_eval(args) -> None:
+    import json
+    from . import checkpoint as ckpt
+    from .data import build_dataset
+    from .evaluation import (dataset_tensors, evaluate_autoencoder, evaluate_prior,
+                             load_classifier, real_reference)
+    from .plots import image_grid, save_image
+    from .train import config_from_dict, load_autoencoder, load_prior
+    device = _device(args.device)
+    prior = load_prior(args.prior, device) if args.prior else None
+    ae_path = args.autoencoder or (prior.config.autoencoder if prior else None)
+    if not ae_path:
+        raise ConfigError("pass --autoencoder (or --prior, whose autoencoder is used)")
+    ae = load_autoencoder(ae_path, device)
+    ae_data = config_from_dict("autoencoder",
+                               ckpt.load_checkpoint(ae_path, "autoencoder").config).data
+    test = build_dataset(args.data or ae_data.source, "test", ae.config.image_size,
+                         ae.config.in_channels, args.data_dir or ae_data.data_dir or None)
+    xt, _ = dataset_tensors(test)
+    clf, meta = load_classifier(args.classifier, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"classifier": {"path": args.classifier, **meta}}
+    if prior is None:
+        reference, floor = real_reference(xt, min(args.num, len(xt) // 2), seed=args.seed)
+        report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
+    else:
+        ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
+                            temperature=args.temperature, guidance=args.guidance,
+                            seed=args.seed, conditional=not args.unconditional, bf16=args.bf16)
+        save_image(image_grid(ev.pop("images")[:100], nrow=10), out / "samples.png")
+        ev.pop("labels")
+        report.update(ev)
+    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
+    lines = ["# bld eval", ""]
+    for section, vals in report.items():
+        if isinstance(vals, dict):
+            lines += [f"## {section}", "", "| figure | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in vals.items()]
+            lines.append("")
+        else:
+            lines.append(f"- {section}: {vals:.4g}" if isinstance(vals, float) else
+                         f"- {section}: {vals}")
+    (out / "eval.md").write_text("\n".join(lines) + "\n")
+    print((out / "eval.md").read_text())
 
 
 def cmd_demo(args) -> None:
@@ -288,12 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         "train-prior": lambda a: cmd_train(a, "prior"),
         "encode": cmd_encode, "sample": cmd_sample, "inpaint": cmd_inpaint,
         "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji,
+        "train-classifier": cmd_train_classifier, "eval": cmd_eval,
     }
     from .checkpoint import CheckpointError
     from .data import DatasetNotFoundError
     try:
         commands[args.command](args)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError) as e:
+    # ValueError: the library's bad-input error (a too-small image folder, a wrong latent
+    # cache, an unknown class name); ConfigError and CheckpointError are kinds of it.
+    except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError,
+            ValueError) as e:
+        log.debug("%s failed", args.command, exc_info=True)
         print(f"bld {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -59,8 +59,8 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
     from .pipeline import encode_dataset, generate, reconstruct
-    from .train import (config_from_dict, load_autoencoder, load_prior, resolve_device,
-                        train_autoencoder, train_prior)
+    from .train import (LimitedDataset, config_from_dict, load_autoencoder, load_prior,
+                        resolve_device, train_autoencoder, train_prior)
 
     out = s.out
     if out.exists() and any(out.iterdir()) and not s.resume:
@@ -91,6 +91,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     cache = out / "latents_train.safetensors"
     t0 = time.perf_counter()
     train_set = build_dataset("fashion-mnist", split="train", data_dir=s.data_dir or None)
+    if s.limit:
+        train_set = LimitedDataset(train_set, s.limit)
     if not cache.exists():
         log.info("[2/4] encoding %d training images to packed bits", len(train_set))
         encode_dataset(ae, train_set, cache, device=device, metadata={"source": "fashion-mnist"})
