@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig,
                           BinaryAutoencoder)
 from .config import ConfigError, from_dict, to_dict
-from .data import build_dataset
+from .data import DATASET_SOURCES, build_dataset
 from .denoiser import PRESETS, Denoiser, DenoiserConfig
 from .diffusion import BernoulliDiffusion, DiffusionConfig
 from .packing import unpack_bits
@@ -209,13 +209,23 @@ def make_loader(dataset: Dataset, optim: OptimConfig, run: RunConfig, ctx: Conte
                 start_step: int, num_workers: int) -> DataLoader:
     sampler = StepBatchSampler(len(dataset), optim.batch_size, run.seed, ctx.rank, ctx.world,
                                start_step, optim.steps)
+    # Own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
+    # when iterated, so a resumed run's dropout (global RNG) would differ from an unbroken one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+                      generator=torch.Generator().manual_seed(run.seed * 1_000_003 + ctx.rank))
 
 
-def load_data(cfg: DataConfig, split: str = "train") -> Dataset:
-    ds = build_dataset(cfg.source, split=split, image_size=cfg.image_size or None,
-                       channels=cfg.channels or None, data_dir=cfg.data_dir or None)
+def load_data(cfg: DataConfig, split: str = "train", image_size: int = 0, channels: int = 0
+              ) -> Dataset:
+    """The dataset ``cfg`` names; a folder of images has no size of its own, so unless
+    data.image_size / data.channels say otherwise it takes the model's ``image_size`` /
+    ``channels``."""
+    size, ch = cfg.image_size, cfg.channels
+    if cfg.source not in DATASET_SOURCES:  # a folder of images
+        size, ch = size or image_size, ch or channels
+    ds = build_dataset(cfg.source, split=split, image_size=size or None,
+                       channels=ch or None, data_dir=cfg.data_dir or None)
     if cfg.limit and cfg.limit < len(ds):
         ds = LimitedDataset(ds, cfg.limit)
     return ds
@@ -270,13 +280,14 @@ def make_optimizer(params, optim: OptimConfig, lr: float | None = None) -> torch
 
 
 class CSVLogger:
-    """Appends rows to metrics.csv (rank 0); truncated to ``start_step`` on resume."""
+    """Appends rows to metrics.csv (rank 0); on resume, rows past ``start_step`` go (a row's
+    step counts the steps done, so the row logged at ``start_step`` belongs to the checkpoint)."""
 
     def __init__(self, path: Path, start_step: int) -> None:
         self.path = path
         if start_step > 0 and path.exists():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) < start_step]
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
             self._rewrite(rows)
         elif path.exists():
             path.unlink()
@@ -365,9 +376,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
     run_dir = Path(run_dir)
     ctx = setup_context(cfg.run)
     try:
-        data = load_data(cfg.data, "train")
-        sample_img, _ = data[0]
         m = cfg.model
+        data = load_data(cfg.data, "train", m.image_size, m.in_channels)
+        sample_img, _ = data[0]
         if (m.in_channels, m.image_size) != (sample_img.shape[0], sample_img.shape[-1]):
             raise ConfigError(
                 f"model.in_channels={m.in_channels}, model.image_size={m.image_size} do not match "
@@ -583,7 +594,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
                                   f"autoencoder makes {ae.config.latent_shape}; re-run bld encode")
             encode_on_the_fly = False
         else:
-            data = load_data(cfg.data, "train")
+            data = load_data(cfg.data, "train", ae.config.image_size, ae.config.in_channels)
             encode_on_the_fly = True
         classes = tuple(getattr(data, "classes", ()))
         cfg = resolve_prior_config(cfg, ae.config, len(classes))
