@@ -1,0 +1,222 @@
+"""Speed of the denoiser presets: training steps/s, sampling images/s, model FLOPs utilisation.
+
+For each preset (tiny, small, base; large and original at batch 8 only when their
+measurement is estimated to take under a minute, otherwise skipped with a note), at the
+Fashion-MNIST latent shape (16 bits on 7 x 7) and at the 256 px shape (64 bits on 16 x 16),
+in fp32 and in bf16 autocast:
+
+* training: one step = Bernoulli-diffusion loss, backward, gradient clipping, AdamW step
+  (class-conditional, as `bld train-prior`); steps/s at the stated batch;
+* sampling: `bld.sampling.sample` with S = 16 steps, whole batches, without guidance and
+  with classifier-free guidance (w = 1: two network evaluations per step), images/s;
+* MFU = achieved matmul FLOP/s / peak, where the achieved figure counts
+  `Denoiser.flops_per_forward()` per sample (x 3 for a training step: forward + backward,
+  x steps x (2 with guidance) for sampling) and the peak is a large square matmul measured
+  in this run (warm-up, best of several) in fp32 and in bf16; fp32 runs are set against the
+  fp32 peak, bf16 autocast runs against the bf16 peak.
+
+Also the MFU of prior training at the demo preset (width 256, depth 6, batch 128, 7x7x16).
+Warm-up precedes every timing (SPEC 5). Nothing is asserted; figures depend on the machine
+and on other load (the load average is recorded in the report).
+
+    python benchmarks/speed.py            # ~8-12 min on 1 thread of a 2-core CPU
+    python benchmarks/speed.py --quick
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from tqdm.auto import tqdm
+
+import common
+
+log = logging.getLogger("bench")
+
+SHAPES = {"fashion-mnist 7x7x16": (16, 7), "256px 16x16x64": (64, 16)}
+
+
+def parse_args():
+    p = common.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "small", "base", "large", "original"])
+    p.add_argument("--batch-small", type=int, default=64,
+                   help="train and sampling batch at the Fashion-MNIST shape")
+    p.add_argument("--batch-256", type=int, default=8, help="train and sampling batch at 256 px")
+    p.add_argument("--big-batch", type=int, default=8, help="batch for large / original")
+    p.add_argument("--big-limit-s", type=float, default=60.0,
+                   help="skip large / original where their measurement would take longer")
+    p.add_argument("--sample-steps", type=int, default=16)
+    p.add_argument("--matmul-size", type=int, default=2048, help="peak matmul size n (n x n)")
+    return p.parse_args()
+
+
+def matmul_peak(n: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n @ n x n matmul in ``dtype`` (after warm-up)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    t = common.time_fn(lambda: a @ b, warmup=2, repeats=repeats)
+    return 2 * n ** 3 / t.best
+
+
+def build(preset: str, bits: int, grid: int):
+    from bld.denoiser import Denoiser, preset_config
+    from bld.diffusion import BernoulliDiffusion, DiffusionConfig
+    torch.manual_seed(0)
+    model = Denoiser(preset_config(preset, bits=bits, grid=grid, num_classes=10))
+    return model, BernoulliDiffusion(DiffusionConfig(timesteps=64))
+
+
+def time_training(model, diffusion, batch: int, bits: int, grid: int, bf16: bool,
+                  min_time: float, repeats: int) -> common.Timing:
+    g = torch.Generator().manual_seed(0)
+    z0 = (torch.rand(batch, bits, grid, grid, generator=g) < 0.5).float()
+    y = torch.randint(0, 10, (batch,), generator=g)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = diffusion.training_losses(model, z0, y, generator=g).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return common.time_fn(step, warmup=1, repeats=repeats, min_time=min_time)
+
+
+def time_sampling(model, diffusion, batch: int, bits: int, grid: int, bf16: bool, steps: int,
+                  guidance: float, min_time: float, repeats: int) -> common.Timing:
+    from bld.sampling import sample
+    model.eval()
+    y = torch.arange(batch) % 10
+
+    def run(s: int):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            sample(model, diffusion, (batch, bits, grid, grid), steps=s, y=y, guidance=guidance,
+                   null_label=model.null_label, generator=torch.Generator().manual_seed(0))
+
+    run(2)  # warm-up: the same shapes, fewer steps
+    return common.time_fn(lambda: run(steps), warmup=0, repeats=repeats, min_time=min_time)
+
+
+def main() -> None:
+    args = parse_args()
+    q = args.quick
+    if q:
+        args.presets = ["tiny", "small", "large"]
+        args.batch_small, args.batch_256, args.big_batch = 16, 2, 2
+        args.matmul_size, args.sample_steps, args.big_limit_s = 512, 4, 2.0
+    bench = common.setup("speed", args,
+                         expected_full="~8-12 min with 1 thread (fp32 is the slow half)")
+    # at least one timed run after warm-up, more while the timed total is under 2 s
+    min_time, repeats = (0.0, 1) if q else (2.0, 1)
+
+    peaks = {}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[name] = matmul_peak(args.matmul_size, dt, repeats=2 if q else 5)
+        log.info("peak %s matmul (%d^2): %.1f GFLOP/s", name, args.matmul_size, peaks[name] / 1e9)
+
+    rows, notes = [], []
+    rate: dict[tuple[str, str], float] = {}  # (shape, dtype) -> achieved FLOP/s of the last preset
+    jobs = [(p, s) for s in SHAPES for p in args.presets]
+    for preset, shape_name in tqdm(jobs, desc="presets"):
+        bits, grid = SHAPES[shape_name]
+        if q and shape_name.startswith("256px") and preset != "tiny":
+            continue
+        big = preset in ("large", "original")
+        batch = args.big_batch if big else (args.batch_small if grid == 7 else args.batch_256)
+        model, diffusion = build(preset, bits, grid)
+        fpf = model.flops_per_forward()
+        params = sum(p.numel() for p in model.parameters())
+        for dtype in ("fp32", "bf16"):
+            bf16 = dtype == "bf16"
+            if big:
+                # work of the whole measurement, in forward-passes-per-sample, at the rate
+                # the previous preset reached (skip when it would pass the limit)
+                # training: warm-up + one step, 3 forwards each; sampling: a 2-step warm-up
+                # and one S-step run, plain (1 evaluation per step) and guided (2)
+                work = fpf * batch * (3 * 2 + (2 + args.sample_steps) * 3)
+                known = rate.get((shape_name, dtype))
+                est = work / known if known else float("inf")
+                if est > args.big_limit_s:
+                    notes.append(f"- {preset} at {shape_name}, {dtype}, batch {batch}: skipped, "
+                                 f"estimated {est:.0f} s of measurement (> {args.big_limit_s:.0f} s)"
+                                 f" at the rate the previous preset reached")
+                    log.info("skip %s %s %s (estimated %.0f s)", preset, shape_name, dtype, est)
+                    continue
+            tr = time_training(model, diffusion, batch, bits, grid, bf16, min_time, repeats)
+            train_flops = 3 * fpf * batch / tr.best
+            row = {"preset": preset, "latent": shape_name, "params_M": params / 1e6,
+                   "dtype": dtype, "batch": batch, "gflop_per_fwd_sample": fpf / 1e9,
+                   "train_steps_s": 1 / tr.best, "train_mfu": train_flops / peaks[dtype]}
+            for w in (0.0, 1.0):
+                ts = time_sampling(model, diffusion, batch, bits, grid, bf16, args.sample_steps,
+                                   w, min_time, repeats)
+                evals = args.sample_steps * (2 if w else 1)
+                key = "guided" if w else "plain"
+                row[f"sample_img_s_{key}"] = batch / ts.best
+                row[f"sample_mfu_{key}"] = fpf * batch * evals / ts.best / peaks[dtype]
+            rate[(shape_name, dtype)] = train_flops
+            rows.append(row)
+            log.info("%s %s %s b%d: %.2f train steps/s (MFU %.1f%%), %.1f img/s sampling "
+                     "(%.1f guided)", preset, shape_name, dtype, batch, row["train_steps_s"],
+                     100 * row["train_mfu"], row["sample_img_s_plain"], row["sample_img_s_guided"])
+
+    # the demo preset's prior training (width 256, depth 6, batch 128, 7x7x16)
+    from bld.denoiser import Denoiser, DenoiserConfig
+    from bld.diffusion import BernoulliDiffusion, DiffusionConfig
+    demo_batch = 16 if q else 128
+    torch.manual_seed(0)
+    demo = Denoiser(DenoiserConfig(bits=16, grid=7, width=256, depth=6, heads=4, num_classes=10))
+    demo_rows = []
+    for dtype in ("fp32", "bf16"):
+        t = time_training(demo, BernoulliDiffusion(DiffusionConfig(timesteps=64)), demo_batch,
+                          16, 7, dtype == "bf16", min_time, repeats)
+        achieved = 3 * demo.flops_per_forward() * demo_batch / t.best
+        demo_rows.append({"model": "demo prior (256 x 6)", "dtype": dtype, "batch": demo_batch,
+                          "step_s": t.best, "steps_s": 1 / t.best,
+                          "latents_s": demo_batch / t.best, "achieved_gflop_s": achieved / 1e9,
+                          "peak_gflop_s": peaks[dtype] / 1e9, "mfu": achieved / peaks[dtype]})
+        log.info("demo prior %s: %.3f s/step, MFU %.1f%%", dtype, t.best, 100 * achieved / peaks[dtype])
+
+    # ------------------------------------------------------------------------ report
+    bench.results = {"peaks_flop_s": peaks, "rows": rows, "demo_prior": demo_rows,
+                     "skipped": notes, "sample_steps": args.sample_steps}
+    for metric, ylabel in (("train_steps_s", "training steps/s"),
+                           ("sample_img_s_plain", f"images/s ({args.sample_steps} steps, w = 0)")):
+        series = {}
+        for shape_name in SHAPES:
+            for dtype in ("fp32", "bf16"):
+                pts = [(r["gflop_per_fwd_sample"], r[metric]) for r in rows
+                       if r["latent"] == shape_name and r["dtype"] == dtype]
+                if pts:
+                    series[f"{shape_name} {dtype}"] = ([a for a, _ in pts], [b for _, b in pts])
+        common.plot_lines(bench.path(f"_{metric}.png"), series,
+                          xlabel="GFLOP per forward per sample (presets)", ylabel=ylabel,
+                          logx=True, logy=True, title="denoiser presets")
+    cols = ["preset", "latent", "params_M", "dtype", "batch", "gflop_per_fwd_sample",
+            "train_steps_s", "train_mfu", "sample_img_s_plain", "sample_img_s_guided",
+            "sample_mfu_plain", "sample_mfu_guided"]
+    sections = [
+        "## Peaks (this run)", "",
+        f"- fp32 matmul {args.matmul_size}^2: {peaks['fp32'] / 1e9:.1f} GFLOP/s",
+        f"- bf16 matmul {args.matmul_size}^2: {peaks['bf16'] / 1e9:.1f} GFLOP/s", "",
+        "MFU of fp32 runs is against the fp32 peak, of bf16-autocast runs against the bf16 "
+        "peak. FLOPs count matmuls only (`Denoiser.flops_per_forward`), x 3 for training.", "",
+        f"## Presets (class-conditional; sampling S = {args.sample_steps}, whole batches)", "",
+        common.markdown_table(rows, cols), "",
+        "Batch: training and sampling use the same batch (the `batch` column); guided "
+        "sampling (w = 1) evaluates the network twice per step.", "",
+        *(["Skipped:", "", *notes, ""] if notes else []),
+        f"![train]({bench.path('_train_steps_s.png').name}) "
+        f"![sample]({bench.path('_sample_img_s_plain.png').name})", "",
+        "## Demo prior training (width 256, depth 6, 7x7x16)", "",
+        common.markdown_table(demo_rows), "",
+    ]
+    common.write_report(bench, "Denoiser speed and MFU", sections)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Tokenizers at equal bits per position: our Bernoulli quantizer against LFQ, FSQ and VQ.
+
+Every tokenizer uses the same `bld.autoencoder.Encoder` / `Decoder` architecture (the
+fashion-mnist preset's layout, 28 px -> 7 x 7 grid; default width 16 / hidden 32, half the
+demo's, so that nine trainings fit the CPU budget: `--channels 32 --hidden 64` for the
+demo's), the same steps x batch, optimiser, seed and L1 + MSE loss; only the quantizer
+between the encoder's 1x1 head (D channels) and the decoder's bias-free 1x1 input
+projection changes. The decoder sees code / sqrt(D) (for bits: (2z - 1) / sqrt(D), exactly
+what `BinaryAutoencoder` feeds it). Quantizers run in fp32, the networks in bf16 autocast.
+
+Bits per position, stated exactly (a position's code names one of K patterns: log2 K bits):
+
+  16 bits   bernoulli-16  D = 16 Bernoulli bits (ours: z ~ B(sigmoid(l)) in training,
+                          [p > 0.5] at test, straight-through)                       16.000
+            lfq-16        LFQ, 16 binary dims (codebook 2^16), entropy loss 0.1 (computed
+                          on 2 sub-codebooks of 2^8: the full 2^16-way softmax per token
+                          does not fit a CPU step), commitment 0.25                    16.000
+            fsq-16        FSQ levels [8, 8, 8, 5, 5, 5] = 64000 codes, D = 6          15.966
+  12 bits   bernoulli-12  D = 12 Bernoulli bits                                        12.000
+            lfq-12        LFQ, 12 binary dims (2 sub-codebooks of 2^6 for the entropy)  12.000
+            fsq-12        FSQ levels [8, 8, 8, 8] = 4096 codes, D = 4                  12.000
+            vq-12         VQ, codebook 4096 x 12 (EMA updates, decay 0.8, commitment 0.25,
+                          dead codes (< 2 uses) re-seeded)                             12.000
+
+VQ with a 2^16 codebook is left out: its distance matrix (3136 tokens x 65536 codes per
+step) is impractical on a CPU, so the VQ comparison is made at 12 bits, beside our 12-bit
+quantizer. Reported on the Fashion-MNIST test set (10000 images): PSNR, SSIM, L1,
+reconstruction FD (project classifier; 5000 reconstructions against the other half of the
+test set, with the real-vs-real floor at N = 5000), and code usage: for binary codes the
+bit entropy and dead-bit fraction, for every tokenizer the perplexity of its codes over
+the test tokens (log2 of it = effective bits) and the share of its codebook used. The key
+pair (bernoulli-12 against vq-12, the paper's "binary beats VQ at a comparable bit budget")
+is trained with two seeds to show the run-to-run spread.
+
+    python benchmarks/tokenizers.py          # ~11-13 min on 1 thread of a shared 2-core CPU
+    python benchmarks/tokenizers.py --quick
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+import common
+
+log = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    kind: str  # bernoulli | lfq | fsq | vq
+    bits: float  # log2 of the number of codes per position
+    dim: int  # D: channels between encoder head and decoder
+    levels: tuple[int, ...] = ()  # FSQ
+    codebook: int = 0  # VQ
+
+
+SPECS = {s.name: s for s in [
+    Spec("bernoulli-16", "bernoulli", 16.0, 16),
+    Spec("lfq-16", "lfq", 16.0, 16),
+    Spec("fsq-16", "fsq", math.log2(8 * 8 * 8 * 5 * 5 * 5), 6, levels=(8, 8, 8, 5, 5, 5)),
+    Spec("bernoulli-12", "bernoulli", 12.0, 12),
+    Spec("lfq-12", "lfq", 12.0, 12),
+    Spec("fsq-12", "fsq", 12.0, 4, levels=(8, 8, 8, 8)),
+    Spec("vq-12", "vq", 12.0, 12, codebook=4096),
+]}
+KEY_PAIR = ("bernoulli-12", "vq-12")
+
+
+def parse_args():
+    p = common.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tokenizers", nargs="+", default=list(SPECS), choices=list(SPECS))
+    p.add_argument("--train-steps", type=int, default=None, help="steps each (default 250)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--channels", type=int, default=16, help="encoder/decoder first-level width")
+    p.add_argument("--hidden", type=int, default=32, help="width before the D-channel head")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="training images (default: all 60000)")
+    p.add_argument("--test-images", type=int, default=None, help="default: all 10000")
+    p.add_argument("--no-spread", action="store_true",
+                   help="skip the second seed of the key pair " + " vs ".join(KEY_PAIR))
+    return p.parse_args()
+
+
+def _vqlib():
+    try:
+        import vector_quantize_pytorch as vq
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise SystemExit("tokenizers.py needs vector-quantize-pytorch for LFQ, FSQ and VQ: "
+                         "pip install 'vector-quantize-pytorch>=1.14' (or pip install -e "
+                         "'.[bench]')") from e
+    return vq
+
+
+class Quantized(NamedTuple):
+    codes: torch.Tensor  # (B, D, h, w) what the decoder sees (before / sqrt(D))
+    aux: torch.Tensor  # scalar auxiliary loss (0 for bernoulli and fsq)
+    index: torch.Tensor  # (B, h, w) int64 code index per position
+    bits: torch.Tensor | None  # (B, D, h, w) in {0, 1} for binary codes, else None
+    probs: torch.Tensor | None  # (B, D, h, w) bit probabilities (bernoulli only)
+
+
+def _bits_to_index(bits: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) 0/1 -> (B, h, w) int64 = sum_c bits_c 2^c."""
+    w = (2 ** torch.arange(bits.shape[1], dtype=torch.int64)).view(1, -1, 1, 1)
+    return (bits.long() * w).sum(dim=1)
+
+
+class Tokenizer(nn.Module):
+    """Encoder -> quantizer -> Decoder, one shared architecture for every quantizer."""
+
+    def __init__(self, spec: Spec, channels: int, hidden: int) -> None:
+        super().__init__()
+        from bld.autoencoder import AutoencoderConfig, BernoulliQuantizer, Decoder, Encoder
+        self.spec = spec
+        cfg = AutoencoderConfig(in_channels=1, image_size=28, channels=channels,
+                                channel_mult=(1, 2, 2), num_res_blocks=1, attention=True,
+                                hidden=hidden, bits=spec.dim, norm_bits=False)
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        if spec.kind == "bernoulli":
+            self.quantizer = BernoulliQuantizer()
+        elif spec.kind == "lfq":
+            vq = _vqlib()
+            self.quantizer = vq.LFQ(dim=spec.dim, codebook_size=2 ** (spec.dim // 2),
+                                    num_codebooks=2, entropy_loss_weight=0.1,
+                                    commitment_loss_weight=0.25, channel_first=True)
+        elif spec.kind == "fsq":
+            self.quantizer = _vqlib().FSQ(levels=list(spec.levels), channel_first=True)
+        elif spec.kind == "vq":
+            self.quantizer = _vqlib().VectorQuantize(
+                dim=spec.dim, codebook_size=spec.codebook, decay=0.8, commitment_weight=0.25,
+                threshold_ema_dead_code=2, accept_image_fmap=True)
+        else:
+            raise ValueError(f"unknown tokenizer kind {spec.kind!r}")
+
+    def quantize(self, h: torch.Tensor, generator: torch.Generator | None = None) -> Quantized:
+        """(B, D, h, w) encoder output -> codes; fp32, outside autocast."""
+        kind, zero = self.spec.kind, h.new_zeros(())
+        with torch.autocast("cpu", enabled=False):
+            h = h.float()
+            if kind == "bernoulli":
+                q = self.quantizer(h, deterministic=not self.training, generator=generator)
+                return Quantized(2 * q.bits - 1, zero, _bits_to_index(q.bits.detach()),
+                                 q.bits.detach(), q.probs.detach())
+            if kind == "lfq":
+                codes, _, aux = self.quantizer(h)
+                bits = (codes.detach() > 0).float()
+                return Quantized(codes, aux, _bits_to_index(bits), bits, None)
+            if kind == "fsq":
+                codes, index = self.quantizer(h)
+                return Quantized(codes, zero, index.long(), None, None)
+            codes, index, aux = self.quantizer(h)
+            return Quantized(codes, aux.sum(), index.long(), None, None)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, Quantized]:
+        """(B, 1, 28, 28) -> reconstruction (B, 1, 28, 28) and the quantizer's output."""
+        q = self.quantize(self.encoder(x), generator)
+        # the library quantizers return channel-last strides; GroupNorm on CPU is several
+        # times slower on those, so hand the decoder a contiguous (B, D, h, w) tensor
+        codes = q.codes.contiguous() / math.sqrt(self.spec.dim)
+        return self.decoder(codes), q
+
+
+def usage_stats(spec: Spec, index: torch.Tensor, bits: torch.Tensor | None,
+                probs: torch.Tensor | None) -> dict[str, float]:
+    """Code usage over the test tokens: perplexity (log2 = effective bits), share of the
+    codebook used, and for binary codes the bit entropy / dead bits (`bld.evaluation`)."""
+    from bld.evaluation import bit_usage
+    counts = torch.unique(index.flatten(), return_counts=True)[1].double()
+    p = counts / counts.sum()
+    ent = float(-(p * p.log2()).sum())
+    size = 2.0 ** spec.bits
+    out = {"code_perplexity": 2.0 ** ent, "effective_bits": ent,
+           "codes_used": int(len(counts)), "codebook_usage": len(counts) / size}
+    if bits is not None:
+        u = bit_usage(bits)
+        out.update({"bit_entropy": u.bit_entropy, "dead_bit_fraction": u.dead_fraction})
+    if probs is not None:
+        out["encoder_entropy"] = bit_usage(probs).encoder_entropy
+    return out
+
+
+@torch.no_grad()
+def reconstruct(model: Tokenizer, x: torch.Tensor, batch: int = 500):
+    model.eval()
+    rec, idx, bits, probs = [], [], [], []
+    for i in range(0, len(x), batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r, q = model(x[i:i + batch])
+        rec.append(r.float().clamp(-1, 1))
+        idx.append(q.index)
+        if q.bits is not None:
+            bits.append(q.bits)
+        if q.probs is not None:
+            probs.append(q.probs)
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    return torch.cat(rec), torch.cat(idx), cat(bits), cat(probs)
+
+
+def main() -> None:
+    args = parse_args()
+    q = args.quick
+    steps = args.train_steps or (3 if q else 250)
+    n_train = args.train_images or (256 if q else None)
+    n_test = args.test_images or (400 if q else None)
+    if q:
+        args.channels, args.hidden, args.batch_size = 8, 16, 16
+    bench = common.setup("tokenizers", args,
+                         expected_full="~11-13 min with 1 thread on a shared 2-core CPU "
+                                       "(9 trainings of 40-110 s, evaluation ~10 s each; +1.5 min "
+                                       "when the FD classifier must be trained)")
+    from bld.evaluation import fd_from_features, extract_features, psnr, ssim
+
+    x_train, _ = common.fashion_mnist("train", n_train)
+    xt, yt = common.fashion_mnist("test", n_test)
+    clf, clf_meta = common.get_classifier(bench)
+    n_fd = len(xt) // 2
+    ref = common.FDReference(clf, xt, yt, n_fd, seed=0)
+    ref_feats = extract_features(clf, ref.reference)
+    floor_fd = fd_from_features(ref_feats, extract_features(clf, ref.floor))
+
+    runs = [(name, args.seed) for name in args.tokenizers]
+    if not args.no_spread:
+        runs += [(name, args.seed + 1) for name in KEY_PAIR if name in args.tokenizers]
+    rows, grids = [], [xt[:12]]
+    for name, seed in tqdm(runs, desc="tokenizers"):
+        spec = SPECS[name]
+        torch.manual_seed(seed)
+        model = Tokenizer(spec, args.channels, args.hidden)
+
+        def loss_fn(idx, g):
+            x = x_train[idx]
+            recon, qz = model(x, generator=g)
+            recon = recon.float()
+            return (recon - x).abs().mean() + F.mse_loss(recon, x) + qz.aux
+
+        res = common.train_model(model, loss_fn, n_items=len(x_train), steps=steps,
+                                 batch_size=args.batch_size, lr=args.lr, seed=seed,
+                                 desc=f"{name} seed {seed}")
+        rec, index, bits, probs = reconstruct(model, xt)
+        feats = extract_features(clf, rec[ref.floor_index])
+        row = {"tokenizer": name, "seed": seed, "bits_per_position": spec.bits,
+               "latent_dim_D": spec.dim, "psnr": psnr(rec, xt), "ssim": ssim(rec, xt),
+               "l1": (rec - xt).abs().mean().item(),
+               "fd_recon": fd_from_features(ref_feats, feats), "fd_floor": floor_fd,
+               **usage_stats(spec, index, bits, probs),
+               "train_s_per_step": res.seconds / steps, "loss_end": sum(res.losses[-10:]) / 10}
+        rows.append(row)
+        if seed == args.seed:
+            grids.append(rec[:12])
+        log.info("%s seed %d: PSNR %.2f dB, SSIM %.3f, recon FD %.3f (floor %.3f), "
+                 "perplexity %.0f (%.2f of %.2f bits), %.3f s/step", name, seed, row["psnr"],
+                 row["ssim"], row["fd_recon"], floor_fd, row["code_perplexity"],
+                 row["effective_bits"], spec.bits, row["train_s_per_step"])
+
+    # ------------------------------------------------------------------------ report
+    from bld.plots import image_grid, save_image
+    save_image(image_grid(torch.cat(grids), nrow=12), bench.path("_reconstructions.png"), scale=2)
+    main_rows = [r for r in rows if r["seed"] == args.seed]
+    for metric, ylabel in (("psnr", "PSNR (dB)"), ("fd_recon", f"reconstruction FD (N = {n_fd})")):
+        series = {}
+        for kind in ("bernoulli", "lfq", "fsq", "vq"):
+            pts = [(r["bits_per_position"], r[metric]) for r in main_rows
+                   if SPECS[r["tokenizer"]].kind == kind]
+            if pts:
+                pts.sort()
+                series[kind] = ([a for a, _ in pts], [b for _, b in pts])
+        common.plot_lines(bench.path(f"_{metric}.png"), series, xlabel="bits per position",
+                          ylabel=ylabel, title=f"tokenizers at equal bits ({steps} steps each)",
+                          hlines={"real-vs-real floor": floor_fd} if metric == "fd_recon" else None)
+    notes = []
+    pair = {(r["tokenizer"], r["seed"]): r for r in rows}
+    if all((k, s) in pair for k in KEY_PAIR for s in (args.seed, args.seed + 1)):
+        for metric in ("psnr", "fd_recon"):
+            a = [pair[(KEY_PAIR[0], s)][metric] for s in (args.seed, args.seed + 1)]
+            b = [pair[(KEY_PAIR[1], s)][metric] for s in (args.seed, args.seed + 1)]
+            gap = abs(sum(a) / 2 - sum(b) / 2)
+            noise = max(abs(a[0] - a[1]), abs(b[0] - b[1]))
+            notes.append(f"- {metric}: {KEY_PAIR[0]} {a[0]:.4g} / {a[1]:.4g}, {KEY_PAIR[1]} "
+                         f"{b[0]:.4g} / {b[1]:.4g} (seeds {args.seed} / {args.seed + 1}); the gap "
+                         f"of the means ({gap:.3g}) is {'larger' if gap > noise else 'NOT larger'}"
+                         f" than the seed-to-seed spread ({noise:.3g}).")
+    bench.results = {"steps": steps, "batch_size": args.batch_size, "channels": args.channels,
+                     "hidden": args.hidden, "train_images": len(x_train), "test_images": len(xt),
+                     "fd_n": n_fd, "fd_floor": floor_fd, "classifier": clf_meta,
+                     "specs": {k: vars(v) for k, v in SPECS.items()}, "rows": rows}
+    cols = ["tokenizer", "seed", "bits_per_position", "latent_dim_D", "psnr", "ssim", "l1",
+            "fd_recon", "fd_floor", "bit_entropy", "dead_bit_fraction", "code_perplexity",
+            "effective_bits", "codebook_usage", "train_s_per_step"]
+    sections = [
+        "## Settings", "",
+        f"Each tokenizer: {steps} steps x batch {args.batch_size} on {len(x_train)} "
+        f"Fashion-MNIST training images, AdamW lr {args.lr}, L1 + MSE (+ the quantizer's own "
+        f"auxiliary loss for LFQ / VQ), encoder/decoder width {args.channels}, hidden "
+        f"{args.hidden}, 7 x 7 positions. Test set: {len(xt)} images; reconstruction FD of "
+        f"{n_fd} reconstructions against the other {len(ref.reference)} real test images "
+        f"(floor: {n_fd} real images against the same reference). FD in the project "
+        f"classifier's feature space (test accuracy {common.fmt(clf_meta.get('test_accuracy'))})."
+        " Bits per position = log2(number of codes): see the module docstring for each "
+        "quantizer's exact settings; FSQ-16 holds 15.966 bits.", "",
+        "## Results", "", common.markdown_table(rows, cols), "",
+        f"![PSNR]({bench.path('_psnr.png').name}) ![FD]({bench.path('_fd_recon.png').name})", "",
+        f"Reconstructions (`{bench.path('_reconstructions.png').name}`): test images on the "
+        f"first row, then one row per tokenizer in the order {', '.join(args.tokenizers)}.", "",
+        "## Run-to-run spread of the key pair (two training seeds)", "",
+        *(notes or ["(skipped)"]),
+    ]
+    common.write_report(bench, "Tokenizers at equal bits per position", sections)
+
+
+if __name__ == "__main__":
+    main()
