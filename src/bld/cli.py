@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-steps", type=int, help="autoencoder training steps")
     p.add_argument("--prior-steps", type=int, help="prior training steps")
     p.add_argument("--limit", type=int, default=0, help="use only N training images (0 = all)")
-    p.add_argument("--eval-samples", type=int, default=2000,
+    p.add_argument("--eval-samples", type=int, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

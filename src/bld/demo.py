@@ -40,7 +40,7 @@ class DemoSettings:
     guidance: float = 1.0
     temperature: float = 1.0
     samples_per_class: int = 10
-    eval_samples: int = 2000
+    eval_samples: int = 1000
     classifier_steps: int = 1200
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
