@@ -21,6 +21,7 @@ import torch
 
 from . import __version__
 from .cli import load_config_dict
+from .config import ConfigError
 from .data import FASHION_MNIST_CLASSES, build_dataset
 from .plots import image_grid, save_image
 
@@ -57,15 +58,30 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
     (run_dir / "done.json").write_text(json.dumps(info, indent=2))
 
 
+def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, what: str,
+                 train_fn) -> tuple[Any, Path]:
+    """Train one model from its fashion-mnist preset unless a finished run is there."""
+    from .train import config_from_dict
+    cfg = config_from_dict(kind, load_config_dict(kind, "fashion-mnist", overrides))
+    run_dir = out / kind
+    t0 = time.perf_counter()
+    if not _stage_done(run_dir):
+        log.info("%s (%d steps)", what, cfg.optim.steps)
+        train_fn(cfg, run_dir, resume=s.resume and (run_dir / "latest").exists())
+        _mark_done(run_dir, {"seconds": time.perf_counter() - t0})
+    s.timings[f"{kind}_s"] = json.loads((run_dir / "done.json").read_text())["seconds"]
+    return cfg, run_dir
+
+
 def run_demo(s: DemoSettings) -> dict[str, Any]:
     from .pipeline import encode_dataset, generate, reconstruct
-    from .train import (LimitedDataset, config_from_dict, load_autoencoder, load_prior,
-                        resolve_device, train_autoencoder, train_prior)
+    from .train import (LimitedDataset, load_autoencoder, load_prior, resolve_device,
+                        train_autoencoder, train_prior)
 
     out = s.out
     if out.exists() and any(out.iterdir()) and not s.resume:
-        raise FileExistsError(f"{out} is not empty; pass --resume to reuse its finished stages "
-                              "or choose another --out")
+        raise ConfigError(f"{out} is not empty; pass --resume to reuse its finished stages "
+                          "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
     t_start = time.perf_counter()
@@ -76,15 +92,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     # 1. binary autoencoder
     ae_over = common + ([f"optim.steps={s.ae_steps}"] if s.ae_steps else [])
-    ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist",
-                                                              ae_over))
-    ae_dir = out / "autoencoder"
-    t0 = time.perf_counter()
-    if not _stage_done(ae_dir):
-        log.info("[1/4] training the binary autoencoder (%d steps)", ae_cfg.optim.steps)
-        train_autoencoder(ae_cfg, ae_dir, resume=s.resume and (ae_dir / "latest").exists())
-        _mark_done(ae_dir, {"seconds": time.perf_counter() - t0})
-    s.timings["autoencoder_s"] = json.loads((ae_dir / "done.json").read_text())["seconds"]
+    ae_cfg, ae_dir = _train_stage("autoencoder", ae_over, out, s, "[1/4] training the binary "
+                                  "autoencoder", train_autoencoder)
     ae = load_autoencoder(ae_dir, device)
 
     # 2. latent cache
@@ -101,14 +110,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 3. class-conditional prior
     pr_over = common + [f"autoencoder={ae_dir}", f"latents={cache}"]
     pr_over += [f"optim.steps={s.prior_steps}"] if s.prior_steps else []
-    pr_cfg = config_from_dict("prior", load_config_dict("prior", "fashion-mnist", pr_over))
-    pr_dir = out / "prior"
-    t0 = time.perf_counter()
-    if not _stage_done(pr_dir):
-        log.info("[3/4] training the class-conditional prior (%d steps)", pr_cfg.optim.steps)
-        train_prior(pr_cfg, pr_dir, resume=s.resume and (pr_dir / "latest").exists())
-        _mark_done(pr_dir, {"seconds": time.perf_counter() - t0})
-    s.timings["prior_s"] = json.loads((pr_dir / "done.json").read_text())["seconds"]
+    pr_cfg, pr_dir = _train_stage("prior", pr_over, out, s, "[3/4] training the "
+                                  "class-conditional prior", train_prior)
     prior = load_prior(pr_dir, device)
 
     # 4. figures
