@@ -265,6 +265,22 @@ class EMA:
             e.copy_(b)
 
 
+class RateMeter:
+    """Items per second since the last reading."""
+
+    def __init__(self) -> None:
+        self.t, self.n = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def per_second(self) -> float:
+        now = time.perf_counter()
+        rate = self.n / max(now - self.t, 1e-9)
+        self.t, self.n = now, 0
+        return rate
+
+
 def lr_at(step: int, optim: OptimConfig) -> float:
     """Linear warm-up then cosine decay to lr * min_lr_ratio."""
     if step < optim.warmup:
@@ -419,7 +435,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
         fixed = torch.stack([data[i][0] for i in range(min(16, len(data)))]).to(ctx.device)
         loader = make_loader(data, cfg.optim, cfg.run, ctx, start, cfg.data.num_workers)
         bar = _progress(ctx, start, cfg.optim.steps, "train-ae")
-        t_last, n_last = time.perf_counter(), 0
+        rate = RateMeter()
 
         def trainer_state() -> dict[str, Any]:
             st = {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx)}
@@ -459,12 +475,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                 opt_d.step()
             ema.update(model, step)
             step += 1
-            n_last += x.shape[0] * ctx.world
+            rate.add(x.shape[0] * ctx.world)
             bar.update(1)
             if ctx.is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
-                now = time.perf_counter()
-                ips = n_last / (now - t_last)
-                t_last, n_last = now, 0
+                ips = rate.per_second()
                 with torch.no_grad():
                     usage = out.probs.float().mean(dim=(0, 2, 3))
                 row = {"step": step, "loss": losses.loss.item(), "l1": losses.l1.item(),
@@ -622,7 +636,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
         logger = CSVLogger(run_dir / "metrics.csv", start) if ctx.is_main else None
         loader = make_loader(data, cfg.optim, cfg.run, ctx, start, cfg.data.num_workers)
         bar = _progress(ctx, start, cfg.optim.steps, "train-prior")
-        t_last, n_last = time.perf_counter(), 0
+        rate = RateMeter()
         null = model.null_label
         n_rows = max(1, min(cfg.model.num_classes, 10))
 
@@ -667,12 +681,10 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             opt.step()
             ema.update(model, step)
             step += 1
-            n_last += z0.shape[0] * ctx.world
+            rate.add(z0.shape[0] * ctx.world)
             bar.update(1)
             if ctx.is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
-                now = time.perf_counter()
-                ips = n_last / (now - t_last)
-                t_last, n_last = now, 0
+                ips = rate.per_second()
                 row = {"step": step, "loss": out.loss.item(), "bce": out.bce.item(),
                        "aux": out.aux.item(), "bit_accuracy": out.accuracy.item(),
                        "grad_norm": float(gnorm), "lr": lr, "latents_per_s": ips}
