@@ -374,6 +374,26 @@ def _resume(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
     return ck.step, state
 
 
+def _start_run(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
+               opt: torch.optim.Optimizer, ctx: Context, resume: bool
+               ) -> tuple[torch.Generator, int, dict[str, Any] | None]:
+    """The per-rank generator, start step and trainer state of a new or resumed run.
+
+    A new run refuses a folder that already holds checkpoints; rank 0 makes the folders.
+    """
+    gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
+    start, state = 0, None
+    if resume:
+        start, state = _resume(run_dir, kind, cfg, model, ema, gen, ctx)
+        opt.load_state_dict(state["optimizer"])
+    elif ctx.is_main and ckpt.find_latest(run_dir) is not None:
+        raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to "
+                                   "continue that run, or choose a new --out folder")
+    if ctx.is_main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    return gen, start, state
+
+
 def _progress(ctx: Context, start: int, total: int, desc: str):
     return tqdm(total=total, initial=start, desc=desc, disable=not ctx.is_main,
                 dynamic_ncols=True, mininterval=1.0)
@@ -407,20 +427,11 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
         opt = make_optimizer(model.parameters(), cfg.optim)
         opt_d = (make_optimizer(loss_fn.discriminator.parameters(), cfg.optim)
                  if loss_fn.discriminator is not None else None)
-        gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
-        start = 0
-        if resume:
-            start, state = _resume(run_dir, "autoencoder", cfg, model, ema, gen, ctx)
-            opt.load_state_dict(state["optimizer"])
-            if opt_d is not None:
-                loss_fn.discriminator.load_state_dict(state["discriminator"])
-                opt_d.load_state_dict(state["optimizer_d"])
-        elif ctx.is_main and ckpt.find_latest(run_dir) is not None:
-            raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to "
-                                       "continue that run, or choose a new --out folder")
+        gen, start, state = _start_run(run_dir, "autoencoder", cfg, model, ema, opt, ctx, resume)
+        if state is not None and opt_d is not None:
+            loss_fn.discriminator.load_state_dict(state["discriminator"])
+            opt_d.load_state_dict(state["optimizer_d"])
         if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "samples").mkdir(exist_ok=True)
             n_params = sum(p.numel() for p in model.parameters())
             log.info("autoencoder: %.2fM parameters, latent %s per image, %d training images",
                      n_params / 1e6, cfg.model.latent_shape, len(data))
@@ -617,17 +628,8 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
         diffusion = BernoulliDiffusion(cfg.diffusion).to(ctx.device)
         ema = EMA(model, cfg.optim.ema_decay)
         opt = make_optimizer(model.parameters(), cfg.optim)
-        gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
-        start = 0
-        if resume:
-            start, state = _resume(run_dir, "prior", cfg, model, ema, gen, ctx)
-            opt.load_state_dict(state["optimizer"])
-        elif ctx.is_main and ckpt.find_latest(run_dir) is not None:
-            raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to "
-                                       "continue that run, or choose a new --out folder")
+        gen, start, _ = _start_run(run_dir, "prior", cfg, model, ema, opt, ctx, resume)
         if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "samples").mkdir(exist_ok=True)
             log.info("prior: %.2fM parameters (width %d, depth %d), latents %s, %d classes, "
                      "%d training items", sum(p.numel() for p in model.parameters()) / 1e6,
                      cfg.model.width, cfg.model.depth, ae.config.latent_shape,
