@@ -225,6 +225,16 @@ def write_report(bench: Bench, title: str, sections: Iterable[str]) -> None:
     log.info("wrote %s and %s", bench.path(".md"), bench.path(".json"))
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_lines(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], *,
                xlabel: str, ylabel: str, title: str = "", logx: bool = False,
                logy: bool = False, hlines: dict[str, float] | None = None) -> Path:
@@ -251,11 +261,7 @@ def plot_lines(path: Path, series: dict[str, tuple[Sequence[float], Sequence[flo
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_bars(path: Path, labels: Sequence[str], series: dict[str, Sequence[float]], *,
@@ -279,11 +285,7 @@ def plot_bars(path: Path, labels: Sequence[str], series: dict[str, Sequence[floa
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------------- data

@@ -570,18 +570,18 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu", use_ema: bo
 
 
 def load_latent_cache(path: str | Path) -> LatentDataset:
-    from safetensors.torch import load_file
+    """A latent cache written by `bld encode` (packed bits, labels, shape in its metadata)."""
     import json
+    from safetensors import safe_open
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"latent cache {path} does not exist; make it with `bld encode`")
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
+    with safe_open(str(path), "pt") as f:  # one read: metadata and tensors
         meta = f.metadata() or {}
-    if meta.get("format") != "bld-latents":
-        raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`)")
-    t = load_file(str(path))
-    return LatentDataset(t["packed"], t["labels"], tuple(json.loads(meta["shape"])),
+        if meta.get("format") != "bld-latents":
+            raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`)")
+        packed, labels = f.get_tensor("packed"), f.get_tensor("labels")
+    return LatentDataset(packed, labels, tuple(json.loads(meta["shape"])),
                          tuple(json.loads(meta.get("classes", "[]"))))
 
 
