@@ -8,7 +8,7 @@ C-bit vectors. No codebook: bit probabilities p = sigmoid(logits), z_b ~ B(p) in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
@@ -29,8 +29,13 @@ class AutoencoderConfig:
     hidden: int = 128  # width before the 1x1 conv to bit logits
     bits: int = 32  # C, bits per position
     norm_bits: bool = True  # decoder sees 2z - 1 scaled by 1/sqrt(C) instead of raw bits
+    # how bits are drawn in training mode: "bernoulli" z ~ B(p) (SPEC 1) or "threshold"
+    # [p > 0.5]; both pass gradients straight through. Evaluation is always [p > 0.5].
+    train_bits: str = "bernoulli"
 
     def __post_init__(self) -> None:
+        if self.train_bits not in ("bernoulli", "threshold"):
+            raise ValueError(f"train_bits must be 'bernoulli' or 'threshold', got {self.train_bits!r}")
         if not 1 <= self.bits <= 1024:
             raise ValueError(f"bits must be in 1..1024, got {self.bits}")
         size = self.padded_size or self.image_size
@@ -224,9 +229,10 @@ class BinaryAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor, deterministic: bool | None = None,
                 generator: torch.Generator | None = None) -> AutoencoderOutput:
-        """Stochastic bits in training mode, deterministic in eval mode unless told otherwise."""
+        """Bits drawn as ``config.train_bits`` says in training mode, [p > 0.5] in eval mode,
+        unless ``deterministic`` says otherwise."""
         if deterministic is None:
-            deterministic = not self.training
+            deterministic = not self.training or self.config.train_bits == "threshold"
         q = self.quantizer(self.encode_logits(x), deterministic, generator)
         return AutoencoderOutput(self.decode(q.bits), q.probs, q.bits, q.logits)
 
@@ -261,6 +267,8 @@ class AutoencoderLossConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     entropy_weight: float = 0.0  # optional bit-usage regulariser: pushes mean bit usage to 0.5
+    saturation_weight: float = 0.0  # mean p(1 - p) (the original's "codebook loss"): pushes
+    # bit probabilities to 0 or 1, so that training's draws match evaluation's [p > 0.5]
 
 
 class PatchDiscriminator(nn.Module):
@@ -340,6 +348,9 @@ class AutoencoderLoss(nn.Module):
         if c.entropy_weight > 0:
             usage = out.probs.float().mean(dim=(0, 2, 3))  # (C,)
             nll = nll + c.entropy_weight * ((usage - 0.5) ** 2).mean()
+        if c.saturation_weight > 0:
+            p = out.probs.float()
+            nll = nll + c.saturation_weight * (p * (1 - p)).mean()
         g_loss = torch.zeros((), device=x.device)
         d_weight = torch.zeros((), device=x.device)
         loss = nll

@@ -5,33 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
-from .config import ConfigError, apply_overrides, load_yaml
+from .config import ConfigError, load_config_dict, preset_names
+from .sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
-
-
-def preset_names(kind: str) -> list[str]:
-    folder = resources.files("bld") / "configs" / kind
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_config_dict(kind: str, config: str | None, overrides: list[str]) -> dict:
-    """A preset name or a YAML path, with key=value overrides applied."""
-    if config is None:
-        config = "fashion-mnist"
-    path = Path(config)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        data = load_yaml(path)
-    else:
-        names = preset_names(kind)
-        if config not in names:
-            raise ConfigError(f"--config {config!r} is neither a YAML file nor a {kind} preset; "
-                              f"presets: {names}")
-        data = load_yaml(resources.files("bld") / "configs" / kind / f"{config}.yaml")
-    return apply_overrides(data, overrides)
 
 
 def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
@@ -68,8 +47,10 @@ def _shortcut_overrides(args) -> list[str]:
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", required=True, help="prior run or checkpoint folder")
     p.add_argument("--autoencoder", help="autoencoder folder (default: the one the prior used)")
-    p.add_argument("--steps", type=int, default=16, help="sampling steps S (1..T)")
+    p.add_argument("--steps", type=int, default=16, help="sampling steps S (2..T)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
+                   help="lambda of SPEC 2: how much of z_t's evidence each step removes from the network's posterior (1 = the exact step, 0 = the original code's lower-noise product; default %(default)s, chosen by measurement)")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance w")
     p.add_argument("--class", dest="classes", action="append", metavar="ID_OR_NAME",
                    help="class to sample (repeatable; cycles over samples)")
@@ -164,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "real-vs-real floor at the same N)")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
+                   help="lambda of SPEC 2: how much of z_t's evidence each step removes from the network's posterior (1 = the exact step, 0 = the original code's lower-noise product; default %(default)s, chosen by measurement)")
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--unconditional", action="store_true", help="sample without labels")
     p.add_argument("--seed", type=int, default=0)
@@ -214,7 +197,7 @@ def cmd_sample(args) -> None:
     prior, ae = _load_pair(args)
     labels = class_labels(prior, args.classes, args.num)
     res = generate(prior, ae, args.num, steps=args.steps, temperature=args.temperature,
-                   guidance=args.guidance, labels=labels, seed=args.seed,
+                   evidence_weight=args.evidence_weight, guidance=args.guidance, labels=labels, seed=args.seed,
                    batch_size=args.batch_size, bf16=args.bf16, progress=True)
     save_image(image_grid(res.images, nrow=args.nrow), args.out, scale=args.scale)
     if args.individual:
@@ -235,7 +218,8 @@ def cmd_inpaint(args) -> None:
     mask = load_image(args.mask, c.image_size, 1)[0] > 0  # white = keep
     labels = class_labels(prior, args.classes, args.num)
     res = inpaint(prior, ae, image, mask.float(), n=args.num, steps=args.steps,
-                  temperature=args.temperature, guidance=args.guidance, labels=labels,
+                  temperature=args.temperature, evidence_weight=args.evidence_weight,
+                  guidance=args.guidance, labels=labels,
                   seed=args.seed, bf16=args.bf16)
     masked = torch.where(mask, image, torch.zeros_like(image))
     save_image(image_grid(torch.cat([image[None], masked[None], res.images]),
@@ -330,7 +314,8 @@ def cmd_eval(args) -> None:
         report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
     else:
         ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
-                            temperature=args.temperature, guidance=args.guidance,
+                            temperature=args.temperature,
+                            evidence_weight=args.evidence_weight, guidance=args.guidance,
                             seed=args.seed, conditional=not args.unconditional, bf16=args.bf16)
         save_image(image_grid(ev.pop("images")[:100], nrow=10), out / "samples.png")
         ev.pop("labels")

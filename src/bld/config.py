@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from importlib import resources
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,3 +135,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+def preset_names(kind: str) -> list[str]:
+    folder = resources.files("bld") / "configs" / kind
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config_dict(kind: str, config: str | None, overrides: list[str]) -> dict:
+    """A preset name or a YAML path, with key=value overrides applied."""
+    if config is None:
+        config = "fashion-mnist"
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        data = load_yaml(path)
+    else:
+        names = preset_names(kind)
+        if config not in names:
+            raise ConfigError(f"--config {config!r} is neither a YAML file nor a {kind} preset; "
+                              f"presets: {names}")
+        data = load_yaml(resources.files("bld") / "configs" / kind / f"{config}.yaml")
+    return apply_overrides(data, overrides)

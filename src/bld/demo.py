@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .cli import load_config_dict
-from .config import ConfigError
+from .config import ConfigError, load_config_dict
 from .data import FASHION_MNIST_CLASSES, build_dataset
 from .plots import image_grid, save_image
+from .sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
 
@@ -40,6 +40,7 @@ class DemoSettings:
     sample_steps: int = 16
     guidance: float = 1.0
     temperature: float = 1.0
+    evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT
     samples_per_class: int = 10
     eval_samples: int = 1000
     classifier_steps: int = 1200
@@ -120,7 +121,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     k = s.samples_per_class
     labels = torch.arange(nc).repeat_interleave(k)
     res = generate(prior, ae, nc * k, steps=s.sample_steps, guidance=s.guidance,
-                   temperature=s.temperature, labels=labels, seed=s.seed)
+                   temperature=s.temperature, evidence_weight=s.evidence_weight,
+                   labels=labels, seed=s.seed)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
     test_set = build_dataset("fashion-mnist", split="test", data_dir=s.data_dir or None)
     xt = torch.stack([test_set[i][0] for i in range(len(test_set))])
@@ -176,7 +178,8 @@ def _evaluate(prior, ae, xt, recon, test_set, s: DemoSettings, out: Path, device
     s.timings["classifier_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ev = evaluate_prior(prior, ae, clf, xt, n=s.eval_samples, steps=s.sample_steps,
-                        temperature=s.temperature, guidance=s.guidance, seed=s.seed)
+                        temperature=s.temperature, guidance=s.guidance, seed=s.seed,
+                        evidence_weight=s.evidence_weight)
     s.timings["evaluation_s"] = time.perf_counter() - t0
     smp, rec = ev["samples"], ev["autoencoder"]
     return {"classifier_test_accuracy": meta["test_accuracy"], "eval_n": smp["n"],
@@ -195,7 +198,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "![samples](samples.png)", "",
         f"Samples: one row per class ({', '.join(r['classes'])}), "
         f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}, "
-        f"temperature {r['settings']['temperature']}, seed {r['settings']['seed']}.", "",
+        f"temperature {r['settings']['temperature']}, evidence weight "
+        f"{r['settings']['evidence_weight']}, seed {r['settings']['seed']}.", "",
         "![reconstructions](reconstructions.png)", "",
         "Test images (top) and their reconstructions through the binary latent (bottom).", "",
         "## Figures", "", "| figure | value |", "|---|---|",

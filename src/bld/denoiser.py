@@ -1,8 +1,14 @@
 """Transformer denoiser over binary-latent grid positions, and its size presets. SPEC 3.
 
 Input embedding ``(2z - 1) @ W_in``, learned positional embedding initialised to 2-D
-sin-cos, a time token (sinusoidal -> MLP) and an optional class token, pre-LN blocks
-(attention + 4x GELU MLP), final LayerNorm, linear head to one logit per bit.
+sin-cos, pre-LN blocks (attention + 4x GELU MLP), final LayerNorm, linear head to one logit
+per bit. Time (sinusoidal -> MLP) and the optional class enter in one of two ways
+(``conditioning``):
+
+* ``"adaln"``: adaLN-Zero as in DiT (Peebles & Xie 2023, arXiv 2212.09748): the sum of the
+  time and class embeddings regresses a shift, scale and gate for every LayerNorm and
+  residual branch, the gates start at zero so every block starts as the identity;
+* ``"tokens"``: a time token and a class token are prepended to the sequence.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ class DenoiserConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 0  # 0 = unconditional; else a learned null label is added
     dropout: float = 0.0
+    conditioning: str = "tokens"  # "adaln" (adaLN-Zero, as DiT) or "tokens"
 
     def __post_init__(self) -> None:
+        if self.conditioning not in ("adaln", "tokens"):
+            raise ValueError(f"conditioning must be 'adaln' or 'tokens', got {self.conditioning!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -88,25 +97,43 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float 
     return w @ v
 
 
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, N, D) normalised, then x * (1 + scale) + shift with (B, D) terms."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+    """Pre-LN transformer block; with ``adaln`` its norms and residual gates are modulated
+    by the condition c (B, D) (adaLN-Zero: gates start at 0, the block at the identity)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float,
+                 adaln: bool = False) -> None:
         super().__init__()
         self.heads = heads
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=not adaln)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=not adaln)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.dropout = dropout
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width)) if adaln else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, D) -> (B, N, D)."""
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h d) -> three b h n d",
-                            three=3, h=self.heads)
-        a = attention(q, k, v, self.dropout if self.training else 0.0)
-        x = x + self.proj(rearrange(a, "b h n d -> b n (h d)"))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, D), c: (B, D) condition (adaLN only) -> (B, N, D)."""
+        if self.ada is None:
+            h = self.norm1(x)
+        else:
+            sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # each (B, D)
+            h = modulate(self.norm1(x), sh1, sc1)
+        q, k, v = rearrange(self.qkv(h), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        a = self.proj(rearrange(attention(q, k, v, self.dropout if self.training else 0.0),
+                                "b h n d -> b n (h d)"))
+        if self.ada is None:
+            x = x + a
+            return x + self.mlp(self.norm2(x))
+        x = x + g1[:, None] * a
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
 
 
 class Denoiser(nn.Module):
@@ -122,13 +149,19 @@ class Denoiser(nn.Module):
                                       nn.Linear(c.width, c.width))
         # class embedding with one extra row: the learned null condition for CFG
         self.class_embed = nn.Embedding(c.num_classes + 1, c.width) if c.num_classes > 0 else None
-        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, c.dropout)
+        adaln = c.conditioning == "adaln"
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, c.dropout, adaln)
                                     for _ in range(c.depth))
-        self.norm = nn.LayerNorm(c.width)
+        self.norm = nn.LayerNorm(c.width, elementwise_affine=not adaln)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.width, 2 * c.width)) if adaln else None
         self.head = nn.Linear(c.width, c.bits)
         self.apply(self._init)
         nn.init.zeros_(self.head.weight)  # start by predicting "no flip" at 50%
         nn.init.zeros_(self.head.bias)
+        if adaln:  # adaLN-Zero: every modulation starts at 0 (blocks are the identity)
+            for mod in [blk.ada for blk in self.blocks] + [self.final_ada]:
+                nn.init.zeros_(mod[-1].weight)
+                nn.init.zeros_(mod[-1].bias)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -154,22 +187,31 @@ class Denoiser(nn.Module):
                              f"got {tuple(z.shape)}")
         x = self.embed(rearrange(2 * z - 1, "b c h w -> b (h w) c").to(self.embed.weight.dtype))
         x = x + self.pos  # (B, N, D)
-        tokens = [self.time_mlp(timestep_embedding(t, c.width).to(x.dtype))[:, None]]
+        conds = [self.time_mlp(timestep_embedding(t, c.width).to(x.dtype))]  # (B, D)
         if self.class_embed is not None:
             if y is None:
                 y = torch.full((B,), self.null_label, device=z.device, dtype=torch.long)
-            tokens.append(self.class_embed(y)[:, None])
-        n_extra = len(tokens)
-        x = torch.cat([*tokens, x], dim=1)  # (B, extra + N, D)
-        for blk in self.blocks:
-            x = blk(x)
-        out = self.head(self.norm(x[:, n_extra:]))  # (B, N, C)
+            conds.append(self.class_embed(y))  # (B, D)
+        if self.final_ada is not None:  # adaLN-Zero: one condition vector modulates every block
+            cond = sum(conds)  # (B, D)
+            for blk in self.blocks:
+                x = blk(x, cond)
+            shift, scale = self.final_ada(cond).chunk(2, dim=-1)
+            out = self.head(modulate(self.norm(x), shift, scale))  # (B, N, C)
+        else:  # condition tokens prepended to the sequence
+            x = torch.cat([*(v[:, None] for v in conds), x], dim=1)  # (B, extra + N, D)
+            for blk in self.blocks:
+                x = blk(x)
+            out = self.head(self.norm(x[:, len(conds):]))  # (B, N, C)
         return rearrange(out, "b (h w) c -> b c h w", h=H, w=W)
 
     def flops_per_forward(self) -> int:
         """Matmul FLOPs of one forward for one sample (2 x multiply-adds), for MFU figures."""
         c = self.config
-        n = self.n_pos + 1 + (self.class_embed is not None)
+        adaln = self.final_ada is not None
+        n = self.n_pos + (0 if adaln else 1 + (self.class_embed is not None))
         d, hidden = c.width, int(c.width * c.mlp_ratio)
         per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * n * n * d
-        return c.depth * per_block + 2 * self.n_pos * (c.bits * d + d * c.bits)
+        per_block += 2 * d * 6 * d if adaln else 0  # the modulation regression, once per sample
+        return (c.depth * per_block + 2 * self.n_pos * (c.bits * d + d * c.bits)
+                + (2 * d * 2 * d if adaln else 0))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 Schedule = Literal["linear", "cosine", "sigmoid"]
 Parameterization = Literal["flip", "z0"]
-LossType = Literal["mean", "weighted", "focal"]
+LossType = Literal["mean", "weighted", "balanced", "focal"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -60,8 +60,9 @@ def retention_schedule(name: str, timesteps: int) -> torch.Tensor:
 
 def sampling_timesteps(steps: int, timesteps: int) -> list[int]:
     """The S visited steps, in reverse: t_i = 1 + floor(linspace(0, 1, S) (T - 1)). SPEC 2."""
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must be in 1..{timesteps} (the trained T), got {steps}")
+    if not 2 <= steps <= timesteps:
+        raise ValueError(f"steps must be in 2..{timesteps} (the trained T), got {steps}: "
+                         "one step would visit only t = 1 and never denoise from t = T")
     grid = torch.linspace(0, 1, steps, dtype=torch.float64) * (timesteps - 1)
     ts = (1 + torch.floor(grid + 1e-9)).long().tolist()
     return sorted(set(ts), reverse=True)
@@ -115,31 +116,78 @@ class BernoulliDiffusion(torch.nn.Module):
         return (u < probs).to(z0.dtype)
 
     # ------------------------------------------------------------ parameterisation
-    def z0_logits(self, net_logits: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    @property
+    def evidence_free_output(self) -> bool:
+        """True when the trained network's logit is l' (z_t's evidence already left out).
+
+        The class-balanced losses ("balanced", and approximately "focal") weight flipped bits
+        by 1 - r_t and kept bits by r_t; their minimiser is l', not logit P(z_0 = 1 | z_t).
+        SPEC 2, training loss.
+        """
+        return self.config.loss_type in ("balanced", "focal")
+
+    def evidence(self, z_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Log-odds for z_0 = 1 that z_t alone carries: (2 z_t - 1) log((1 + k_t)/(1 - k_t)).
+
+        This is log q(z_t | z_0 = 1) - log q(z_t | z_0 = 0); it is 0 at t = T (k_T = 0).
+        Computed as 2 atanh(k_t) in float64. Needs t >= 1 (k_t < 1).
+        """
+        if not torch.is_tensor(t):
+            t = torch.full((z_t.shape[0],), int(t), dtype=torch.long)
+        k = self.k64.to(z_t.device)[t.to(z_t.device)]
+        if torch.any(k >= 1):
+            raise ValueError("evidence needs t >= 1 (k_t < 1)")
+        ev = _expand((2 * torch.atanh(k)).float(), z_t)
+        return (2 * z_t.float() - 1) * ev
+
+    def z0_logits(self, net_logits: torch.Tensor, z_t: torch.Tensor,
+                  t: torch.Tensor | int | None = None) -> torch.Tensor:
         """Logit of P(z_0 = 1 | z_t) from the network's output. SPEC 2, flip parameterisation.
 
         flip: the network's logit is for "bit of z_t is wrong", so
-        logit(z_0 = 1) = +l where z_t = 0 and -l where z_t = 1.
+        logit(z_0 = 1) = +l where z_t = 0 and -l where z_t = 1. A network trained with a
+        class-balanced loss outputs l' (no evidence of z_t); its evidence is added back
+        here, so callers always get the full posterior logit (``t`` is needed then).
         """
-        if self.config.parameterization == "flip":
-            return net_logits * (1 - 2 * z_t)
-        return net_logits
+        out = net_logits * (1 - 2 * z_t) if self.config.parameterization == "flip" else net_logits
+        if self.evidence_free_output:
+            if t is None:
+                raise ValueError(f"loss_type {self.config.loss_type!r} needs t to add the "
+                                 "evidence of z_t back")
+            out = out + self.evidence(z_t, t)
+        return out
 
     # ------------------------------------------------------------------- posterior
     def posterior_logits(self, z0_logits: torch.Tensor, z_t: torch.Tensor,
-                         t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
-        """Logit of P(z_s = 1 | z_t) with z_0 ~ B(sigmoid(z0_logits)), for any s < t. SPEC 2.
+                         t: torch.Tensor | int, s: torch.Tensor | int,
+                         evidence_weight: float = 1.0, temperature: float = 1.0
+                         ) -> torch.Tensor:
+        """Logit of P(z_s = 1 | z_t) for any s < t, given logit P(z_0 = 1 | z_t). SPEC 2.
 
-        a1 = k_s p + (1 - k_s)/2,  a0 = k_s (1 - p) + (1 - k_s)/2
-        L1 = rho z_t + (1 - rho)/2, L0 = rho (1 - z_t) + (1 - rho)/2, rho = k_t / k_s
-        P(z_s = 1) = a1 L1 / (a1 L1 + a0 L0); computed in log space (logsigmoid) for stability.
+        The exact step (``evidence_weight`` = 1) first removes the evidence of z_t from the
+        network's posterior, then treats the result as a prior on z_0:
+
+            l' = (logit p - lambda (2 z_t - 1) log((1 + k_t)/(1 - k_t))) / temperature
+            a1 = k_s p' + (1 - k_s)/2,      a0 = k_s (1 - p') + (1 - k_s)/2,   p' = sigmoid(l')
+            L1 = rho z_t + (1 - rho)/2,     L0 = rho (1 - z_t) + (1 - rho)/2,  rho = k_t / k_s
+            P(z_s = 1) = a1 L1 / (a1 L1 + a0 L0)
+
+        lambda (``evidence_weight``) = 0 is the original code's product, which counts z_t's
+        evidence twice: bits keep their value in z_t more often than in the exact step (a
+        lower-noise sampler variant, SPEC 2 "Evidence weight"). Computed in log space.
         """
         k_t = self.k_at(t, z_t).float()
         k_s = self.k_at(s, z_t).float()
         if torch.any(k_s <= 0):
             raise ValueError("posterior needs s < T (k_s > 0)")
+        if torch.any(k_s < k_t):
+            raise ValueError("posterior needs s < t")
         rho = (k_t / k_s).clamp(0.0, 1.0)
         l0 = z0_logits.float()
+        if evidence_weight != 0:
+            l0 = l0 - evidence_weight * self.evidence(z_t, t)  # l': divide by q(z_t | z_0)
+        if temperature != 1.0:
+            l0 = l0 / temperature
         log_c = torch.log((1 - k_s) / 2)  # -inf where k_s = 1, handled by logaddexp
         log_a1 = torch.logaddexp(torch.log(k_s) + F.logsigmoid(l0), log_c)
         log_a0 = torch.logaddexp(torch.log(k_s) + F.logsigmoid(-l0), log_c)
@@ -148,11 +196,14 @@ class BernoulliDiffusion(torch.nn.Module):
         L0 = rho * (1 - zt) + (1 - rho) / 2
         return (log_a1 + torch.log(L1)) - (log_a0 + torch.log(L0))
 
-    def posterior(self, p: torch.Tensor, z_t: torch.Tensor,
-                  t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
-        """P(z_s = 1 | z_t) for P(z_0 = 1 | z_t) = p (probabilities in, probabilities out)."""
+    def posterior(self, p: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor | int,
+                  s: torch.Tensor | int, evidence_weight: float = 1.0) -> torch.Tensor:
+        """P(z_s = 1 | z_t) for P(z_0 = 1 | z_t) = p (probabilities in, probabilities out).
+
+        The exact step by default; see ``posterior_logits``.
+        """
         logits = torch.logit(p.float().clamp(0, 1), eps=None)
-        return torch.sigmoid(self.posterior_logits(logits, z_t, t, s))
+        return torch.sigmoid(self.posterior_logits(logits, z_t, t, s, evidence_weight))
 
     # ------------------------------------------------------------------------ model
     def model_logits(self, model: Denoiser, z_t: torch.Tensor, t: torch.Tensor,
@@ -165,44 +216,64 @@ class BernoulliDiffusion(torch.nn.Module):
                         y: torch.Tensor | None = None,
                         t: torch.Tensor | None = None,
                         generator: torch.Generator | None = None) -> LossOutput:
-        """Sample t ~ U{1..T}, z_t ~ q(z_t | z_0); BCE between P(z_0 = 1 | z_t) and z_0. SPEC 2."""
+        """Sample t ~ U{1..T}, z_t ~ q(z_t | z_0); BCE between P(z_0 = 1 | z_t) and z_0. SPEC 2.
+
+        loss_type:
+          mean      plain BCE averaged over bits (its minimiser is logit P(z_0 = 1 | z_t));
+          weighted  per-sample BCE times 1 - (t - 1)/T;
+          balanced  class-balanced BCE: bits that z_t flipped weighted by 1 - r_t, kept bits
+                    by r_t, r_t = (1 - k_t)/2; its minimiser is l' (evidence-free), and the
+                    weights are normalised by their batch sum;
+          focal     the balanced weights from the per-sample share of flipped bits, times
+                    (1 - p_true)^gamma (minimiser approximately l').
+        """
         B = z0.shape[0]
         if t is None:
             t = torch.randint(1, self.T + 1, (B,), device=z0.device, generator=generator)
         z_t = self.q_sample(z0, t, generator=generator)
         net = self.model_logits(model, z_t, t, y).float()
-        logits = self.z0_logits(net, z_t)
+        raw = net * (1 - 2 * z_t) if self.config.parameterization == "flip" else net
+        logits = self.z0_logits(net, z_t, t)  # full posterior logit, for logging and aux
         target = z0.float()
-        per_bit = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         reduce_dims = tuple(range(1, z0.dim()))
-        bce = per_bit.mean()
+        bce = F.binary_cross_entropy_with_logits(logits, target)
         cfg = self.config
         if cfg.loss_type == "mean":
             main = bce
         elif cfg.loss_type == "weighted":
             # weight 1 - (t - 1)/T: more weight on small t (SPEC 2, training loss)
+            per_bit = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             w = 1 - (t.float() - 1) / self.T
             main = (per_bit.mean(dim=reduce_dims) * w).mean()
+        elif cfg.loss_type == "balanced":
+            # the network's own output is l'; flipped bits weigh 1 - r_t, kept bits r_t
+            per_bit = F.binary_cross_entropy_with_logits(raw, target, reduction="none")
+            flip = (z0 != z_t).float()
+            r = (1 - self.k_at(t, per_bit)) / 2
+            w = flip * (1 - r) + (1 - flip) * r
+            main = (w * per_bit).sum() / w.sum().clamp_min(1e-12)
         elif cfg.loss_type == "focal":
-            # class-balanced focal loss on the flip targets: flipped bits weighted by
-            # 1 - (share of flipped bits), kept bits by that share; (1 - p_true)^gamma focusing
+            # flipped bits weighted by 1 - (share of flipped bits), kept bits by that share;
+            # (1 - p_true)^gamma focusing
+            per_bit = F.binary_cross_entropy_with_logits(raw, target, reduction="none")
             flip = (z0 != z_t).float()
             frac = flip.mean(dim=reduce_dims, keepdim=True)
             alpha = flip * (1 - frac) + (1 - flip) * frac
             p_true = torch.exp(-per_bit)
-            focal = alpha * (1 - p_true).pow(cfg.focal_gamma) * per_bit
-            main = focal.mean()
+            main = (alpha * (1 - p_true).pow(cfg.focal_gamma) * per_bit).mean()
         else:
             raise ValueError(f"unknown loss_type {cfg.loss_type!r}")
         aux = torch.zeros((), device=z0.device)
         if cfg.aux_weight > 0:
-            # auxiliary variational term: BCE between the posterior from the predicted z_0
-            # and the true posterior q(z_{t-1} | z_t, z_0), one step back
+            # auxiliary variational term: BCE between the exact step q(z_{t-1} | z_t) from the
+            # predicted z_0 and the true posterior q(z_{t-1} | z_t, z_0), one step back
             s = t - 1
-            true_logits = self.posterior_logits(torch.where(target > 0.5, 30.0, -30.0), z_t, t, s)
+            with torch.no_grad():
+                sure = torch.where(target > 0.5, 50.0, -50.0)  # z_0 known: p' = z_0 exactly
+                true_p = torch.sigmoid(self.posterior_logits(sure, z_t, t, s))
             pred_logits = self.posterior_logits(logits, z_t, t, s)
-            aux = F.binary_cross_entropy_with_logits(pred_logits, torch.sigmoid(true_logits))
-            aux = aux - F.binary_cross_entropy_with_logits(true_logits, torch.sigmoid(true_logits))
+            aux = F.binary_cross_entropy_with_logits(pred_logits, true_p)
+            aux = aux - F.binary_cross_entropy(true_p, true_p)  # KL: 0 at the optimum
         loss = main + cfg.aux_weight * aux
         with torch.no_grad():
             acc = ((logits > 0).float() == target).float().mean()

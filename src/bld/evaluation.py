@@ -481,6 +481,7 @@ def evaluate_autoencoder(ae: nn.Module, images: torch.Tensor, classifier: nn.Mod
 def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: torch.Tensor, *,
                    n: int = 2000, steps: int = 16, temperature: float = 1.0,
                    guidance: float = 0.0, seed: int = 0, conditional: bool = True,
+                   evidence_weight: float | None = None,
                    batch_size: int = 250, bf16: bool = True) -> dict[str, Any]:
     """Sample n images (classes cycled when conditional) and measure them on the test set.
 
@@ -489,16 +490,21 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     a prior cannot beat its decoder) and the settings and wall time per image.
     """
     from .pipeline import generate
+    from .sampling import DEFAULT_EVIDENCE_WEIGHT
+    if evidence_weight is None:
+        evidence_weight = DEFAULT_EVIDENCE_WEIGHT
     reference, floor = real_reference(test_images, n, seed=seed)
     nc = prior.config.model.num_classes
     labels = torch.arange(nc).repeat(n // max(nc, 1) + 1)[:n] if (conditional and nc) else None
     res = generate(prior, ae, n, steps=steps, temperature=temperature,
+                   evidence_weight=evidence_weight,
                    guidance=guidance if labels is not None else 0.0, labels=labels, seed=seed,
                    batch_size=batch_size, bf16=bf16)
     samples = evaluate_images(classifier, reference, floor, res.images, labels)
     recon = evaluate_autoencoder(ae, floor, classifier, reference)
     return {
         "settings": {"n": n, "steps": steps, "temperature": temperature,
+                     "evidence_weight": evidence_weight,
                      "guidance": guidance if labels is not None else 0.0, "seed": seed,
                      "conditional": labels is not None, "batch_size": batch_size, "bf16": bf16},
         "samples": samples, "autoencoder": recon,

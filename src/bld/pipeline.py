@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .autoencoder import BinaryAutoencoder
 from .packing import pack_bits
-from .sampling import sample
+from .sampling import DEFAULT_EVIDENCE_WEIGHT, sample
 from .train import LoadedPrior
 
 
@@ -89,6 +89,7 @@ class GenerateResult:
 @torch.no_grad()
 def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 16,
              temperature: float = 1.0, guidance: float = 0.0,
+             evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
              labels: torch.Tensor | None = None, seed: int = 0, batch_size: int = 256,
              bf16: bool = True, known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, progress: bool = False) -> GenerateResult:
@@ -112,6 +113,7 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
         with autocast(device, bf16):
             z = sample(prior.model, prior.diffusion, (b, *shape), steps=steps, y=y,
                        guidance=guidance, temperature=temperature,
+                       evidence_weight=evidence_weight,
                        null_label=prior.model.null_label, known=kn, mask=mk, generator=g,
                        device=device).z0
             x = ae.decode(z).float().clamp(-1, 1)

@@ -12,6 +12,13 @@ import torch
 from .diffusion import BernoulliDiffusion, Denoiser, sampling_timesteps
 
 
+# lambda of SPEC 2 "Evidence weight": how much of z_t's evidence is removed from the
+# network's posterior before each step. 1 = the exact (ancestral) step; 0 = the original
+# code's product (bits stick to z_t: a lower-noise step). Chosen by measurement on the
+# demo prior (benchmarks/ablations.py); re-measure when the prior changes.
+DEFAULT_EVIDENCE_WEIGHT = 1.0
+
+
 class SampleOutput(NamedTuple):
     z0: torch.Tensor  # (B, ...) binary sample in {0, 1}
     intermediates: list[torch.Tensor]  # z_t after each step (CPU), empty unless asked for
@@ -21,22 +28,27 @@ class SampleOutput(NamedTuple):
 def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Tensor,
                   t: torch.Tensor, y: torch.Tensor | None, guidance: float,
                   null_label: int | None) -> torch.Tensor:
-    """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. SPEC 2."""
+    """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. SPEC 2.
+
+    Returned in float32: under bf16 autocast the network's head is bf16, and the guided
+    difference of two bf16 logits would lose most of its precision.
+    """
     if guidance == 0 or y is None:
-        return diffusion.model_logits(model, z_t, t, y)
+        return diffusion.model_logits(model, z_t, t, y).float()
     if null_label is None:
         raise ValueError("guidance needs a conditional model with a learned null label")
     y_null = torch.full_like(y, null_label)
     both = diffusion.model_logits(model, torch.cat([z_t, z_t]), torch.cat([t, t]),
                                   torch.cat([y, y_null]))
-    cond, uncond = both.chunk(2)
+    cond, uncond = both.float().chunk(2)
     return (1 + guidance) * cond - guidance * uncond
 
 
 @torch.no_grad()
 def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...], *,
            steps: int | None = None, y: torch.Tensor | None = None, guidance: float = 0.0,
-           temperature: float = 1.0, null_label: int | None = None,
+           temperature: float = 1.0, evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
+           null_label: int | None = None,
            known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            return_intermediates: bool = False) -> SampleOutput:
@@ -45,10 +57,14 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     Args:
         model: denoiser, called as ``model(z_t, t / T, y)`` -> one logit per bit.
         shape: latent shape ``(B, C, H, W)`` (any ``(B, ...)`` works).
-        steps: S visited steps, 1 <= S <= T (default T). Time is always normalised by T.
+        steps: S visited steps, 2 <= S <= T (default T). Time is always normalised by T.
         y: class labels (B,), or None for unconditional sampling.
         guidance: classifier-free guidance scale w (0 = plain conditional sampling).
-        temperature: network logits are divided by it (tau < 1: less diverse, more faithful).
+        temperature: the evidence-free logit l' is divided by it before each step
+            (tau < 1: less diverse, more faithful). SPEC 2.
+        evidence_weight: lambda of SPEC 2: 1 = the exact step; 0 = the original code's
+            product, which keeps bits of z_t more often (lower noise); values in between
+            (or below 0) trade between them.
         null_label: the label index of the learned null condition (needed when guidance != 0).
         known, mask: inpainting: bits with mask == 1 are kept from ``known`` after every step.
         generator: makes the draw reproducible (its device must match ``device``).
@@ -84,13 +100,14 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     B = shape[0]
     for i, t_int in enumerate(ts):
         t = torch.full((B,), t_int, device=device, dtype=torch.long)
-        net = guided_logits(model, diffusion, z, t, y, guidance, null_label).float() / temperature
-        z0_logits = diffusion.z0_logits(net, z)
+        net = guided_logits(model, diffusion, z, t, y, guidance, null_label)
+        z0_logits = diffusion.z0_logits(net, z, t)  # logit P(z_0 = 1 | z_t), float32
         if i == len(ts) - 1:
             z = (z0_logits > 0).float()  # final step: z_0 = [p > 0.5]
         else:
             s = torch.full((B,), ts[i + 1], device=device, dtype=torch.long)
-            probs = torch.sigmoid(diffusion.posterior_logits(z0_logits, z, t, s))
+            probs = torch.sigmoid(diffusion.posterior_logits(
+                z0_logits, z, t, s, evidence_weight=evidence_weight, temperature=temperature))
             u = torch.rand(probs.shape, generator=generator, device=device)
             z = (u < probs).float()
         z = impose(z)

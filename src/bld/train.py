@@ -25,7 +25,6 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -469,7 +468,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
             for group in opt.param_groups:
                 group["lr"] = lr
             with ctx.autocast(cfg.run.bf16):
-                out = net(x, deterministic=False, generator=gen)
+                out = net(x, generator=gen)  # training mode: bits as model.train_bits says
             losses = loss_fn.generator_loss(x, out, step, model.last_layer)
             opt.zero_grad(set_to_none=True)
             losses.loss.backward()
