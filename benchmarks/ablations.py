@@ -61,13 +61,16 @@ class Arm:
     note: str = ""
     samplers: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_SAMPLERS))
     autoencoder: str = ""  # prior arms: an autoencoder arm whose latents to train on
+    adopt: str = ""  # seed 0: reuse this sub-folder of RUN_DIR (trained with these settings)
 
 
 ADALN = ["model.conditioning=adaln"]
 ARMS: dict[str, Arm] = {
     # ---- prior: conditioning, optimisation, shape, process, loss (on the RUN_DIR latents)
-    "prior/base": Arm("prior", [], "the demo prior before this study", samplers=[
-        (1.0, 1.0), (0.5, 1.0), (0.0, 1.0), (-0.5, 1.0), (0.0, 0.0), (1.0, 0.0)]),
+    "prior/base": Arm("prior", [], "the demo prior before this study (seed 0: trained by "
+                      "bld demo with 2 threads)", samplers=[
+        (1.0, 1.0), (0.5, 1.0), (0.0, 1.0), (-0.5, 1.0), (0.0, 0.0), (1.0, 0.0)],
+        adopt="prior"),
     "prior/adaln": Arm("prior", ADALN, "adaLN-Zero conditioning (DiT) instead of tokens"),
     "prior/bs64x2000": Arm("prior", ["optim.batch_size=64", "optim.steps=2000"],
                            "same latents seen, twice the optimiser steps"),
@@ -210,13 +213,17 @@ class Study:
         out = self.work / f"{name.replace('/', '_')}-prior-s{seed}"
         cfg = _load_cfg("prior", base + arm.overrides + self._run_flags(seed)
                         + [f"autoencoder={ae_dir}", f"latents={cache}"])
-        if not (out / "done").exists():
+        if arm.adopt and seed == 0:  # trained by `bld demo` with these settings
+            out = self.run_dir / arm.adopt
+            seconds = json.loads((out / "done.json").read_text())["seconds"]
+        elif not (out / "done").exists():
             import shutil
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             train_prior(cfg, out)
             (out / "done").write_text(str(time.perf_counter() - t0))
-        seconds = float((out / "done").read_text())
+        if not (arm.adopt and seed == 0):
+            seconds = float((out / "done").read_text())
         clf, meta, ref, x, y = self.ref()
         prior = load_prior(out, "cpu")
         ae = load_autoencoder(ae_dir, "cpu")
