@@ -131,8 +131,10 @@ class Study:
         self.bench, self.run_dir, self.work, self.n = bench, run_dir, work, n
         self.threads = threads
         self.json_path = bench.path(".json")
-        self.rows: dict[str, Any] = (json.loads(self.json_path.read_text())["rows"]
-                                     if self.json_path.exists() else {})
+        self.rows: dict[str, Any] = {}
+        if self.json_path.exists():  # earlier arms: `save` and `write_report` both keep them
+            saved = json.loads(self.json_path.read_text())
+            self.rows = saved.get("results", saved)["rows"]
         self._ref = None
 
     # shared measuring tools, made once
@@ -148,7 +150,8 @@ class Study:
                               "base_autoencoder": BASE_AUTOENCODER,
                               "environment": common.environment()}
         tmp = self.json_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(common._jsonable(self.bench.results), indent=2))
+        tmp.write_text(json.dumps(common._jsonable({"benchmark": "ablations",
+                                                    "results": self.bench.results}), indent=2))
         tmp.replace(self.json_path)
 
     def _run_flags(self, seed: int) -> list[str]:
@@ -275,9 +278,9 @@ def report(bench: common.Bench, rows: dict[str, Any]) -> None:
         f"{bench.results.get('n', '?')}; `fd_ratio` = sample FD / reconstruction FD at the same "
         "N. `train_s`: training wall time of the arm on the machine below (arms ran one at a "
         "time, with the thread count given).",
-        "## Prior arms", "", common.markdown_table(sorted(prior_rows, key=lambda r: (
+        "", "## Prior arms", "", common.markdown_table(sorted(prior_rows, key=lambda r: (
             r["arm"], r["seed"], -r["evidence_weight"], r["guidance"])), pcols),
-        "## Autoencoder arms", "", common.markdown_table(
+        "", "## Autoencoder arms", "", common.markdown_table(
             sorted(ae_rows, key=lambda r: (r["arm"], r["seed"])), acols),
     ]
     common.write_report(bench, "Ablations: learning per CPU-second", sections)

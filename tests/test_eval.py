@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-
-from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
 import torch
 
 from bld.cli import main
 from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation import evaluate_images, load_classifier, real_reference
+from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
