@@ -225,6 +225,23 @@ def write_report(bench: Bench, title: str, sections: Iterable[str]) -> None:
     log.info("wrote %s and %s", bench.path(".md"), bench.path(".json"))
 
 
+def update_headline(bench: Bench, values: dict[str, Any]) -> Path:
+    """Merge ``values`` into ``<out>/headline.json``: one flat object of the figures the
+    READMEs quote, each written by the script that measured it (never typed in). Each key
+    gets a ``<key>__source`` entry naming the script and the date."""
+    path = bench.out / "headline.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    stamp = f"benchmarks/{bench.name}.py, {time.strftime('%Y-%m-%d %H:%M')}"
+    for k, v in values.items():
+        data[k] = _jsonable(v)
+        data[f"{k}__source"] = stamp
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(data.items())), indent=2) + "\n")
+    tmp.replace(path)
+    log.info("headline: %s", {k: v for k, v in values.items()})
+    return path
+
+
 def _save_figure(fig, path: Path) -> Path:
     """Lay out, write and close a matplotlib figure."""
     import matplotlib.pyplot as plt

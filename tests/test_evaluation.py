@@ -131,6 +131,18 @@ def test_psnr_ssim_fall_as_noise_grows(fmnist_test):
     assert psnr(x, x + 0.02 * noise) == pytest.approx(40.0, abs=0.2)
 
 
+def test_psnr_is_over_the_whole_set_not_a_mean_of_images(fmnist_test):
+    # one definition everywhere: 10 log10(4 / MSE over all pixels of all images)
+    x = fmnist_test[0][:2]
+    y = x.clone()
+    y[0] += 0.01  # image 0: MSE 1e-4; image 1: MSE 1e-2
+    y[1] += 0.1
+    want = 10 * math.log10(4 / ((1e-4 + 1e-2) / 2))
+    per_image_mean = (10 * math.log10(4 / 1e-4) + 10 * math.log10(4 / 1e-2)) / 2
+    assert psnr(y, x) == pytest.approx(want, abs=1e-3)
+    assert abs(per_image_mean - want) > 5  # the two definitions differ a lot here
+
+
 def test_psnr_rejects_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         psnr(torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 8))

@@ -125,7 +125,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                    labels=labels, seed=s.seed)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
     test_set = build_dataset("fashion-mnist", split="test", data_dir=s.data_dir or None)
-    xt = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    from .evaluation import dataset_tensors
+    xt, yt = dataset_tensors(test_set)
     rec = reconstruct(ae, xt)
     save_image(image_grid(torch.cat([xt[:16], rec.recon[:16]]), nrow=16), out / "reconstructions.png",
                scale=2)
@@ -140,7 +141,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "sampling_seconds_per_image": res.seconds / len(res.images),
     }
     if s.eval_samples > 0:
-        figures.update(_evaluate(prior, ae, xt, rec.recon, test_set, s, out, device))
+        figures.update(_evaluate(prior, ae, xt, yt, rec.recon, s, out, device))
     s.timings["total_s"] = time.perf_counter() - t_start
     report = {
         "bld_version": __version__, "torch": torch.__version__,
@@ -165,8 +166,10 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     return report
 
 
-def _evaluate(prior, ae, xt, recon, test_set, s: DemoSettings, out: Path, device) -> dict:
-    """FD, precision/recall and class accuracy of samples on the project's own classifier."""
+def _evaluate(prior, ae, xt, yt, recon, s: DemoSettings, out: Path, device) -> dict:
+    """FD, precision/recall and class accuracy of samples on the project's own classifier;
+    the classifier's accuracy on the reconstructions of every test image beside it."""
+    from .classifier import accuracy
     from .evaluation import evaluate_prior, load_classifier, train_and_save_classifier
     cls_dir = out / "classifier"
     t0 = time.perf_counter()
@@ -182,9 +185,13 @@ def _evaluate(prior, ae, xt, recon, test_set, s: DemoSettings, out: Path, device
                         evidence_weight=s.evidence_weight)
     s.timings["evaluation_s"] = time.perf_counter() - t0
     smp, rec = ev["samples"], ev["autoencoder"]
-    return {"classifier_test_accuracy": meta["test_accuracy"], "eval_n": smp["n"],
+    return {"classifier_test_accuracy": meta["test_accuracy"],
+            "reconstruction_class_accuracy": accuracy(clf, recon, yt),
+            "eval_n": smp["n"],
             "sample_fd": smp["fd"], "fd_floor_real_vs_real": smp["fd_floor_real_vs_real"],
             "reconstruction_fd": rec["fd_recon"], "fd_ratio_samples_to_recon": ev["fd_ratio_to_recon"],
+            "reconstruction_precision": rec["recon_precision"],
+            "reconstruction_recall": rec["recon_recall"],
             "sample_precision": smp["precision"], "sample_recall": smp["recall"],
             "sample_class_accuracy": smp["class_accuracy"], "reconstruction_ssim": rec["ssim"],
             "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]}

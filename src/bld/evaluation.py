@@ -190,17 +190,21 @@ def _check_image_pair(x: torch.Tensor, y: torch.Tensor) -> None:
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
 
 
+def psnr_from_mse(mse: float, data_range: float = 2.0) -> float:
+    """10 log10(data_range^2 / MSE) in dB; inf when the MSE is 0."""
+    return 10 * math.log10(data_range ** 2 / mse) if mse > 0 else float("inf")
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [-1, 1] (data range 2), shape (B, C, H, W).
 
-    Computed per image, then averaged over the batch; identical images give inf.
+    The project's one definition: 10 log10(4 / MSE) with the MSE taken over every pixel of
+    the whole set (as torchmetrics' ``PeakSignalNoiseRatio`` with its default reduction), not
+    the mean of per-image PSNRs, which is higher (log is concave) and rewards a few easy
+    images. Identical sets give inf.
     """
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
     _check_image_pair(x, y)
-    per_image = peak_signal_noise_ratio(x.float(), y.float(), data_range=2.0,
-                                        reduction="none", dim=(1, 2, 3))  # (B,)
-    return float(per_image.mean())
+    return psnr_from_mse(float((x.double() - y.double()).pow(2).mean()))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -472,9 +476,13 @@ def evaluate_autoencoder(ae: nn.Module, images: torch.Tensor, classifier: nn.Mod
            "bit_mean": usage.channel_mean.mean().item(), "dead_bit_fraction": usage.dead_fraction,
            "bit_entropy": usage.bit_entropy, "position_entropy_bits": usage.position_entropy}
     if classifier is not None:
+        # the same figures as for samples (`evaluate_images`): FD, precision / recall against
+        # the reference at the same N (the first N reference features for precision/recall)
         ref = reference if reference is not None else images
-        res["fd_recon"] = fd_from_features(extract_features(classifier, ref),
-                                           extract_features(classifier, recon_t))
+        ref_f, rec_f = extract_features(classifier, ref), extract_features(classifier, recon_t)
+        res["fd_recon"] = fd_from_features(ref_f, rec_f)
+        pr = precision_recall(ref_f[:len(recon_t)], rec_f)
+        res["recon_precision"], res["recon_recall"] = pr.precision, pr.recall
     return res
 
 

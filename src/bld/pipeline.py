@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .autoencoder import BinaryAutoencoder
+from .evaluation import psnr_from_mse
 from .packing import pack_bits
 from .sampling import DEFAULT_EVIDENCE_WEIGHT, sample
 from .train import LoadedPrior
@@ -162,5 +163,4 @@ def reconstruct(ae: BinaryAutoencoder, images: torch.Tensor, batch_size: int = 2
     recon = torch.cat(out)
     err = recon - images.float()
     mse = err.pow(2).mean().item()
-    psnr = 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")  # peak-to-peak 2
-    return ReconstructResult(recon, err.abs().mean().item(), mse, psnr)
+    return ReconstructResult(recon, err.abs().mean().item(), mse, psnr_from_mse(mse))
