@@ -146,13 +146,21 @@ class Study:
         return self._ref
 
     def save(self) -> None:
-        self.bench.results = {"rows": self.rows, "n": self.n, "base_prior": BASE_PRIOR,
-                              "base_autoencoder": BASE_AUTOENCODER,
-                              "environment": common.environment()}
-        tmp = self.json_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(common._jsonable({"benchmark": "ablations",
-                                                    "results": self.bench.results}), indent=2))
-        tmp.replace(self.json_path)
+        """Merge this run's rows into the JSON file (other runs may be adding arms too)."""
+        import fcntl
+        with open(self.json_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.json_path.exists():
+                saved = json.loads(self.json_path.read_text())
+                self.rows = {**saved.get("results", saved)["rows"], **self.rows}
+            self.bench.results = {"rows": self.rows, "n": self.n, "base_prior": BASE_PRIOR,
+                                  "base_autoencoder": BASE_AUTOENCODER,
+                                  "environment": common.environment()}
+            tmp = self.json_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(common._jsonable({"benchmark": "ablations",
+                                                        "results": self.bench.results}),
+                                      indent=2))
+            tmp.replace(self.json_path)
 
     def _run_flags(self, seed: int) -> list[str]:
         return [f"run.seed={seed}", f"run.threads={self.threads}", "run.device=cpu",
