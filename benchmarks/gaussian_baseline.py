@@ -1,31 +1,32 @@
 """Binary latent diffusion (BLD) against Gaussian latent diffusion, side by side in one run.
 
-Both pipelines are trained here from scratch with identical budgets and backbones, on
-Fashion-MNIST, then sampled at S in {4, 8, 16, 32, 64} steps:
+Every pipeline is trained here from scratch at the demo's size, with the settings of the
+shipped ``fashion-mnist`` presets (autoencoder and prior: architecture, steps x batch,
+learning rate, warm-up, weight decay, EMA), on all 60000 Fashion-MNIST training images,
+then sampled at S in {4, 8, 16, 32} steps (and S = 16 with a second sampling seed):
 
-* autoencoders: the same `bld.autoencoder.Encoder` / `Decoder` architecture (the
-  fashion-mnist preset: 28 px -> 7 x 7 x 16), the same steps x batch, L1 + MSE loss.
-  BLD: Bernoulli bits (stochastic in training, [p > 0.5] when encoding), as `BinaryAutoencoder`.
-  Gaussian: no binarisation, continuous latents z = tanh(encoder output) (tanh-bounded, no KL
-  term), decoder without bit normalisation; latents are normalised to zero mean and unit
-  variance (one scalar each, measured on the encoded training set) before diffusion, as
-  LDM's scale factor does.
-* priors: the same `bld.denoiser.Denoiser` backbone (width x depth x heads), the same init
-  seed, steps x batch, optimiser, EMA, label dropout (10%, per sample) and bf16 autocast.
-  BLD: Bernoulli diffusion (T = 64, cosine, flip parameterisation, BCE).
-  Gaussian: epsilon prediction (the head's C outputs per position), DDPM linear betas
-  1e-4 .. 0.02 over 1000 training steps, MSE; sampled with diffusers' `DDIMScheduler`
-  (eta = 0, "trailing" timestep spacing so that every S starts from pure noise).
-* both class-conditional, sampled with classifier-free guidance of the same w (default 1):
-  logits (BLD) or epsilon (Gaussian) = (1 + w) cond - w uncond.
+* ``bld``: the binary autoencoder and the Bernoulli prior exactly as the presets say
+  (the library's `BinaryAutoencoder`, `Denoiser`, `BernoulliDiffusion`, `sample`).
+* ``gaussian``: the same Encoder / Decoder without binarisation (continuous latents
+  z = tanh(encoder output), the same 7 x 7 x C shape, no KL term), the same Denoiser
+  (width, depth, conditioning, init seed) trained with the same optimiser settings on
+  epsilon prediction (DDPM linear betas 1e-4 .. 0.02 over 1000 steps, latents normalised to
+  unit variance as LDM's scale factor), sampled with diffusers' DDIM (eta 0, trailing
+  spacing). **Matched compute**: identical steps x batch and backbone.
+* ``gaussian-matched``: the Gaussian pipeline with fewer latent channels
+  (``--matched-channels``, default 2), so that its reconstructions are about as good as the
+  binary autoencoder's: a continuous channel carries far more than one bit, so at equal
+  shape the Gaussian decoder starts far ahead. **Matched reconstruction quality.**
 
-Reported: FD (project classifier, N samples, real-vs-real floor at that N), precision/recall,
-class accuracy and seconds per image (sampling + decoding) per S for both, the autoencoders'
-own reconstruction FD (the bound on each prior), and S = 16 with a second sampling seed
-(run-to-run spread of sampling; training is run once per side: a training-seed spread would
-double the cost; use --train-seeds 2 for it).
+All are class-conditional with 10% per-sample label dropout and sampled with classifier-free
+guidance of the same w (default: the prior preset's). Reported per pipeline and training seed
+(``--train-seeds``, default 2): the autoencoder's PSNR / reconstruction FD / recall (the bound
+on its prior), FD (project classifier, N samples, real-vs-real floor at that N), precision /
+recall, class accuracy and seconds per image (sampling + decoding) per S, and the FD-vs-
+seconds-per-image curves. Writes ``bld_fd_s16``, ``gaussian_fd_s16`` (matched compute) and the
+``*_matched_recon`` pair (means over training seeds) to headline.json.
 
-    python benchmarks/gaussian_baseline.py            # ~10-12 min on 1 thread
+    python benchmarks/gaussian_baseline.py --threads 1    # ~2 h on 1 thread (6 trainings)
     python benchmarks/gaussian_baseline.py --quick
 """
 
@@ -47,21 +48,23 @@ log = logging.getLogger("bench")
 
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32, 64],
-                   help="sampling steps S for both priors (BLD: of its T = 64)")
-    p.add_argument("--n", type=int, default=None, help="samples per setting (default 500)")
-    p.add_argument("--guidance", type=float, default=1.0, help="the same CFG w for both")
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32],
+                   help="sampling steps S for every prior (BLD: of its T)")
+    p.add_argument("--n", type=int, default=None, help="samples per setting (default 1000)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="the same CFG w for all (default: the prior preset's sample_guidance)")
+    p.add_argument("--preset", default="fashion-mnist",
+                   help="autoencoder and prior preset (or YAML files via --ae-config/--prior-config)")
+    p.add_argument("--ae-config", default=None, help="autoencoder preset or YAML (default --preset)")
+    p.add_argument("--prior-config", default=None, help="prior preset or YAML (default --preset)")
     p.add_argument("--train-images", type=int, default=None,
-                   help="Fashion-MNIST training images used (default 12000)")
-    p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (default 250)")
-    p.add_argument("--ae-batch", type=int, default=64)
-    p.add_argument("--prior-steps", type=int, default=None, help="prior steps (default 500)")
-    p.add_argument("--prior-batch", type=int, default=128)
-    p.add_argument("--width", type=int, default=128, help="denoiser width (both priors)")
-    p.add_argument("--depth", type=int, default=4, help="denoiser depth (both priors)")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--train-seeds", type=int, default=1,
-                   help="train each side this many times (seeds seed, seed+1, ...)")
+                   help="Fashion-MNIST training images used (default: all 60000)")
+    p.add_argument("--matched-channels", type=int, default=2,
+                   help="latent channels of the gaussian-matched pipeline")
+    p.add_argument("--pipelines", nargs="+", default=["bld", "gaussian", "gaussian-matched"],
+                   choices=["bld", "gaussian", "gaussian-matched"])
+    p.add_argument("--train-seeds", type=int, default=2,
+                   help="train each pipeline this many times (seeds seed, seed+1, ...)")
     p.add_argument("--batch-size", type=int, default=500, help="sampling batch")
     return p.parse_args()
 
@@ -161,30 +164,38 @@ def sample_bld(model, diffusion, steps: int, n: int, shape, labels, guidance: fl
     return torch.cat(out)
 
 
-def train_side(kind: str, args, seed: int, x_train, y_train, ae_cfg, den_cfg, sizes) -> dict:
-    """Train one side's autoencoder and prior; returns models, latent scale and times."""
-    from bld.autoencoder import BinaryAutoencoder
+def train_side(kind: str, seed: int, x_train, y_train, ae_train, pr_train, den_cfg) -> dict:
+    """Train one pipeline's autoencoder and prior with the presets' optimiser settings;
+    returns the EMA models, latent scale and times."""
+    from bld.autoencoder import AutoencoderLoss, BinaryAutoencoder
     from bld.denoiser import Denoiser
-    from bld.diffusion import BernoulliDiffusion, DiffusionConfig
+    from bld.diffusion import BernoulliDiffusion
 
+    ae_cfg = ae_train.model
     torch.manual_seed(seed)
     ae = BinaryAutoencoder(ae_cfg) if kind == "bld" else GaussianAutoencoder(ae_cfg)
+    loss_cfg = ae_train.loss
+    bld_loss = AutoencoderLoss(loss_cfg, ae_cfg.in_channels) if kind == "bld" else None
 
     def ae_loss(idx, g):
         x = x_train[idx]
-        recon = ae(x, deterministic=False, generator=g).recon if kind == "bld" else ae(x)
-        recon = recon.float()
-        return (recon - x).abs().mean() + F.mse_loss(recon, x)  # L1 + MSE (the preset's)
+        if kind == "bld":  # the library's loss (L1, MSE and any bit terms the preset sets)
+            return bld_loss.generator_loss(x, ae(x, generator=g), 0, ae.last_layer).loss
+        recon = ae(x).float()
+        return loss_cfg.l1_weight * (recon - x).abs().mean() + loss_cfg.mse_weight * F.mse_loss(
+            recon, x)
 
-    r_ae = common.train_model(ae, ae_loss, n_items=len(x_train), steps=sizes["ae_steps"],
-                              batch_size=args.ae_batch, lr=2e-3, seed=seed, ema_decay=0.995,
+    o = ae_train.optim
+    r_ae = common.train_model(ae, ae_loss, n_items=len(x_train), steps=o.steps,
+                              batch_size=o.batch_size, lr=o.lr, seed=seed, warmup=o.warmup,
+                              weight_decay=o.weight_decay, ema_decay=o.ema_decay,
                               desc=f"{kind} autoencoder")
     ae_ema = r_ae.model
     t0 = time.perf_counter()
     if kind == "bld":
         z = encode_all(lambda x: ae_ema.encode(x, deterministic=True), x_train)
         mean, std = 0.0, 1.0
-        diffusion = BernoulliDiffusion(DiffusionConfig(timesteps=64, schedule="cosine"))
+        diffusion = BernoulliDiffusion(pr_train.diffusion)
     else:
         z = encode_all(ae_ema.encode, x_train)
         mean, std = z.mean().item(), z.std().item()  # one scalar each, as LDM's scale factor
@@ -193,12 +204,12 @@ def train_side(kind: str, args, seed: int, x_train, y_train, ae_cfg, den_cfg, si
         acp = diffusion.alphas_cumprod
     encode_s = time.perf_counter() - t0
 
-    torch.manual_seed(seed + 1000)  # the same initial prior weights for both sides
-    model = Denoiser(den_cfg)
+    torch.manual_seed(seed + 1000)  # the same initial prior weights for every pipeline
+    model = Denoiser(replace(den_cfg, bits=z.shape[1]))
     null = model.null_label
 
     def prior_loss(idx, g):
-        z0, y = z[idx], cond_drop(y_train[idx], null, g)
+        z0, y = z[idx], cond_drop(y_train[idx], null, g, pr_train.cond_drop)
         if kind == "bld":
             return diffusion.training_losses(model, z0, y, generator=g).loss
         t = torch.randint(0, 1000, (len(idx),), generator=g)
@@ -207,146 +218,175 @@ def train_side(kind: str, args, seed: int, x_train, y_train, ae_cfg, den_cfg, si
         x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM
         return F.mse_loss(model(x_t, t.float() / 1000.0, y).float(), noise)  # epsilon loss
 
-    r_pr = common.train_model(model, prior_loss, n_items=len(z), steps=sizes["prior_steps"],
-                              batch_size=args.prior_batch, lr=1.5e-3, seed=seed,
-                              ema_decay=0.995, desc=f"{kind} prior")
+    o = pr_train.optim
+    r_pr = common.train_model(model, prior_loss, n_items=len(z), steps=o.steps,
+                              batch_size=o.batch_size, lr=o.lr, seed=seed, warmup=o.warmup,
+                              weight_decay=o.weight_decay, ema_decay=o.ema_decay,
+                              desc=f"{kind} prior")
     return {"ae": ae_ema, "prior": r_pr.model, "diffusion": diffusion, "mean": mean,
             "std": std, "ae_seconds": r_ae.seconds, "prior_seconds": r_pr.seconds,
             "encode_seconds": encode_s, "ae_final_loss": sum(r_ae.losses[-10:]) / 10,
-            "prior_final_loss": sum(r_pr.losses[-10:]) / 10, "latent_std_raw": std}
+            "prior_final_loss": sum(r_pr.losses[-10:]) / 10, "latent_std_raw": std,
+            "latent_shape": tuple(z.shape[1:])}
+
+
+NAMES = {"bld": "BLD (Bernoulli)", "gaussian": "Gaussian (DDIM)",
+         "gaussian-matched": "Gaussian, matched recon (DDIM)"}
 
 
 def main() -> None:
     args = parse_args()
     q = args.quick
-    sizes = {"n": args.n or (64 if q else 500),
-             "train_images": args.train_images or (512 if q else 12000),
-             "ae_steps": args.ae_steps or (4 if q else 250),
-             "prior_steps": args.prior_steps or (4 if q else 500)}
+    bench = common.setup("gaussian_baseline", args,
+                         expected_full="~2 h with 1 thread for 3 pipelines x 2 training seeds "
+                                       "(each: autoencoder ~8 min, prior ~8 min, sampling ~3 min)")
+    from bld.config import load_config_dict
+    from bld.evaluation import psnr
+    from bld.train import config_from_dict, resolve_prior_config
+
+    small = ["optim.steps=4", "optim.batch_size=16", "model.channels=8", "model.hidden=16"]
+    ae_train = config_from_dict("autoencoder", load_config_dict(
+        "autoencoder", args.ae_config or args.preset, small if q else []))
+    pr_train = config_from_dict("prior", load_config_dict(
+        "prior", args.prior_config or args.preset,
+        ["optim.steps=4", "optim.batch_size=32", "model.width=32", "model.depth=1",
+         "model.heads=2"] if q else []))
+    den_cfg = resolve_prior_config(pr_train, ae_train.model, 10).model
+    guidance = args.guidance if args.guidance is not None else pr_train.sample_guidance
+    n = args.n or (64 if q else 1000)
     if q:
         args.steps = [s for s in args.steps if s in (4, 16)]
-        args.width, args.depth, args.ae_batch, args.prior_batch = 32, 1, 16, 32
-    bench = common.setup("gaussian_baseline", args,
-                         expected_full="~10-12 min with 1 thread (autoencoders ~3, encoding ~0.5, "
-                                       "priors ~3.5, sampling + FD ~3.5)")
-    from bld.autoencoder import AutoencoderConfig
-    from bld.denoiser import DenoiserConfig
-    from bld.evaluation import psnr
-
-    ae_cfg = AutoencoderConfig(in_channels=1, image_size=28, channels=8 if q else 32,
-                               channel_mult=(1, 2, 2), num_res_blocks=1, attention=True,
-                               hidden=16 if q else 64, bits=16)
-    den_cfg = DenoiserConfig(bits=ae_cfg.bits, grid=ae_cfg.grid, width=args.width,
-                             depth=args.depth, heads=min(args.heads, args.width // 16),
-                             num_classes=10)
-    shape = ae_cfg.latent_shape
-    x_train, y_train = common.fashion_mnist("train", sizes["train_images"])
+    x_train, y_train = common.fashion_mnist("train", args.train_images or (512 if q else None))
     xt, yt = common.fashion_mnist("test")
     clf, clf_meta = common.get_classifier(bench)
-    n = sizes["n"]
     ref = common.FDReference(clf, xt, yt, n, seed=0)
     labels = common.cycled_labels(n, 10)
 
     rows, recon_rows, train_rows = [], [], []
     for tseed in range(args.seed, args.seed + args.train_seeds):
-        for kind in ("bld", "gaussian"):
-            side = train_side(kind, args, tseed, x_train, y_train, ae_cfg, den_cfg, sizes)
-            name = "BLD (Bernoulli)" if kind == "bld" else "Gaussian (DDIM)"
-            train_rows.append({"method": name, "train_seed": tseed,
+        for pipe in args.pipelines:
+            kind = "bld" if pipe == "bld" else "gaussian"
+            ae_t = ae_train
+            if pipe == "gaussian-matched":
+                ae_t = replace(ae_train, model=replace(ae_train.model, bits=args.matched_channels))
+            side = train_side(kind, tseed, x_train, y_train, ae_t, pr_train, den_cfg)
+            name = NAMES[pipe]
+            train_rows.append({"pipeline": name, "train_seed": tseed,
+                               "latent": "x".join(map(str, side["latent_shape"])),
                                "ae_s": side["ae_seconds"], "encode_s": side["encode_seconds"],
                                "prior_s": side["prior_seconds"],
                                "ae_loss_end": side["ae_final_loss"],
                                "prior_loss_end": side["prior_final_loss"]})
             ae = side["ae"]
+            shape = side["latent_shape"]
             enc = ((lambda x: ae.encode(x, deterministic=True)) if kind == "bld" else ae.encode)
             rec = decode_all(ae.decode, encode_all(enc, ref.floor))
             m = ref.evaluate(rec, ref.floor_labels)
-            recon_rows.append({"method": name, "train_seed": tseed, "n": n, "fd_recon": m["fd"],
-                               "fd_floor": m["fd_floor_real_vs_real"], "psnr": psnr(rec, ref.floor),
-                               "precision": m["precision"], "recall": m["recall"],
-                               "class_accuracy": m["class_accuracy"]})
+            recon_rows.append({"pipeline": name, "train_seed": tseed, "n": n,
+                               "fd_recon": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
+                               "psnr": psnr(rec, ref.floor), "precision": m["precision"],
+                               "recall": m["recall"], "class_accuracy": m["class_accuracy"]})
             settings = [(s, args.seed) for s in args.steps]
             if 16 in args.steps:
                 settings.append((16, args.seed + 1))
             warm = labels[:8]  # warm-up before timing (SPEC 5)
             if kind == "bld":
-                sample_bld(side["prior"], side["diffusion"], 2, 8, shape, warm, args.guidance, 0, 8)
+                sample_bld(side["prior"], side["diffusion"], 2, 8, shape, warm, guidance, 0, 8)
             else:
-                sample_gaussian(side["prior"], 2, 8, shape, warm, args.guidance, 0.0, 1.0, 0, 8)
-            for s, seed in tqdm(settings, desc=f"{kind} sampling"):
+                sample_gaussian(side["prior"], 2, 8, shape, warm, guidance, 0.0, 1.0, 0, 8)
+            for s, seed in tqdm(settings, desc=f"{pipe} sampling"):
                 t0 = time.perf_counter()
                 if kind == "bld":
                     z = sample_bld(side["prior"], side["diffusion"], s, n, shape, labels,
-                                   args.guidance, seed, args.batch_size)
+                                   guidance, seed, args.batch_size)
                 else:
-                    z = sample_gaussian(side["prior"], s, n, shape, labels, args.guidance,
+                    z = sample_gaussian(side["prior"], s, n, shape, labels, guidance,
                                         side["mean"], side["std"], seed, args.batch_size)
                 images = decode_all(ae.decode, z)
                 sec = (time.perf_counter() - t0) / n
                 m = ref.evaluate(images, labels)
-                rows.append({"method": name, "train_seed": tseed, "steps": s, "seed": seed,
+                rows.append({"pipeline": name, "train_seed": tseed, "steps": s, "seed": seed,
                              "n": n, "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
                              "fd_recon": recon_rows[-1]["fd_recon"],
                              "precision": m["precision"], "recall": m["recall"],
                              "class_accuracy": m["class_accuracy"], "s_per_image": sec})
-                log.info("%s S=%d seed %d: FD %.3f (floor %.3f, recon %.3f), %.4f s/image",
-                         name, s, seed, m["fd"], m["fd_floor_real_vs_real"],
-                         recon_rows[-1]["fd_recon"], sec)
+                log.info("%s (train seed %d) S=%d seed %d: FD %.3f (floor %.3f, recon %.3f), "
+                         "%.4f s/image", name, tseed, s, seed, m["fd"],
+                         m["fd_floor_real_vs_real"], recon_rows[-1]["fd_recon"], sec)
 
     # ------------------------------------------------------------------------ report
-    main_rows = [r for r in rows if r["seed"] == args.seed and r["train_seed"] == args.seed]
-    methods = ["BLD (Bernoulli)", "Gaussian (DDIM)"]
-    fd_series = {m: ([r["steps"] for r in main_rows if r["method"] == m],
-                     [r["fd"] for r in main_rows if r["method"] == m]) for m in methods}
-    time_series = {m: ([r["s_per_image"] for r in main_rows if r["method"] == m],
-                       [r["fd"] for r in main_rows if r["method"] == m]) for m in methods}
-    floor = main_rows[0]["fd_floor"]
+    def mean_over_train_seeds(pipe_name: str, key: str, steps: int) -> float:
+        vals = [r[key] for r in rows if r["pipeline"] == pipe_name and r["steps"] == steps
+                and r["seed"] == args.seed]
+        return sum(vals) / len(vals)
+
+    names = [NAMES[p] for p in args.pipelines]
+    fd_series = {m: (args.steps, [mean_over_train_seeds(m, "fd", s) for s in args.steps])
+                 for m in names}
+    time_series = {m: ([mean_over_train_seeds(m, "s_per_image", s) for s in args.steps],
+                       [mean_over_train_seeds(m, "fd", s) for s in args.steps]) for m in names}
+    floor = rows[0]["fd_floor"]
     common.plot_lines(bench.path("_fd_vs_steps.png"), fd_series, xlabel="sampling steps S",
-                      ylabel=f"FD (N = {n})", logx=True,
-                      title=f"BLD vs Gaussian LDM, w = {args.guidance}",
+                      ylabel=f"FD (N = {n}), mean of {args.train_seeds} training seeds",
+                      logx=True, title=f"BLD vs Gaussian LDM, w = {guidance}",
                       hlines={f"real-vs-real floor {floor:.3g}": floor})
     common.plot_lines(bench.path("_fd_vs_time.png"), time_series,
-                      xlabel="seconds per image (sampling + decoding)", ylabel=f"FD (N = {n})",
-                      logx=False, title="FD vs wall time per image (points: S)",
+                      xlabel="seconds per image (sampling + decoding)",
+                      ylabel=f"FD (N = {n})", logx=False,
+                      title="FD vs wall time per image (points: S = " +
+                      ", ".join(map(str, args.steps)) + ")",
                       hlines={f"real-vs-real floor {floor:.3g}": floor})
-    spread_rows = [r for r in rows if r["steps"] == 16]
     notes = []
-    for m in methods:
-        pair = [r for r in spread_rows if r["method"] == m and r["train_seed"] == args.seed]
-        if len(pair) == 2:
-            notes.append(f"- {m}: FD at S = 16 is {pair[0]['fd']:.4g} (seed {pair[0]['seed']}) and "
-                         f"{pair[1]['fd']:.4g} (seed {pair[1]['seed']}): sampling spread "
-                         f"{100 * common.spread(pair[0]['fd'], pair[1]['fd']):.1f}%.")
-    bench.results = {"sizes": sizes, "autoencoder": vars(ae_cfg),
-                     "denoiser": vars(den_cfg), "guidance": args.guidance, "classifier": clf_meta,
-                     "training": train_rows, "reconstruction": recon_rows, "rows": rows}
-    cols = ["method", "train_seed", "steps", "seed", "n", "fd", "fd_floor", "fd_recon",
+    for m in names:
+        at16 = [r for r in rows if r["pipeline"] == m and r["steps"] == 16]
+        if at16:
+            vals = ", ".join(f"{r['fd']:.4g} (train seed {r['train_seed']}, sampling seed "
+                             f"{r['seed']})" for r in at16)
+            notes.append(f"- {m}: FD at S = 16: {vals}.")
+    headline = {}
+    if 16 in args.steps and not q:
+        for key, pipe in [("bld_fd_s16", "bld"), ("gaussian_fd_s16", "gaussian"),
+                          ("gaussian_fd_s16_matched_recon", "gaussian-matched")]:
+            if pipe in args.pipelines:
+                headline[key] = mean_over_train_seeds(NAMES[pipe], "fd", 16)
+        if "bld" in args.pipelines:
+            headline["bld_fd_s16_matched_recon"] = headline["bld_fd_s16"]
+        common.update_headline(bench, headline)
+    bench.results = {"n": n, "guidance": guidance, "autoencoder": common._jsonable(vars(ae_train.model)),
+                     "denoiser": vars(den_cfg), "classifier": clf_meta,
+                     "matched_channels": args.matched_channels, "training": train_rows,
+                     "reconstruction": recon_rows, "rows": rows, "headline": headline}
+    cols = ["pipeline", "train_seed", "steps", "seed", "n", "fd", "fd_floor", "fd_recon",
             "precision", "recall", "class_accuracy", "s_per_image"]
+    o_ae, o_pr = ae_train.optim, pr_train.optim
     sections = [
         "## Design", "",
-        "Both pipelines trained in this run from scratch with identical budgets: autoencoders "
-        f"{sizes['ae_steps']} steps x batch {args.ae_batch} (same Encoder/Decoder, "
-        f"{ae_cfg.channels} channels, hidden {ae_cfg.hidden}, latent {list(shape)}), priors "
-        f"{sizes['prior_steps']} steps x batch {args.prior_batch} (same Denoiser, width "
-        f"{den_cfg.width}, depth {den_cfg.depth}, heads {den_cfg.heads}, same init seed), on the "
-        f"first {sizes['train_images']} Fashion-MNIST training images. BLD: Bernoulli bits, "
-        "T = 64 cosine, flip parameterisation. Gaussian: tanh-bounded continuous latents "
-        "normalised to unit variance, epsilon prediction, linear betas 1e-4..0.02 over 1000 "
-        "steps, diffusers DDIM (eta 0, trailing spacing). Both class-conditional with 10% "
-        f"per-sample label dropout, sampled with classifier-free guidance w = {args.guidance}. "
-        f"FD: project classifier (test accuracy {common.fmt(clf_meta.get('test_accuracy'))}), "
-        f"N = {n} against half the test set; the floor is {n} other real test images. "
-        "Seconds per image: sampling + decoding, bf16 autocast, batch "
-        f"{args.batch_size}, {torch.get_num_threads()} threads.", "",
+        f"Every pipeline trained in this run from scratch with the `{args.preset}` presets' "
+        f"settings: autoencoders {o_ae.steps} steps x batch {o_ae.batch_size} (lr {o_ae.lr}, "
+        f"the same Encoder/Decoder, {ae_train.model.channels} channels, hidden "
+        f"{ae_train.model.hidden}), priors {o_pr.steps} steps x batch {o_pr.batch_size} (lr "
+        f"{o_pr.lr}; the same Denoiser: width {den_cfg.width}, depth {den_cfg.depth}, "
+        f"{den_cfg.conditioning} conditioning, same init seed), on {len(x_train)} Fashion-MNIST "
+        f"training images. BLD: {ae_train.model.bits} Bernoulli bits per position, T = "
+        f"{pr_train.diffusion.timesteps} {pr_train.diffusion.schedule}. Gaussian: tanh-bounded "
+        f"continuous latents ({ae_train.model.bits} channels for matched compute, "
+        f"{args.matched_channels} for matched reconstruction quality) normalised to unit "
+        "variance, epsilon prediction, linear betas 1e-4..0.02 over 1000 steps, diffusers DDIM "
+        f"(eta 0, trailing spacing). All class-conditional ({pr_train.cond_drop:.0%} per-sample "
+        f"label dropout), sampled with classifier-free guidance w = {guidance}. FD: project "
+        f"classifier (test accuracy {common.fmt(clf_meta.get('test_accuracy'))}), N = {n} "
+        f"against half the test set; the floor is {n} other real test images. Seconds per "
+        f"image: sampling + decoding, bf16 autocast, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads.", "",
         "## Training", "", common.markdown_table(train_rows), "",
         "## Autoencoder bound (reconstructions of the floor images)", "",
         common.markdown_table(recon_rows), "",
         "## FD vs steps and time", "", common.markdown_table(rows, cols), "",
         f"![FD vs steps]({bench.path('_fd_vs_steps.png').name}) "
         f"![FD vs time]({bench.path('_fd_vs_time.png').name})", "",
-        "## Run-to-run spread at S = 16", "", *notes, "",
-        "The spread above is of sampling only (one training run per side unless "
-        "--train-seeds > 1); differences between the methods smaller than it are noise.",
+        "## Spread at S = 16 (training seeds and a second sampling seed)", "", *notes, "",
+        "Differences between pipelines smaller than the spread between training seeds are "
+        "noise.",
     ]
     common.write_report(bench, "BLD vs Gaussian latent diffusion", sections)
 

@@ -1,15 +1,17 @@
 """Sample quality of a trained prior against the number of sampling steps S (SPEC 4: "as few
-as 16 steps"), temperature and classifier-free guidance.
+as 16 steps"), the evidence weight, temperature and classifier-free guidance.
 
 Given a `bld demo --out RUN_DIR` folder (RUN_DIR/prior, RUN_DIR/autoencoder,
 RUN_DIR/classifier), samples N images per setting and measures on the Fashion-MNIST test
 set: FD (with the real-vs-real floor at the same N), improved precision/recall, class
 accuracy of the samples, and seconds per image (sampling + decoding, whole batches).
 
-Settings: S in {2, 4, 8, 16, 32, 64} of the trained T = 64 at the base temperature and
-guidance; temperatures {1.0, 0.9, 0.8} at S = 16; guidance {0, 1, 3} at S = 16. The key
-comparison (S = 4, 8, 16 against S = 64) is repeated with a second sampling seed, so the
-report shows the run-to-run spread next to the differences it discusses.
+Settings: S in {2, 4, 8, 16, 32, 64} of the trained T = 64 at the base temperature,
+guidance and evidence weight; evidence weights (SPEC 2's lambda) {1, 0.5, 0, -0.5},
+temperatures {1.0, 0.9, 0.8} and guidance {0, 1, 3} at S = 16. The key comparisons (S = 8
+and 16 against S = 64) are repeated with a second sampling seed, so the report shows the
+run-to-run spread next to the differences it discusses. Writes ``fd16_over_fd64`` and
+``fd8_over_fd64`` (means over the two seeds) to headline.json.
 
     python benchmarks/steps.py --run runs/demo             # N = 2000, ~30 min on 1 thread
     python benchmarks/steps.py --run /tmp/bench_demo --quick
@@ -38,6 +40,10 @@ def parse_args():
     p.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64],
                    help="sampling steps S to sweep (each <= the trained T)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.9, 0.8])
+    p.add_argument("--evidence-weights", type=float, nargs="+", default=[1.0, 0.5, 0.0, -0.5],
+                   help="evidence weights (lambda) swept at --sweep-steps")
+    p.add_argument("--evidence-weight", type=float, default=None,
+                   help="evidence weight of the other sweeps (default: the library's)")
     p.add_argument("--guidances", type=float, nargs="+", default=[0.0, 1.0, 3.0])
     p.add_argument("--guidance", type=float, default=None,
                    help="guidance w of the S and temperature sweeps (default: the prior's "
@@ -46,7 +52,7 @@ def parse_args():
                    help="temperature of the S and guidance sweeps")
     p.add_argument("--sweep-steps", type=int, default=16,
                    help="S of the temperature and guidance sweeps")
-    p.add_argument("--spread-steps", type=int, nargs="+", default=[16, 64],
+    p.add_argument("--spread-steps", type=int, nargs="+", default=[8, 16, 64],
                    help="settings re-run with seed+1 to show the run-to-run spread")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--fp32", action="store_true",
@@ -61,6 +67,7 @@ def main() -> None:
     if args.quick:
         args.steps = [s for s in args.steps if s in (2, 4, 16)]
         args.temperatures, args.guidances, args.spread_steps = [1.0, 0.8], [0.0, 1.0], [4, 16]
+        args.evidence_weights = [1.0, 0.0]
     bench = common.setup("steps", args, expected_full=(
         f"~{max(1, round(30 * n / 2000))} min at N = {n} with 1 thread and the demo prior "
         "(~0.5 s of sampling per image over all settings; a calibrated estimate follows)"))
@@ -68,7 +75,10 @@ def main() -> None:
     from bld.evaluation import evaluate_autoencoder
     from bld.pipeline import generate
     from bld.plots import image_grid, save_image
+    from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
     from bld.train import load_autoencoder, load_prior
+
+    lam_base = DEFAULT_EVIDENCE_WEIGHT if args.evidence_weight is None else args.evidence_weight
 
     for sub in ("prior", "autoencoder"):
         if not (args.run / sub).exists():
@@ -83,23 +93,25 @@ def main() -> None:
     if not nc:
         w_base, args.guidances = 0.0, [0.0]
         log.info("the prior is unconditional: no guidance sweep, no class accuracy")
-    bad = [s for s in args.steps + args.spread_steps + [args.sweep_steps] if not 1 <= s <= T]
+    bad = [s for s in args.steps + args.spread_steps + [args.sweep_steps] if not 2 <= s <= T]
     if bad:
-        raise SystemExit(f"steps {bad} are outside 1..T = {T} (the prior's trained steps)")
+        raise SystemExit(f"steps {bad} are outside 2..T = {T} (the prior's trained steps)")
     clf, clf_meta = common.get_classifier(bench, args.run)
     xt, yt = common.fashion_mnist("test")
     ref = common.FDReference(clf, xt, yt, n, seed=0)
     labels = common.cycled_labels(n, nc) if nc else None
 
-    # the settings, each measured once: (S, temperature, guidance, seed)
-    settings: list[tuple[int, float, float, int]] = []
+    # the settings, each measured once: (S, temperature, guidance, evidence weight, seed)
+    settings: list[tuple[int, float, float, float, int]] = []
 
-    def add(s: int, tau: float, w: float, seed: int) -> None:
-        if (s, tau, w, seed) not in settings:
-            settings.append((s, tau, w, seed))
+    def add(s: int, tau: float, w: float, seed: int, lam: float = lam_base) -> None:
+        if (s, tau, w, lam, seed) not in settings:
+            settings.append((s, tau, w, lam, seed))
 
     for s in args.steps:
         add(s, args.temperature, w_base, args.seed)
+    for lam in args.evidence_weights:
+        add(args.sweep_steps, args.temperature, w_base, args.seed, lam)
     for tau in args.temperatures:
         add(args.sweep_steps, tau, w_base, args.seed)
     for w in args.guidances:
@@ -114,7 +126,7 @@ def main() -> None:
              labels=common.cycled_labels(50, nc) if nc else None, seed=0, batch_size=50,
              bf16=not args.fp32)
     per_eval = (time.perf_counter() - t0) / (50 * min(4, T) * (2 if w_base else 1))
-    evals = sum(s * (2 if w else 1) for s, _, w, _ in settings)
+    evals = sum(s * (2 if w else 1) for s, _, w, _, _ in settings)
     log.info("%d settings, N = %d each: ~%.0f network evaluations per image in all; "
              "calibrated estimate %.1f min of sampling (+ FD feature extraction)",
              len(settings), n, evals, per_eval * evals * n / 60)
@@ -123,31 +135,38 @@ def main() -> None:
     ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
     rows: dict[tuple, dict] = {}
     grids = []
-    for s, tau, w, seed in tqdm(settings, desc="settings"):
+    for s, tau, w, lam, seed in tqdm(settings, desc="settings"):
         res = generate(prior, ae, n, steps=s, temperature=tau, guidance=w, labels=labels,
-                       seed=seed, batch_size=args.batch_size, bf16=not args.fp32)
+                       evidence_weight=lam, seed=seed, batch_size=args.batch_size,
+                       bf16=not args.fp32)
         m = ref.evaluate(res.images, labels)
-        row = {"steps": s, "temperature": tau, "guidance": w, "seed": seed, "n": n,
+        row = {"steps": s, "temperature": tau, "guidance": w, "evidence_weight": lam,
+               "seed": seed, "n": n,
                "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
                "fd_recon": ae_fig["fd_recon"], "precision": m["precision"],
                "recall": m["recall"], "class_accuracy": m.get("class_accuracy"),
                "s_per_image": res.seconds / n}
-        rows[(s, tau, w, seed)] = row
-        log.info("S=%d tau=%.2f w=%.1f seed=%d: FD %.3f (floor %.3f), P %.3f R %.3f, "
-                 "acc %s, %.4f s/image", s, tau, w, seed, row["fd"], row["fd_floor"],
+        rows[(s, tau, w, lam, seed)] = row
+        log.info("S=%d tau=%.2f w=%.1f lambda=%.2f seed=%d: FD %.3f (floor %.3f), P %.3f R %.3f, "
+                 "acc %s, %.4f s/image", s, tau, w, lam, seed, row["fd"], row["fd_floor"],
                  row["precision"], row["recall"], common.fmt(row["class_accuracy"]),
                  row["s_per_image"])
-        if seed == args.seed and tau == args.temperature and w == w_base:
+        if seed == args.seed and tau == args.temperature and w == w_base and lam == lam_base:
             k = min(n, 2 * max(nc, 10))
             grids.append(res.images[:k])
 
     # ------------------------------------------------------------------------ report
-    cols = ["steps", "temperature", "guidance", "seed", "n", "fd", "fd_floor", "fd_recon",
-            "precision", "recall", "class_accuracy", "s_per_image"]
-    base = lambda s, seed=args.seed: rows.get((s, args.temperature, w_base, seed))  # noqa: E731
+    cols = ["steps", "temperature", "guidance", "evidence_weight", "seed", "n", "fd", "fd_floor",
+            "fd_recon", "precision", "recall", "class_accuracy", "s_per_image"]
+    base = lambda s, seed=args.seed: rows.get(  # noqa: E731
+        (s, args.temperature, w_base, lam_base, seed))
     steps_rows = [base(s) for s in args.steps]
-    temp_rows = [rows[(args.sweep_steps, tau, w_base, args.seed)] for tau in args.temperatures]
-    guid_rows = [rows[(args.sweep_steps, args.temperature, w, args.seed)] for w in args.guidances]
+    lam_rows = [rows[(args.sweep_steps, args.temperature, w_base, lam, args.seed)]
+                for lam in args.evidence_weights]
+    temp_rows = [rows[(args.sweep_steps, tau, w_base, lam_base, args.seed)]
+                 for tau in args.temperatures]
+    guid_rows = [rows[(args.sweep_steps, args.temperature, w, lam_base, args.seed)]
+                 for w in args.guidances]
     spread_rows = [r for s in args.spread_steps for r in (base(s), base(s, args.seed + 1))]
 
     def mean_fd(s: int) -> float | None:
@@ -182,7 +201,14 @@ def main() -> None:
                    f"{args.seed + 1}); the seed-to-seed spread of FD is {noise:.1f}% at these "
                    f"settings, so differences below that are noise.")
 
-    bench.results = {"n": n, "T": T, "base_guidance": w_base,
+    headline = {}
+    if fd_ref is not None and not args.quick:
+        for s in (16, 8):
+            if base(s) is not None:
+                headline[f"fd{s}_over_fd{ref_s}"] = mean_fd(s) / fd_ref
+        common.update_headline(bench, headline)
+    bench.results = {"n": n, "T": T, "base_guidance": w_base, "base_evidence_weight": lam_base,
+                     "headline": headline,
                      "base_temperature": args.temperature, "classifier": clf_meta,
                      "autoencoder_at_n": ae_fig, "rows": list(rows.values()),
                      "claims": claims, "verdict": verdict,
@@ -218,9 +244,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; guidance doubles the network evaluations.", "",
         f"Autoencoder bound at N = {n}: reconstruction FD {ae_fig['fd_recon']:.4g}, PSNR "
         f"{ae_fig['psnr']:.3g} dB (a prior cannot beat its decoder).", "",
-        f"## FD vs steps (temperature {args.temperature}, guidance {w_base})", "",
+        f"## FD vs steps (temperature {args.temperature}, guidance {w_base}, evidence weight "
+        f"{lam_base})", "",
         common.markdown_table(steps_rows, cols), "",
         f"![FD vs steps]({bench.path('_fd_vs_steps.png').name})", "",
+        f"## Evidence weight (S = {args.sweep_steps}, guidance {w_base}; 1 = the exact step, "
+        "0 = the original code's product)", "",
+        common.markdown_table(lam_rows, cols), "",
         f"## Temperature (S = {args.sweep_steps}, guidance {w_base})", "",
         common.markdown_table(temp_rows, cols), "",
         f"## Guidance (S = {args.sweep_steps}, temperature {args.temperature})", "",
