@@ -86,6 +86,8 @@ ARMS: dict[str, Arm] = {
     "prior/adaln-192x6": Arm("prior", ADALN + ["model.width=192", "model.heads=3"],
                              "adaLN-Zero, width 192"),
     "prior/adaln-256x4": Arm("prior", ADALN + ["model.depth=4"], "adaLN-Zero, depth 4"),
+    "prior/adaln-cls1": Arm("prior", ADALN + ["model.class_embed_std=1.0"],
+                            "adaLN-Zero, class embeddings initialised with std 1 (not 0.02)"),
     "prior/adaln-drop0.2": Arm("prior", ADALN + ["cond_drop=0.2"], "adaLN-Zero, label drop 0.2"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),

@@ -33,6 +33,7 @@ class DenoiserConfig:
     num_classes: int = 0  # 0 = unconditional; else a learned null label is added
     dropout: float = 0.0
     conditioning: str = "tokens"  # "adaln" (adaLN-Zero, as DiT) or "tokens"
+    class_embed_std: float = 0.02  # init scale of the class (and null) embeddings
 
     def __post_init__(self) -> None:
         if self.conditioning not in ("adaln", "tokens"):
@@ -158,6 +159,8 @@ class Denoiser(nn.Module):
         self.apply(self._init)
         nn.init.zeros_(self.head.weight)  # start by predicting "no flip" at 50%
         nn.init.zeros_(self.head.bias)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=c.class_embed_std)
         if adaln:  # adaLN-Zero: every modulation starts at 0 (blocks are the identity)
             for mod in [blk.ada for blk in self.blocks] + [self.final_ada]:
                 nn.init.zeros_(mod[-1].weight)
