@@ -96,6 +96,16 @@ ARMS: dict[str, Arm] = {
     "ae/bits32": Arm("autoencoder", ["model.bits=32"], "32 bits per position"),
     "ae/bits24": Arm("autoencoder", ["model.bits=24"], "24 bits per position"),
     "ae/lr4e-3": Arm("autoencoder", ["optim.lr=0.004"], "lr 4e-3"),
+    "ae/threshold": Arm("autoencoder", ["model.train_bits=threshold"],
+                        "bits [p > 0.5] in training too (no Bernoulli draws)"),
+    "ae/saturation": Arm("autoencoder", ["loss.saturation_weight=0.1"],
+                         "p(1 - p) term, weight 0.1"),
+    "ae/bits32-threshold": Arm("autoencoder", ["model.bits=32", "model.train_bits=threshold"],
+                               "32 bits, [p > 0.5] in training"),
+    "ae/bits32-1000": Arm("autoencoder", ["model.bits=32", "optim.steps=1000", "optim.lr=0.003"],
+                          "32 bits, 1000 steps at lr 3e-3"),
+    "ae/bits32-ch24": Arm("autoencoder", ["model.bits=32", "model.channels=24"],
+                          "32 bits, first-level width 24"),
     # ---- the shipped presets, both stages (what `bld demo` trains)
     "preset": Arm("preset", [], "the shipped fashion-mnist presets"),
 }
