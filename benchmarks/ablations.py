@@ -89,6 +89,8 @@ ARMS: dict[str, Arm] = {
     "prior/adaln-cls1": Arm("prior", ADALN + ["model.class_embed_std=1.0"],
                             "adaLN-Zero, class embeddings initialised with std 1 (not 0.02)"),
     "prior/adaln-drop0.2": Arm("prior", ADALN + ["cond_drop=0.2"], "adaLN-Zero, label drop 0.2"),
+    "prior/adaln-on-ae-threshold": Arm("prior", ADALN, "adaLN-Zero prior on the latents of "
+                                       "ae/threshold", autoencoder="ae/threshold"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
@@ -104,6 +106,8 @@ ARMS: dict[str, Arm] = {
                                "32 bits, [p > 0.5] in training"),
     "ae/bits32-1000": Arm("autoencoder", ["model.bits=32", "optim.steps=1000", "optim.lr=0.003"],
                           "32 bits, 1000 steps at lr 3e-3"),
+    "ae/bs32x3000": Arm("autoencoder", ["optim.batch_size=32", "optim.steps=3000"],
+                        "batch 32 x 3000 steps (same images seen)"),
     "ae/bits32-ch24": Arm("autoencoder", ["model.bits=32", "model.channels=24"],
                           "32 bits, first-level width 24"),
     # ---- the shipped presets, both stages (what `bld demo` trains)

@@ -7,14 +7,16 @@ import json
 import pytest
 
 from bld.cli import main
+from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
+    # a tiny run, evaluated end to end (the code that makes the README's headline figures)
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--ae-steps", "3", "--prior-steps", "3", "--limit", "256",
-            "--eval-samples", "0", "--device", "cpu"]
+            "--eval-samples", "60", "--classifier-steps", "20", "--device", "cpu"]
     assert main(args) == 0
     for name in ("samples.png", "reconstructions.png", "loss_autoencoder.png", "loss_prior.png",
                  "report.md", "report.json"):
@@ -22,7 +24,17 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["sample_steps"] == 16
     assert rep["autoencoder"]["steps"] == 3 and rep["prior"]["steps"] == 3
-    assert rep["figures"]["test_images"] == 10000 and rep["figures"]["reconstruction_psnr_db"] > 0
+    f = rep["figures"]
+    assert f["test_images"] == 10000 and f["eval_n"] == 60
+    # three training steps: every figure is computed, and each says the models are poor
+    assert 0 < f["reconstruction_psnr_db"] < 20
+    assert f["sample_fd"] > 10 * f["fd_floor_real_vs_real"]
+    assert f["fd_ratio_samples_to_recon"] == pytest.approx(f["sample_fd"] / f["reconstruction_fd"])
+    for key in ("sample_class_accuracy", "reconstruction_class_accuracy", "sample_recall",
+                "reconstruction_recall", "sample_precision", "reconstruction_precision"):
+        assert 0 <= f[key] <= 1, key
+    assert rep["settings"]["evidence_weight"] == DEFAULT_EVIDENCE_WEIGHT
+    assert set(rep["times"]) >= {"autoencoder_s", "prior_s", "classifier_s", "evaluation_s"}
     assert len(rep["classes"]) == 10 and "Sandal" in (out / "report.md").read_text()
 
     # a second run into the same folder refuses; --resume reuses both trained stages

@@ -1,6 +1,8 @@
 """The README's Python example runs as written, and its commands name real things."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ def test_readme_python_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no python example"
     exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def test_readme_tables_come_from_the_measurements():
+    # the README's demo table and the benchmark headline table are rendered from
+    # docs/demo_report.json and benchmarks/results/headline.json by benchmarks/publish.py
+    root = README.parent
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "publish.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 def test_readme_commands_exist():

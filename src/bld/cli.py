@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only N training images (0 = all)")
     p.add_argument("--eval-samples", type=int, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
+    p.add_argument("--classifier-steps", type=int, default=1200,
+                   help="training steps of the FD classifier the report uses")
+    p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
+                   help="sampler's evidence weight lambda (see bld sample --help)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--data-dir", help="Fashion-MNIST folder if not in its Debian location")
@@ -339,7 +343,8 @@ def cmd_demo(args) -> None:
     from .demo import DemoSettings, run_demo
     s = DemoSettings(out=Path(args.out), device=args.device, seed=args.seed, limit=args.limit,
                      eval_samples=args.eval_samples, resume=args.resume,
-                     data_dir=args.data_dir or "")
+                     classifier_steps=args.classifier_steps,
+                     evidence_weight=args.evidence_weight, data_dir=args.data_dir or "")
     if args.ae_steps is not None:
         s.ae_steps = args.ae_steps
     if args.prior_steps is not None:
