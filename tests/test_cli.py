@@ -298,3 +298,11 @@ def test_refuses_to_overwrite_a_run_without_resume(runs, capsys, tiny_ae_args, t
     assert "already holds checkpoints" in err and "--resume" in err
     after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     assert after == before, "the refused run touched the existing run folder"
+
+
+def test_one_sampling_step_is_a_clear_error(runs, tmp_path, capsys):
+    # S = 1 would visit only t = 1 and never denoise from t = T (SPEC 2): refused
+    assert run("sample", "--prior", runs.prior, "--out", tmp_path / "s.png", "-n", 2,
+               "--steps", 1, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "steps must be in 2.." in err and not (tmp_path / "s.png").exists()

@@ -97,6 +97,23 @@ def test_guided_logits_formula():
     assert torch.allclose(got, 4.0 * cond - 3.0 * uncond, atol=1e-5)
 
 
+def test_guided_logits_are_combined_in_float32_under_bf16():
+    # under bf16 autocast the head's logits are bf16; the guided difference is taken in
+    # float32, so it equals the float32 combination of those bf16 outputs
+    net = _conditional_net()
+    d = BernoulliDiffusion(DiffusionConfig(timesteps=T))
+    z = (torch.rand(SHAPE, generator=torch.Generator().manual_seed(4)) < 0.5).float()
+    t = torch.full((4,), 30)
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        both = net(torch.cat([z, z]), torch.cat([t, t]) / T,
+                   torch.cat([y, torch.full_like(y, net.null_label)]))
+        got = guided_logits(net, d, z, t, y, 3.0, net.null_label)
+    assert both.dtype == torch.bfloat16 and got.dtype == torch.float32
+    cond, uncond = both.float().chunk(2)
+    assert torch.equal(got, 4.0 * cond - 3.0 * uncond)
+
+
 def test_guidance_needs_null_label():
     net = _conditional_net()
     d = BernoulliDiffusion(DiffusionConfig(timesteps=T))
@@ -122,8 +139,9 @@ def test_inpainting_keeps_every_known_bit(steps):
 def test_bad_arguments_are_clear():
     d = BernoulliDiffusion(DiffusionConfig(timesteps=T))
     model, _ = make_oracle(torch.zeros(SHAPE))
-    with pytest.raises(ValueError, match="steps must be in"):
-        sample(model, d, SHAPE, steps=0)
+    for bad in (0, 1, T + 1):
+        with pytest.raises(ValueError, match="steps must be in 2.."):
+            sample(model, d, SHAPE, steps=bad)
     with pytest.raises(ValueError, match="temperature"):
         sample(model, d, SHAPE, temperature=0)
     with pytest.raises(ValueError, match="both"):
