@@ -65,6 +65,7 @@ class Arm:
 
 
 ADALN = ["model.conditioning=adaln"]
+B64 = ADALN + ["optim.batch_size=64", "optim.steps=2000"]
 ARMS: dict[str, Arm] = {
     # ---- prior: conditioning, optimisation, shape, process, loss (on the RUN_DIR latents)
     "prior/base": Arm("prior", [], "the demo prior before this study (seed 0: trained by "
@@ -91,6 +92,10 @@ ARMS: dict[str, Arm] = {
     "prior/adaln-drop0.2": Arm("prior", ADALN + ["cond_drop=0.2"], "adaLN-Zero, label drop 0.2"),
     "prior/adaln-on-ae-threshold": Arm("prior", ADALN, "adaLN-Zero prior on the latents of "
                                        "ae/threshold", autoencoder="ae/threshold"),
+    "prior/b64-selfcond": Arm("prior", B64 + ["model.self_condition=true"],
+                              "adaLN-Zero, batch 64 x 2000, self-conditioning (Analog Bits)"),
+    "prior/b64-lr3e-3": Arm("prior", B64 + ["optim.lr=0.003"],
+                            "adaLN-Zero, batch 64 x 2000, lr 3e-3"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder

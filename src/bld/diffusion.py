@@ -207,16 +207,29 @@ class BernoulliDiffusion(torch.nn.Module):
 
     # ------------------------------------------------------------------------ model
     def model_logits(self, model: Denoiser, z_t: torch.Tensor, t: torch.Tensor,
-                     y: torch.Tensor | None = None) -> torch.Tensor:
-        """Call the network with time normalised by T (never by the sampling steps S)."""
-        return model(z_t, t.to(torch.float32) / self.T, y)
+                     y: torch.Tensor | None = None, z0_prev: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """Call the network with time normalised by T (never by the sampling steps S).
+
+        ``z0_prev``: a self-conditioned network's own earlier estimate of P(z_0 = 1), passed
+        as the keyword ``z0_prev`` (only when given, so plain networks need not accept it).
+        """
+        if z0_prev is None:
+            return model(z_t, t.to(torch.float32) / self.T, y)
+        return model(z_t, t.to(torch.float32) / self.T, y, z0_prev=z0_prev)
 
     # ------------------------------------------------------------------------- loss
     def training_losses(self, model: Denoiser, z0: torch.Tensor,
                         y: torch.Tensor | None = None,
                         t: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> LossOutput:
+                        generator: torch.Generator | None = None,
+                        self_condition: bool = False) -> LossOutput:
         """Sample t ~ U{1..T}, z_t ~ q(z_t | z_0); BCE between P(z_0 = 1 | z_t) and z_0. SPEC 2.
+
+        ``self_condition`` (Chen et al. 2022, "Analog Bits", arXiv 2208.04202): for a random
+        half of the samples the network first predicts P(z_0 = 1 | z_t) without gradient and
+        sees that estimate as ``z0_prev`` in the graded pass; the other half sees 0.5 (no
+        estimate). The sampler then feeds each step the previous step's estimate.
 
         loss_type:
           mean      plain BCE averaged over bits (its minimiser is logit P(z_0 = 1 | z_t));
@@ -231,7 +244,16 @@ class BernoulliDiffusion(torch.nn.Module):
         if t is None:
             t = torch.randint(1, self.T + 1, (B,), device=z0.device, generator=generator)
         z_t = self.q_sample(z0, t, generator=generator)
-        net = self.model_logits(model, z_t, t, y).float()
+        z0_prev = None
+        if self_condition:
+            z0_prev = torch.full_like(z_t, 0.5)
+            use = torch.rand((B,), device=z0.device, generator=generator) < 0.5
+            if bool(use.any()):
+                with torch.no_grad():
+                    first = self.model_logits(model, z_t[use], t[use],
+                                              None if y is None else y[use], z0_prev[use])
+                    z0_prev[use] = torch.sigmoid(self.z0_logits(first.float(), z_t[use], t[use]))
+        net = self.model_logits(model, z_t, t, y, z0_prev).float()
         raw = net * (1 - 2 * z_t) if self.config.parameterization == "flip" else net
         logits = self.z0_logits(net, z_t, t)  # full posterior logit, for logging and aux
         target = z0.float()

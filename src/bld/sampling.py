@@ -27,19 +27,20 @@ class SampleOutput(NamedTuple):
 
 def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Tensor,
                   t: torch.Tensor, y: torch.Tensor | None, guidance: float,
-                  null_label: int | None) -> torch.Tensor:
+                  null_label: int | None, z0_prev: torch.Tensor | None = None) -> torch.Tensor:
     """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. SPEC 2.
 
     Returned in float32: under bf16 autocast the network's head is bf16, and the guided
     difference of two bf16 logits would lose most of its precision.
     """
     if guidance == 0 or y is None:
-        return diffusion.model_logits(model, z_t, t, y).float()
+        return diffusion.model_logits(model, z_t, t, y, z0_prev).float()
     if null_label is None:
         raise ValueError("guidance needs a conditional model with a learned null label")
     y_null = torch.full_like(y, null_label)
+    prev = None if z0_prev is None else torch.cat([z0_prev, z0_prev])
     both = diffusion.model_logits(model, torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                  torch.cat([y, y_null]))
+                                  torch.cat([y, y_null]), prev)
     cond, uncond = both.float().chunk(2)
     return (1 + guidance) * cond - guidance * uncond
 
@@ -98,10 +99,15 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     z = impose(z)
     inter: list[torch.Tensor] = []
     B = shape[0]
+    # a self-conditioned network sees its previous step's estimate of P(z_0 = 1)
+    self_cond = bool(getattr(getattr(model, "config", None), "self_condition", False))
+    z0_prev = torch.full(shape, 0.5, device=device) if self_cond else None
     for i, t_int in enumerate(ts):
         t = torch.full((B,), t_int, device=device, dtype=torch.long)
-        net = guided_logits(model, diffusion, z, t, y, guidance, null_label)
+        net = guided_logits(model, diffusion, z, t, y, guidance, null_label, z0_prev)
         z0_logits = diffusion.z0_logits(net, z, t)  # logit P(z_0 = 1 | z_t), float32
+        if self_cond:
+            z0_prev = torch.sigmoid(z0_logits)
         if i == len(ts) - 1:
             z = (z0_logits > 0).float()  # final step: z_0 = [p > 0.5]
         else:

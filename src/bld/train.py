@@ -675,7 +675,8 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             for group in opt.param_groups:
                 group["lr"] = lr
             with ctx.autocast(cfg.run.bf16):
-                out = diffusion.training_losses(net, z0, y, generator=gen)
+                out = diffusion.training_losses(net, z0, y, generator=gen,
+                                                self_condition=cfg.model.self_condition)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
