@@ -6,8 +6,9 @@ Figures in the READMEs are never typed by hand. This script
   and its sample grid, reconstructions and prior loss curve to ``docs/``, and writes the
   ``demo_*`` keys of ``benchmarks/results/headline.json``;
 * always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
-  from ``docs/demo_report.json``, and the one between ``<!-- headline:start -->`` / ``end``
-  in benchmarks/README.md from ``headline.json``;
+  from ``docs/demo_report.json``, the one between ``<!-- headline:start -->`` / ``end``
+  in benchmarks/README.md from ``headline.json``, and the ``ablations`` block there from
+  ``benchmarks/results/ablations.json``;
 * with ``--check``: changes nothing and exits 1 when a README table is not what the JSON
   files give (the test suite runs this).
 
@@ -138,6 +139,37 @@ def headline_table(h: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(rows: dict[str, Any]) -> str:
+    """Compact tables of benchmarks/results/ablations.json: prior arms at the sampler settings
+    measured for every arm, then autoencoder arms (means over the seeds run)."""
+    from collections import defaultdict
+    prior, ae = defaultdict(list), defaultdict(list)
+    for r in rows.values():
+        if r.get("kind") == "prior":
+            prior[(r["arm"], r["evidence_weight"], r["guidance"])].append(r)
+        elif r.get("kind") == "autoencoder":
+            ae[r["arm"]].append(r)
+
+    def mean(rs, k):
+        return sum(r[k] for r in rs) / len(rs)
+
+    lines = ["| prior arm | lambda, w | seeds | FD | FD / recon FD | class acc | recall | "
+             "train s (1 thread) | what changes |", "|---|---|---|---|---|---|---|---|---|"]
+    for (arm, lam, w), rs in sorted(prior.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
+        if (lam, w) not in ((0.0, 1.0), (1.0, 1.0)):
+            continue
+        lines.append(f"| `{arm}` | {lam:g}, {w:g} | {len(rs)} | {mean(rs, 'fd'):.1f} | "
+                     f"{mean(rs, 'fd_ratio'):.2f} | {mean(rs, 'class_accuracy'):.3f} | "
+                     f"{mean(rs, 'recall'):.3f} | {mean(rs, 'train_s'):.0f} | {rs[0]['note']} |")
+    lines += ["", "| autoencoder arm | seeds | PSNR | recon class acc | recon FD | recon recall | "
+              "train s (1 thread) | what changes |", "|---|---|---|---|---|---|---|---|"]
+    for arm, rs in sorted(ae.items()):
+        lines.append(f"| `{arm}` | {len(rs)} | {mean(rs, 'psnr'):.2f} | "
+                     f"{mean(rs, 'recon_class_accuracy'):.3f} | {mean(rs, 'fd_recon'):.1f} | "
+                     f"{mean(rs, 'recon_recall'):.3f} | {mean(rs, 'train_s'):.0f} | {rs[0]['note']} |")
+    return "\n".join(lines)
+
+
 def _replace_block(text: str, name: str, body: str, path: Path) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
@@ -178,9 +210,15 @@ def main() -> int:
         HEADLINE.write_text(json.dumps(dict(sorted(head.items())), indent=2) + "\n")
     report = json.loads((DOCS / "demo_report.json").read_text())
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
+    blocks = [(ROOT / "README.md", "demo-table", demo_table(report)),
+              (ROOT / "benchmarks" / "README.md", "headline", headline_table(head))]
+    abl = ROOT / "benchmarks" / "results" / "ablations.json"
+    if abl.exists():
+        saved = json.loads(abl.read_text())
+        blocks.append((ROOT / "benchmarks" / "README.md", "ablations",
+                       ablation_table(saved.get("results", saved)["rows"])))
     stale = []
-    for path, name, body in [(ROOT / "README.md", "demo-table", demo_table(report)),
-                             (ROOT / "benchmarks" / "README.md", "headline", headline_table(head))]:
+    for path, name, body in blocks:
         text = path.read_text()
         new = _replace_block(text, name, body, path)
         if new != text:
