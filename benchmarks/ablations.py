@@ -96,6 +96,9 @@ ARMS: dict[str, Arm] = {
                               "adaLN-Zero, batch 64 x 2000, self-conditioning (Analog Bits)"),
     "prior/b64-lr3e-3": Arm("prior", B64 + ["optim.lr=0.003"],
                             "adaLN-Zero, batch 64 x 2000, lr 3e-3"),
+    "prior/b64-on-ae-bits32-threshold": Arm(
+        "prior", B64, "adaLN-Zero, batch 64 x 2000, on the latents of ae/bits32-threshold",
+        autoencoder="ae/bits32-threshold"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
