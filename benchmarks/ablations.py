@@ -66,6 +66,7 @@ class Arm:
 
 ADALN = ["model.conditioning=adaln"]
 B64 = ADALN + ["optim.batch_size=64", "optim.steps=2000"]
+B32 = ADALN + ["optim.batch_size=32", "optim.steps=4000"]
 ARMS: dict[str, Arm] = {
     # ---- prior: conditioning, optimisation, shape, process, loss (on the RUN_DIR latents)
     "prior/base": Arm("prior", [], "the demo prior before this study (seed 0: trained by "
@@ -99,6 +100,14 @@ ARMS: dict[str, Arm] = {
     "prior/b64-on-ae-bits32-threshold": Arm(
         "prior", B64, "adaLN-Zero, batch 64 x 2000, on the latents of ae/bits32-threshold",
         autoencoder="ae/bits32-threshold"),
+    "prior/b32-cls1": Arm("prior", B32 + ["model.class_embed_std=1.0"],
+                          "adaLN-Zero, batch 32 x 4000, class embeddings initialised with std 1"),
+    "prior/b32-linear": Arm("prior", B32 + ["diffusion.schedule=linear"],
+                            "adaLN-Zero, batch 32 x 4000, linear schedule"),
+    "prior/b32-balanced": Arm("prior", B32 + ["diffusion.loss_type=balanced"],
+                              "adaLN-Zero, batch 32 x 4000, class-balanced loss"),
+    "prior/b32-drop0.05": Arm("prior", B32 + ["cond_drop=0.05"],
+                              "adaLN-Zero, batch 32 x 4000, label drop 0.05"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
