@@ -108,6 +108,10 @@ ARMS: dict[str, Arm] = {
                               "adaLN-Zero, batch 32 x 4000, class-balanced loss"),
     "prior/b32-drop0.05": Arm("prior", B32 + ["cond_drop=0.05"],
                               "adaLN-Zero, batch 32 x 4000, label drop 0.05"),
+    "prior/b32-256x4": Arm("prior", B32 + ["model.depth=4"],
+                           "adaLN-Zero, batch 32 x 4000, depth 4 (2/3 of the compute)"),
+    "prior/b32-192x6": Arm("prior", B32 + ["model.width=192", "model.heads=3"],
+                           "adaLN-Zero, batch 32 x 4000, width 192 (0.6 of the compute)"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
