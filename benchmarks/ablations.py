@@ -135,6 +135,14 @@ ARMS: dict[str, Arm] = {
         "autoencoder", ["model.channels=16", "model.channel_mult=[1,2,4]",
                         "model.train_bits=threshold", "optim.steps=2500"],
         "widths 16/32/64, [p > 0.5] in training, 2500 steps (about the base's time)"),
+    "ae/c16-b32-thr-2500": Arm(
+        "autoencoder", ["model.channels=16", "model.channel_mult=[1,2,4]", "model.bits=32",
+                        "model.train_bits=threshold", "optim.steps=2500"],
+        "widths 16/32/64, 32 bits, [p > 0.5] in training, 2500 steps"),
+    "ae/c16-b32-thr-2500-mse": Arm(
+        "autoencoder", ["model.channels=16", "model.channel_mult=[1,2,4]", "model.bits=32",
+                        "model.train_bits=threshold", "optim.steps=2500", "loss.l1_weight=0.0"],
+        "as ae/c16-b32-thr-2500 with MSE only (no L1 term)"),
     "ae/bits32-ch24": Arm("autoencoder", ["model.bits=32", "model.channels=24"],
                           "32 bits, first-level width 24"),
     # ---- the shipped presets, both stages (what `bld demo` trains)
