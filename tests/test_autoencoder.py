@@ -108,3 +108,38 @@ def test_pack_rejects_non_binary():
         pack_bits(torch.tensor([[0.0, 0.5]]))
     with pytest.raises(ValueError, match="bytes expected"):
         unpack_bits(torch.zeros(1, 3, dtype=torch.uint8), (32,))
+
+
+def test_threshold_training_bits_equal_evaluation_bits():
+    # train_bits="threshold": training-mode forward draws nothing, its bits are [p > 0.5]
+    # with gradients straight through; "bernoulli" draws (SPEC 1)
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    torch.manual_seed(0)
+    thr = BinaryAutoencoder(AutoencoderConfig(channels=8, hidden=16, bits=8, train_bits="threshold"))
+    thr.train()
+    a, b = thr(x), thr(x)
+    assert torch.equal(a.bits, b.bits) and torch.equal(a.bits, (a.probs > 0.5).float())
+    a.recon.sum().backward()
+    assert thr.encoder.to_logits.weight.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    ber = BinaryAutoencoder(AutoencoderConfig(channels=8, hidden=16, bits=8))
+    ber.train()
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(ber(x, generator=g).bits, ber(x, generator=g).bits)
+    with pytest.raises(ValueError, match="train_bits"):
+        AutoencoderConfig(train_bits="sample")
+
+
+def test_saturation_term_is_mean_p_times_one_minus_p():
+    from bld.autoencoder import AutoencoderLoss, AutoencoderLossConfig
+    torch.manual_seed(0)
+    ae = BinaryAutoencoder(AutoencoderConfig(channels=8, hidden=16, bits=8))
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    out = ae(x, deterministic=True)
+    plain = AutoencoderLoss(AutoencoderLossConfig(disc_weight=0.0), 1)
+    sat = AutoencoderLoss(AutoencoderLossConfig(disc_weight=0.0, saturation_weight=0.3), 1)
+    p = out.probs.float()
+    want = 0.3 * (p * (1 - p)).mean()
+    got = sat.generator_loss(x, out, 0, ae.last_layer).loss - plain.generator_loss(
+        x, out, 0, ae.last_layer).loss
+    assert torch.allclose(got, want, atol=1e-6) and want > 0

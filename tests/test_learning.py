@@ -22,7 +22,8 @@ def total_variation(samples: torch.Tensor, patterns: torch.Tensor, weights: torc
     return 0.5 * ((emp - weights).abs().sum() + off).item()
 
 
-def test_tiny_prior_learns_a_distribution_of_binary_patterns():
+@pytest.mark.parametrize("conditioning", ["tokens", "adaln"])
+def test_tiny_prior_learns_a_distribution_of_binary_patterns(conditioning):
     # 8 random 16-bit patterns (4 bits x 2x2 grid) with unequal weights. Uniform random bits
     # would put almost all mass off the patterns (TV ~ 1); a learned prior must come close.
     torch.manual_seed(0)
@@ -31,7 +32,8 @@ def test_tiny_prior_learns_a_distribution_of_binary_patterns():
     patterns = (torch.rand(8, C, G, G, generator=g) < 0.5).float()
     weights = torch.tensor([0.25, 0.2, 0.15, 0.1, 0.1, 0.1, 0.05, 0.05])
     d = BernoulliDiffusion(DiffusionConfig(timesteps=64))
-    net = Denoiser(DenoiserConfig(bits=C, grid=G, width=64, depth=2, heads=2))
+    net = Denoiser(DenoiserConfig(bits=C, grid=G, width=64, depth=2, heads=2,
+                                  conditioning=conditioning))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
     steps = 2000
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
