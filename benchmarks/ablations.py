@@ -112,6 +112,10 @@ ARMS: dict[str, Arm] = {
                            "adaLN-Zero, batch 32 x 4000, depth 4 (2/3 of the compute)"),
     "prior/b32-192x6": Arm("prior", B32 + ["model.width=192", "model.heads=3"],
                            "adaLN-Zero, batch 32 x 4000, width 192 (0.6 of the compute)"),
+    "prior/b32-cls1-on-ae-c16-b32-mse": Arm(
+        "prior", B32 + ["model.class_embed_std=1.0"], "adaLN-Zero, batch 32 x 4000, class std "
+        "1, on the latents of ae/c16-b32-thr-2500-mse", autoencoder="ae/c16-b32-thr-2500-mse",
+        samplers=[(1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (-1.0, 0.5), (0.0, 0.5)]),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
@@ -143,6 +147,11 @@ ARMS: dict[str, Arm] = {
         "autoencoder", ["model.channels=16", "model.channel_mult=[1,2,4]", "model.bits=32",
                         "model.train_bits=threshold", "optim.steps=2500", "loss.l1_weight=0.0"],
         "as ae/c16-b32-thr-2500 with MSE only (no L1 term)"),
+    "ae/c16-b32-thr-3000-mse-lr3e-3": Arm(
+        "autoencoder", ["model.channels=16", "model.channel_mult=[1,2,4]", "model.bits=32",
+                        "model.train_bits=threshold", "optim.steps=3000", "loss.l1_weight=0.0",
+                        "optim.lr=0.003"],
+        "widths 16/32/64, 32 bits, [p > 0.5] in training, MSE only, 3000 steps at lr 3e-3"),
     "ae/bits32-ch24": Arm("autoencoder", ["model.bits=32", "model.channels=24"],
                           "32 bits, first-level width 24"),
     # ---- the shipped presets, both stages (what `bld demo` trains)
