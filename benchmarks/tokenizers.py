@@ -1,43 +1,39 @@
 """Tokenizers at equal bits per position: our Bernoulli quantizer against LFQ, FSQ and VQ.
 
 Every tokenizer uses the same `bld.autoencoder.Encoder` / `Decoder` architecture and the
-training budget of the shipped ``fashion-mnist`` autoencoder preset (the demo's: width,
-hidden width, 7 x 7 grid, steps x batch, learning rate, warm-up, EMA; `--preset` or the
-flags below change them), the same seed and L1 + MSE loss; only the quantizer between the
-encoder's 1x1 head (D channels) and the decoder's bias-free 1x1 input projection changes.
-The decoder sees code / sqrt(D) (for bits: (2z - 1) / sqrt(D), exactly what
+settings of the shipped ``fashion-mnist`` autoencoder preset (the demo's: bits per position,
+widths, 7 x 7 grid, reconstruction loss, steps x batch, learning rate, warm-up, EMA;
+``--preset`` or the flags below change them) and the same seed; only the quantizer between
+the encoder's 1x1 head (D channels) and the decoder's bias-free 1x1 input projection
+changes. The decoder sees code / sqrt(D) (for bits: (2z - 1) / sqrt(D), exactly what
 `BinaryAutoencoder` feeds it). Quantizers run in fp32, the networks in bf16 autocast. Every
 tokenizer is trained with two seeds (``--seeds``).
 
-Bits per position, stated exactly (a position's code names one of K patterns: log2 K bits):
+Tokenizers (``make_specs``), at the preset's B bits per position and at 12 (log2 of the
+number of codes a position can name):
 
-  16 bits   bernoulli-16  D = 16 Bernoulli bits (ours: z ~ B(sigmoid(l)) in training,
-                          [p > 0.5] at test, straight-through)                       16.000
-            lfq-16        LFQ, 16 binary dims (codebook 2^16), entropy loss 0.1 (computed
-                          on 2 sub-codebooks of 2^8: the full 2^16-way softmax per token
-                          does not fit a CPU step), commitment 0.25                    16.000
-            fsq-16        FSQ levels [8, 8, 8, 5, 5, 5] = 64000 codes, D = 6          15.966
-  12 bits   bernoulli-12  D = 12 Bernoulli bits                                        12.000
-            lfq-12        LFQ, 12 binary dims (2 sub-codebooks of 2^6 for the entropy)  12.000
-            fsq-12        FSQ levels [8, 8, 8, 8] = 4096 codes, D = 4                  12.000
-            vq-12         VQ, codebook 4096 x 12 (EMA updates, decay 0.8, commitment 0.25,
-                          dead codes (< 2 uses) re-seeded)                             12.000
-  ablations of our quantizer (16 bits):
-            bernoulli-16-threshold  bits [p > 0.5] in training too (no draws)       16.000
-            bernoulli-16-saturation p(1 - p) term, weight 0.1 (draws match [p > 0.5]) 16.000
+  bernoulli-B            ours as the preset trains it (``model.train_bits``: Bernoulli draws
+                         z ~ B(sigmoid(l)), or [p > 0.5]), straight-through          B
+  bernoulli-B-threshold  ours with the other way of drawing bits in training
+    / -draws
+  lfq-B                  LFQ, B binary dims, entropy loss 0.1 (on 2 sub-codebooks: the full
+                         2^B-way softmax per token does not fit a CPU step), commitment 0.25
+  fsq-B                  FSQ, levels (8, 8, 8, 5, 5, 5) for 16 bits (15.966), else 8s and one
+                         power of two (32 bits: ten 8s and a 4)
+  bernoulli-12, vq-12    ours and VQ with a 4096 x 12 codebook (EMA updates, decay 0.8,
+                         commitment 0.25, dead codes re-seeded)                       12
 
-VQ with a 2^16 codebook is left out: its distance matrix (3136 tokens x 65536 codes per
-step) is impractical on a CPU, so the VQ comparison is made at 12 bits, beside our 12-bit
-quantizer. Reported on the Fashion-MNIST test set (10000 images): PSNR (over the whole set,
-`bld.evaluation.psnr`), SSIM, L1,
-reconstruction FD (project classifier; 5000 reconstructions against the other half of the
-test set, with the real-vs-real floor at N = 5000), and code usage: for binary codes the
-bit entropy and dead-bit fraction, for every tokenizer the perplexity of its codes over
-the test tokens (log2 of it = effective bits) and the share of its codebook used.
-``tokenizer_psnr_gap_db`` in headline.json is the best mean PSNR of LFQ / FSQ / VQ minus
-the Bernoulli quantizer's at the demo's bits per position (16), means over the seeds.
+VQ with 2^B codes for B >= 16 is left out: its distance matrix (3136 tokens x 65536 codes
+per step at B = 16) is impractical on a CPU, so VQ is compared at 12 bits. Reported on the
+Fashion-MNIST test set (10000 images): PSNR (over the whole set, `bld.evaluation.psnr`),
+SSIM, L1, reconstruction FD (project classifier; 5000 reconstructions against the other
+half of the test set, with the real-vs-real floor at N = 5000), and code usage: for binary
+codes the bit entropy and dead-bit fraction, for every tokenizer the perplexity of its
+codes over the test tokens (log2 of it = effective bits) and the share of its codebook
+used. ``tokenizer_psnr_gap_db`` in headline.json is the best mean PSNR of LFQ / FSQ minus
+ours (bernoulli-B) at the preset's B, means over the seeds.
 
-    python benchmarks/tokenizers.py --threads 1   # ~2.5 h on 1 thread (18 trainings)
+    python benchmarks/tokenizers.py --threads 1   # ~1.5 h on 1 thread (12 trainings)
     python benchmarks/tokenizers.py --quick
 """
 
@@ -70,25 +66,47 @@ class Spec:
     saturation: float = 0.0  # bernoulli quantizer: weight of the mean p(1 - p) term
 
 
-SPECS = {s.name: s for s in [
-    Spec("bernoulli-16", "bernoulli", 16.0, 16),
-    Spec("bernoulli-16-threshold", "bernoulli", 16.0, 16, train_bits="threshold"),
-    Spec("bernoulli-16-saturation", "bernoulli", 16.0, 16, saturation=0.1),
-    Spec("lfq-16", "lfq", 16.0, 16),
-    Spec("fsq-16", "fsq", math.log2(8 * 8 * 8 * 5 * 5 * 5), 6, levels=(8, 8, 8, 5, 5, 5)),
-    Spec("bernoulli-12", "bernoulli", 12.0, 12),
-    Spec("lfq-12", "lfq", 12.0, 12),
-    Spec("fsq-12", "fsq", 12.0, 4, levels=(8, 8, 8, 8)),
-    Spec("vq-12", "vq", 12.0, 12, codebook=4096),
-]}
-HEADLINE_BITS = 16  # the demo autoencoder's bits per position
+def fsq_levels(bits: int) -> tuple[int, ...]:
+    """FSQ levels for about ``bits`` bits: the FSQ paper's (8, 8, 8, 5, 5, 5) for 16, else
+    levels of 8 (3 bits each) and one smaller power of two for the rest."""
+    if bits == 16:
+        return (8, 8, 8, 5, 5, 5)
+    return (8,) * (bits // 3) + ((2 ** (bits % 3),) if bits % 3 else ())
+
+
+def make_specs(bits: int, train_bits: str) -> dict[str, Spec]:
+    """The tokenizers at the demo autoencoder's ``bits`` per position (ours as the preset
+    trains it, ours with the other way of drawing bits, LFQ, FSQ), and at 12 bits, where a VQ
+    codebook (4096 codes) still fits a CPU step."""
+    other = "threshold" if train_bits == "bernoulli" else "draws"
+    levels = fsq_levels(bits)
+    specs = [
+        Spec(f"bernoulli-{bits}", "bernoulli", float(bits), bits, train_bits=train_bits),
+        Spec(f"bernoulli-{bits}-{other}", "bernoulli", float(bits), bits,
+             train_bits="threshold" if other == "threshold" else "bernoulli"),
+        Spec(f"lfq-{bits}", "lfq", float(bits), bits),
+        Spec(f"fsq-{bits}", "fsq", math.log2(math.prod(levels)), len(levels), levels=levels),
+        Spec("bernoulli-12", "bernoulli", 12.0, 12, train_bits=train_bits),
+        Spec("vq-12", "vq", 12.0, 12, codebook=4096),
+    ]
+    return {s.name: s for s in specs}
+
+
+def _preset(name: str):
+    from bld.config import load_config_dict
+    from bld.train import config_from_dict
+    return config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
+
+
 
 
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--tokenizers", nargs="+", default=list(SPECS), choices=list(SPECS))
     p.add_argument("--preset", default="fashion-mnist",
-                   help="autoencoder preset (or YAML) whose width and training budget to use")
+                   help="autoencoder preset (or YAML) whose bits, width, loss and training "
+                        "budget to use")
+    p.add_argument("--tokenizers", nargs="+", default=None,
+                   help="names of make_specs (default: all of them at the preset's bits)")
     p.add_argument("--train-steps", type=int, default=None, help="steps each (default: preset)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--lr", type=float, default=None, help="default: the preset's")
@@ -130,13 +148,13 @@ def _bits_to_index(bits: torch.Tensor) -> torch.Tensor:
 class Tokenizer(nn.Module):
     """Encoder -> quantizer -> Decoder, one shared architecture for every quantizer."""
 
-    def __init__(self, spec: Spec, channels: int, hidden: int) -> None:
+    def __init__(self, spec: Spec, base, channels: int, hidden: int) -> None:
+        """``base``: the preset's AutoencoderConfig (layout); bits, widths set here."""
         super().__init__()
-        from bld.autoencoder import AutoencoderConfig, BernoulliQuantizer, Decoder, Encoder
+        from dataclasses import replace
+        from bld.autoencoder import BernoulliQuantizer, Decoder, Encoder
         self.spec = spec
-        cfg = AutoencoderConfig(in_channels=1, image_size=28, channels=channels,
-                                channel_mult=(1, 2, 2), num_res_blocks=1, attention=True,
-                                hidden=hidden, bits=spec.dim, norm_bits=False)
+        cfg = replace(base, channels=channels, hidden=hidden, bits=spec.dim, norm_bits=False)
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
         if spec.kind == "bernoulli":
             self.quantizer = BernoulliQuantizer()
@@ -226,10 +244,14 @@ def reconstruct(model: Tokenizer, x: torch.Tensor, batch: int = 500):
 def main() -> None:
     args = parse_args()
     q = args.quick
-    from bld.config import load_config_dict
-    from bld.train import config_from_dict
-    preset = config_from_dict("autoencoder", load_config_dict("autoencoder", args.preset, []))
+    preset = _preset(args.preset)
     o = preset.optim
+    specs = make_specs(preset.model.bits, preset.model.train_bits)
+    args.tokenizers = args.tokenizers or list(specs)
+    unknown = [t for t in args.tokenizers if t not in specs]
+    if unknown:
+        raise SystemExit(f"unknown tokenizer(s) {unknown}; at this preset: {list(specs)}")
+    headline_bits = preset.model.bits
     steps = args.train_steps or (3 if q else o.steps)
     args.batch_size = args.batch_size or (16 if q else o.batch_size)
     args.lr = args.lr or o.lr
@@ -255,15 +277,16 @@ def main() -> None:
             for name in args.tokenizers]
     rows, grids = [], [xt[:12]]
     for name, seed in tqdm(runs, desc="tokenizers"):
-        spec = SPECS[name]
+        spec = specs[name]
         torch.manual_seed(seed)
-        model = Tokenizer(spec, args.channels, args.hidden)
+        model = Tokenizer(spec, preset.model, args.channels, args.hidden)
 
         def loss_fn(idx, g):
             x = x_train[idx]
             recon, qz = model(x, generator=g)
             recon = recon.float()
-            return (recon - x).abs().mean() + F.mse_loss(recon, x) + qz.aux
+            return (preset.loss.l1_weight * (recon - x).abs().mean()
+                    + preset.loss.mse_weight * F.mse_loss(recon, x) + qz.aux)
 
         res = common.train_model(model, loss_fn, n_items=len(x_train), steps=steps,
                                  batch_size=args.batch_size, lr=args.lr, seed=seed,
@@ -293,7 +316,7 @@ def main() -> None:
         series = {}
         for kind in ("bernoulli", "lfq", "fsq", "vq"):
             pts = [(r["bits_per_position"], r[metric]) for r in main_rows
-                   if SPECS[r["tokenizer"]].kind == kind]
+                   if specs[r["tokenizer"]].kind == kind]
             if pts:
                 pts.sort()
                 series[kind] = ([a for a, _ in pts], [b for _, b in pts])
@@ -304,21 +327,21 @@ def main() -> None:
     summary = []
     for name in args.tokenizers:
         rs = [r for r in rows if r["tokenizer"] == name]
-        summary.append({"tokenizer": name, "bits_per_position": SPECS[name].bits,
+        summary.append({"tokenizer": name, "bits_per_position": specs[name].bits,
                         "seeds": len(rs), "psnr_mean": sum(r["psnr"] for r in rs) / len(rs),
                         "psnr_spread": max(r["psnr"] for r in rs) - min(r["psnr"] for r in rs),
                         "fd_recon_mean": sum(r["fd_recon"] for r in rs) / len(rs),
                         "ssim_mean": sum(r["ssim"] for r in rs) / len(rs)})
     means = {r["tokenizer"]: r for r in summary}
     notes, headline = [], {}
-    ours = f"bernoulli-{HEADLINE_BITS}"
-    others = [r for r in summary if SPECS[r["tokenizer"]].kind != "bernoulli"
-              and abs(r["bits_per_position"] - HEADLINE_BITS) < 0.1]
+    ours = f"bernoulli-{headline_bits}"
+    others = [r for r in summary if specs[r["tokenizer"]].kind != "bernoulli"
+              and abs(r["bits_per_position"] - headline_bits) < 0.1]
     if ours in means and others:
         best = max(others, key=lambda r: r["psnr_mean"])
         gap = best["psnr_mean"] - means[ours]["psnr_mean"]
         noise = max(best["psnr_spread"], means[ours]["psnr_spread"])
-        notes.append(f"- At {HEADLINE_BITS} bits per position the best other quantizer is "
+        notes.append(f"- At {headline_bits} bits per position the best other quantizer is "
                      f"{best['tokenizer']} ({best['psnr_mean']:.2f} dB) against {ours} "
                      f"({means[ours]['psnr_mean']:.2f} dB): gap {gap:+.2f} dB (positive: "
                      f"Bernoulli worse; target <= 0.3 dB); the seed-to-seed spread is "
@@ -335,7 +358,9 @@ def main() -> None:
                      "summary": summary, "headline": headline,
                      "hidden": args.hidden, "train_images": len(x_train), "test_images": len(xt),
                      "fd_n": n_fd, "fd_floor": floor_fd, "classifier": clf_meta,
-                     "specs": {k: vars(v) for k, v in SPECS.items()}, "rows": rows}
+                     "specs": {k: vars(v) for k, v in specs.items()}, "rows": rows,
+                     "loss": {"l1_weight": preset.loss.l1_weight,
+                              "mse_weight": preset.loss.mse_weight}}
     cols = ["tokenizer", "seed", "bits_per_position", "latent_dim_D", "psnr", "ssim", "l1",
             "fd_recon", "fd_floor", "bit_entropy", "dead_bit_fraction", "code_perplexity",
             "effective_bits", "codebook_usage", "train_s_per_step"]
@@ -345,7 +370,7 @@ def main() -> None:
         f"Fashion-MNIST training images, AdamW lr {args.lr} (warm-up {min(o.warmup, steps)}, EMA "
         f"{o.ema_decay}), L1 + MSE (+ the quantizer's own "
         f"auxiliary loss for LFQ / VQ), encoder/decoder width {args.channels}, hidden "
-        f"{args.hidden}, 7 x 7 positions. Test set: {len(xt)} images; reconstruction FD of "
+        f"{args.hidden}, channel multipliers {list(preset.model.channel_mult)}, 7 x 7 positions. Test set: {len(xt)} images; reconstruction FD of "
         f"{n_fd} reconstructions against the other {len(ref.reference)} real test images "
         f"(floor: {n_fd} real images against the same reference). FD in the project "
         f"classifier's feature space (test accuracy {common.fmt(clf_meta.get('test_accuracy'))})."
