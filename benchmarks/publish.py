@@ -84,9 +84,16 @@ def demo_table(report: dict[str, Any]) -> str:
         verdict = _verdict(h[key], DEMO_TARGETS[key]) if key else ""
         lines.append(f"| {name} | {value} | {target} | {verdict} |")
     times = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items() if k != "total_s")
-    lines += ["", f"Stage times: {times}. Sampling settings: {s['sample_steps']} steps, "
-              f"guidance {s['guidance']}, evidence weight {s['evidence_weight']}, temperature "
-              f"{s['temperature']}, seed {s['seed']}."]
+    a, p = report["autoencoder"], report["prior"]
+    lines += ["", f"Models: a {a['params_M']:.2f}M-parameter autoencoder ({a['latent_shape'][1]}"
+              f"x{a['latent_shape'][2]} grid of {a['latent_shape'][0]} bits, {a['steps']} steps x "
+              f"{a['batch_size']}) and a {p['params_M']:.2f}M-parameter prior ({p['width']} wide x "
+              f"{p['depth']} deep, {p.get('conditioning', 'tokens')} conditioning, T = "
+              f"{p['timesteps']} {p['schedule']}, {p['steps']} steps x {p['batch_size']}). "
+              f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
+              f"{s['guidance']}, evidence weight {s['evidence_weight']}, temperature "
+              f"{s['temperature']}, seed {s['seed']}. Machine: {report['machine']}, torch "
+              f"{report['torch']}."]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -46,6 +47,17 @@ class DemoSettings:
     classifier_steps: int = 1200
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else the platform's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _stage_done(run_dir: Path) -> bool:
@@ -145,7 +157,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     s.timings["total_s"] = time.perf_counter() - t_start
     report = {
         "bld_version": __version__, "torch": torch.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
         "device": str(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
                      if k != "timings"},
@@ -154,6 +166,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                         "steps": ae_cfg.optim.steps, "batch_size": ae_cfg.optim.batch_size},
         "prior": {"params_M": sum(p.numel() for p in prior.model.parameters()) / 1e6,
                   "width": prior.config.model.width, "depth": prior.config.model.depth,
+                  "conditioning": prior.config.model.conditioning,
                   "timesteps": prior.config.diffusion.timesteps,
                   "schedule": prior.config.diffusion.schedule,
                   "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size},
