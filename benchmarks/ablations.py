@@ -116,6 +116,10 @@ ARMS: dict[str, Arm] = {
         "prior", B32 + ["model.class_embed_std=1.0"], "adaLN-Zero, batch 32 x 4000, class std "
         "1, on the latents of ae/c16-b32-thr-2500-mse", autoencoder="ae/c16-b32-thr-2500-mse",
         samplers=[(1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (-1.0, 0.5), (0.0, 0.5)]),
+    "prior/b32-cls1-lr2.5e-3": Arm("prior", B32 + ["model.class_embed_std=1.0", "optim.lr=0.0025"],
+                                   "adaLN-Zero, batch 32 x 4000, class std 1, lr 2.5e-3"),
+    "prior/b32-cls1-drop0.05": Arm("prior", B32 + ["model.class_embed_std=1.0", "cond_drop=0.05"],
+                                   "adaLN-Zero, batch 32 x 4000, class std 1, label drop 0.05"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
