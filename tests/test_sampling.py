@@ -231,3 +231,24 @@ def test_self_conditioned_network_sees_its_previous_estimate():
     graded = seen[-1]
     estimated = (graded != 0.5).flatten(1).any(1).float().mean().item()
     assert 0.3 < estimated < 0.7 and net.embed_prev.weight.grad.abs().sum() > 0
+
+
+def test_guidance_interval_guides_only_inside_it():
+    # guided steps evaluate cond + uncond (a doubled batch); outside the interval plain
+    net = _conditional_net()
+    d = BernoulliDiffusion(DiffusionConfig(timesteps=T))
+    sizes, ts = [], []
+    forward = net.forward
+
+    def spy(z, t, y=None, **kw):
+        sizes.append(z.shape[0])
+        ts.append(round(t[0].item() * T))
+        return forward(z, t, y, **kw)
+
+    net.forward = spy
+    sample(net, d, SHAPE, steps=4, y=torch.tensor([0, 1, 2, 0]), guidance=2.0,
+           null_label=net.null_label, guidance_interval=(0.5, 1.0),
+           generator=torch.Generator().manual_seed(0))
+    assert ts == [64, 43, 22, 1] and sizes == [8, 8, 4, 4]
+    with pytest.raises(ValueError, match="guidance_interval"):
+        sample(net, d, SHAPE, steps=4, guidance_interval=(0.6, 0.2))

@@ -490,6 +490,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
                    n: int = 2000, steps: int = 16, temperature: float = 1.0,
                    guidance: float = 0.0, seed: int = 0, conditional: bool = True,
                    evidence_weight: float | None = None,
+                   guidance_interval: tuple[float, float] = (0.0, 1.0),
                    batch_size: int = 250, bf16: bool = True) -> dict[str, Any]:
     """Sample n images (classes cycled when conditional) and measure them on the test set.
 
@@ -505,7 +506,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     nc = prior.config.model.num_classes
     labels = torch.arange(nc).repeat(n // max(nc, 1) + 1)[:n] if (conditional and nc) else None
     res = generate(prior, ae, n, steps=steps, temperature=temperature,
-                   evidence_weight=evidence_weight,
+                   evidence_weight=evidence_weight, guidance_interval=guidance_interval,
                    guidance=guidance if labels is not None else 0.0, labels=labels, seed=seed,
                    batch_size=batch_size, bf16=bf16)
     samples = evaluate_images(classifier, reference, floor, res.images, labels)
@@ -513,6 +514,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     return {
         "settings": {"n": n, "steps": steps, "temperature": temperature,
                      "evidence_weight": evidence_weight,
+                     "guidance_interval": list(guidance_interval),
                      "guidance": guidance if labels is not None else 0.0, "seed": seed,
                      "conditional": labels is not None, "batch_size": batch_size, "bf16": bf16},
         "samples": samples, "autoencoder": recon,

@@ -91,6 +91,7 @@ class GenerateResult:
 def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 16,
              temperature: float = 1.0, guidance: float = 0.0,
              evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
+             guidance_interval: tuple[float, float] = (0.0, 1.0),
              labels: torch.Tensor | None = None, seed: int = 0, batch_size: int = 256,
              bf16: bool = True, known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, progress: bool = False) -> GenerateResult:
@@ -114,7 +115,7 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
         with autocast(device, bf16):
             z = sample(prior.model, prior.diffusion, (b, *shape), steps=steps, y=y,
                        guidance=guidance, temperature=temperature,
-                       evidence_weight=evidence_weight,
+                       evidence_weight=evidence_weight, guidance_interval=guidance_interval,
                        null_label=prior.model.null_label, known=kn, mask=mk, generator=g,
                        device=device).z0
             x = ae.decode(z).float().clamp(-1, 1)

@@ -49,6 +49,7 @@ def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Ten
 def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...], *,
            steps: int | None = None, y: torch.Tensor | None = None, guidance: float = 0.0,
            temperature: float = 1.0, evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
+           guidance_interval: tuple[float, float] = (0.0, 1.0),
            null_label: int | None = None,
            known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
@@ -61,6 +62,9 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
         steps: S visited steps, 2 <= S <= T (default T). Time is always normalised by T.
         y: class labels (B,), or None for unconditional sampling.
         guidance: classifier-free guidance scale w (0 = plain conditional sampling).
+        guidance_interval: (lo, hi) fractions of T; guidance applies only at steps with
+            lo <= t / T <= hi (Kynkaanniemi et al. 2024, arXiv 2404.07724), plain conditional
+            logits elsewhere. The default (0, 1) guides every step.
         temperature: the evidence-free logit l' is divided by it before each step
             (tau < 1: less diverse, more faithful). SPEC 2.
         evidence_weight: lambda of SPEC 2: 1 = the exact step; 0 = the original code's
@@ -73,6 +77,10 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    lo, hi = guidance_interval
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, "
+                         f"got {guidance_interval}")
     T = diffusion.T
     ts = sampling_timesteps(T if steps is None else steps, T)
     if device is None:
@@ -104,7 +112,8 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     z0_prev = torch.full(shape, 0.5, device=device) if self_cond else None
     for i, t_int in enumerate(ts):
         t = torch.full((B,), t_int, device=device, dtype=torch.long)
-        net = guided_logits(model, diffusion, z, t, y, guidance, null_label, z0_prev)
+        w = guidance if lo <= t_int / T <= hi else 0.0
+        net = guided_logits(model, diffusion, z, t, y, w, null_label, z0_prev)
         z0_logits = diffusion.z0_logits(net, z, t)  # logit P(z_0 = 1 | z_t), float32
         if self_cond:
             z0_prev = torch.sigmoid(z0_logits)
