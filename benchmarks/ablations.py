@@ -120,6 +120,14 @@ ARMS: dict[str, Arm] = {
                                    "adaLN-Zero, batch 32 x 4000, class std 1, lr 2.5e-3"),
     "prior/b32-cls1-drop0.05": Arm("prior", B32 + ["model.class_embed_std=1.0", "cond_drop=0.05"],
                                    "adaLN-Zero, batch 32 x 4000, class std 1, label drop 0.05"),
+    "prior/b32-cls1-balanced-on-ae-c16-b32-mse": Arm(
+        "prior", B32 + ["model.class_embed_std=1.0", "diffusion.loss_type=balanced"],
+        "adaLN-Zero, batch 32 x 4000, class std 1, class-balanced loss, on the latents of "
+        "ae/c16-b32-thr-2500-mse", autoencoder="ae/c16-b32-thr-2500-mse",
+        samplers=[(1.0, 1.0), (0.0, 1.0), (0.5, 1.0), (1.0, 0.5)]),
+    "prior/b32-cls1-balanced": Arm(
+        "prior", B32 + ["model.class_embed_std=1.0", "diffusion.loss_type=balanced"],
+        "adaLN-Zero, batch 32 x 4000, class std 1, class-balanced loss"),
     "prior/3x-steps": Arm("prior", ["optim.steps=3000"], "the base prior trained 3x longer",
                           samplers=[(1.0, 1.0), (0.0, 1.0)]),
     # ---- autoencoder
