@@ -356,8 +356,10 @@ def report(bench: common.Bench, rows: dict[str, Any]) -> None:
         f"study (prior: `{' '.join(BASE_PRIOR)}`; autoencoder: `{' '.join(BASE_AUTOENCODER)}`). "
         "Samples: S = 16, seed 0; FD, precision/recall on the project classifier at N = "
         f"{bench.results.get('n', '?')}; `fd_ratio` = sample FD / reconstruction FD at the same "
-        "N. `train_s`: training wall time of the arm on the machine below (arms ran one at a "
-        "time, with the thread count given).",
+        "N. `train_s`: training wall time of the arm (each arm's run folder records its "
+        "`run.threads`). The rows merge arms measured in separate calls of this script; the "
+        "date, thread count and load in the header below are those of the call that wrote "
+        "this file, not of every arm.",
         "", "## Prior arms", "", common.markdown_table(sorted(prior_rows, key=lambda r: (
             r["arm"], r["seed"], -r["evidence_weight"], r["guidance"])), pcols),
         "", "## Autoencoder arms", "", common.markdown_table(

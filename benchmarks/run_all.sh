@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every benchmark at full size, writing Markdown + JSON + PNG into benchmarks/results/.
+# Run every benchmark at full size, writing Markdown + JSON + PNG into benchmarks/results/,
+# then render the README tables from them (publish.py).
 #
 #   bash benchmarks/run_all.sh RUN_DIR [flags passed to every script, e.g. --threads 1]
 #
@@ -34,4 +35,8 @@ run "$HERE/gaussian_baseline.py" "${CLF[@]}" "$@"
 run "$HERE/tokenizers.py" "${CLF[@]}" "$@"
 run "$HERE/speed.py" "$@"
 run "$HERE/storage.py" --run "$RUN_DIR" "$@"
+case " $* " in
+    *" --quick "*) ;;  # quick figures mean nothing: leave the READMEs alone
+    *) run "$HERE/publish.py" --run "$RUN_DIR" ;;
+esac
 echo "all benchmarks done in $(( ($(date +%s) - start) / 60 )) min"

@@ -57,7 +57,9 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
                "--steps", 4, "--guidance", 1.0, "--out", out, "--device", "cpu") == 0
     rep = json.loads((out / "eval.json").read_text())
     assert rep["settings"] == {"n": 60, "steps": 4, "temperature": 1.0, "guidance": 1.0,
-                               "evidence_weight": DEFAULT_EVIDENCE_WEIGHT, "seed": 0, "conditional": True, "batch_size": 250, "bf16": True}
+                               "evidence_weight": DEFAULT_EVIDENCE_WEIGHT,
+                               "guidance_interval": [0.0, 1.0], "seed": 0,
+                               "conditional": True, "batch_size": 250, "bf16": True}
     s = rep["samples"]
     assert s["n"] == 60 and s["fd"] >= 0 and s["fd_floor_real_vs_real"] >= 0
     assert 0 <= s["class_accuracy"] <= 1 and 0 <= s["precision"] <= 1
