@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bld.cli import main
+from bld.config import load_config_dict
 from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,6 +35,9 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
                 "reconstruction_recall", "sample_precision", "reconstruction_precision"):
         assert 0 <= f[key] <= 1, key
     assert rep["settings"]["evidence_weight"] == DEFAULT_EVIDENCE_WEIGHT
+    # the samples use the prior preset's guidance unless --guidance says otherwise
+    assert rep["settings"]["guidance"] == load_config_dict("prior", "fashion-mnist", [])[
+        "sample_guidance"]
     assert set(rep["times"]) >= {"autoencoder_s", "prior_s", "classifier_s", "evaluation_s"}
     assert len(rep["classes"]) == 10 and "Sandal" in (out / "report.md").read_text()
 

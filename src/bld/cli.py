@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps of the FD classifier the report uses")
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="sampler's evidence weight lambda (see bld sample --help)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance w of the samples and the report "
+                        "(default: the prior preset's sample_guidance)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--data-dir", help="Fashion-MNIST folder if not in its Debian location")
@@ -344,7 +347,8 @@ def cmd_demo(args) -> None:
     s = DemoSettings(out=Path(args.out), device=args.device, seed=args.seed, limit=args.limit,
                      eval_samples=args.eval_samples, resume=args.resume,
                      classifier_steps=args.classifier_steps,
-                     evidence_weight=args.evidence_weight, data_dir=args.data_dir or "")
+                     evidence_weight=args.evidence_weight, guidance=args.guidance,
+                     data_dir=args.data_dir or "")
     if args.ae_steps is not None:
         s.ae_steps = args.ae_steps
     if args.prior_steps is not None:

@@ -39,7 +39,7 @@ class DemoSettings:
     ae_steps: int | None = None  # None: the preset's
     prior_steps: int | None = None
     sample_steps: int = 16
-    guidance: float = 1.0
+    guidance: float | None = None  # None: the prior preset's sample_guidance
     temperature: float = 1.0
     evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT
     samples_per_class: int = 10
@@ -126,6 +126,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     pr_cfg, pr_dir = _train_stage("prior", pr_over, out, s, "[3/4] training the "
                                   "class-conditional prior", train_prior)
     prior = load_prior(pr_dir, device)
+    if s.guidance is None:
+        s.guidance = pr_cfg.sample_guidance
 
     # 4. figures
     log.info("[4/4] sampling and writing the report")
