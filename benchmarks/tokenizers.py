@@ -16,8 +16,9 @@ number of codes a position can name):
                          z ~ B(sigmoid(l)), or [p > 0.5]), straight-through          B
   bernoulli-B-threshold  ours with the other way of drawing bits in training
     / -draws
-  lfq-B                  LFQ, B binary dims, entropy loss 0.1 (on 2 sub-codebooks: the full
-                         2^B-way softmax per token does not fit a CPU step), commitment 0.25
+  lfq-B                  LFQ, B binary dims, entropy loss 0.1 (on sub-codebooks of at most 8
+                         bits, `lfq_codebooks`: a 2^B-way softmax per token does not fit a
+                         CPU step), commitment 0.25
   fsq-B                  FSQ, levels (8, 8, 8, 5, 5, 5) for 16 bits (15.966), else 8s and one
                          power of two (32 bits: ten 8s and a 4)
   bernoulli-12, vq-12    ours and VQ with a 4096 x 12 codebook (EMA updates, decay 0.8,
@@ -92,6 +93,13 @@ def make_specs(bits: int, train_bits: str) -> dict[str, Spec]:
     return {s.name: s for s in specs}
 
 
+def lfq_codebooks(dim: int, max_bits: int = 8) -> int:
+    """Sub-codebooks for LFQ's entropy loss: the fewest that divide ``dim`` into groups of at
+    most ``max_bits`` bits (its softmax has 2^bits entries per group and token, so a single
+    2^32-way group, or two 2^16-way ones, do not fit a CPU step)."""
+    return next(n for n in range(1, dim + 1) if dim % n == 0 and dim // n <= max_bits)
+
+
 def _preset(name: str):
     from bld.config import load_config_dict
     from bld.train import config_from_dict
@@ -160,8 +168,9 @@ class Tokenizer(nn.Module):
             self.quantizer = BernoulliQuantizer()
         elif spec.kind == "lfq":
             vq = _vqlib()
-            self.quantizer = vq.LFQ(dim=spec.dim, codebook_size=2 ** (spec.dim // 2),
-                                    num_codebooks=2, entropy_loss_weight=0.1,
+            n_books = lfq_codebooks(spec.dim)
+            self.quantizer = vq.LFQ(dim=spec.dim, codebook_size=2 ** (spec.dim // n_books),
+                                    num_codebooks=n_books, entropy_loss_weight=0.1,
                                     commitment_loss_weight=0.25, channel_first=True)
         elif spec.kind == "fsq":
             self.quantizer = _vqlib().FSQ(levels=list(spec.levels), channel_first=True)
