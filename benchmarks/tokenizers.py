@@ -93,6 +93,16 @@ def make_specs(bits: int, train_bits: str) -> dict[str, Spec]:
     return {s.name: s for s in specs}
 
 
+def _fsq_index(codes: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+    """(B, D, h, w) FSQ codes in [-1, 1] -> (B, h, w) int64 code index (mixed radix)."""
+    lv = torch.tensor(levels, dtype=torch.float64, device=codes.device).view(1, -1, 1, 1)
+    half = lv // 2  # FSQ's grid: code * half + half is the level index (even levels: offset)
+    idx = (codes.double() * half + half).round().clamp(min=0)
+    idx = torch.minimum(idx, lv - 1).long()
+    basis = torch.cumprod(torch.tensor((1,) + tuple(levels[:-1]), dtype=torch.int64), 0)
+    return (idx * basis.to(codes.device).view(1, -1, 1, 1)).sum(1)
+
+
 def lfq_codebooks(dim: int, max_bits: int = 8) -> int:
     """Sub-codebooks for LFQ's entropy loss: the fewest that divide ``dim`` into groups of at
     most ``max_bits`` bits (its softmax has 2^bits entries per group and token, so a single
@@ -173,7 +183,10 @@ class Tokenizer(nn.Module):
                                     num_codebooks=n_books, entropy_loss_weight=0.1,
                                     commitment_loss_weight=0.25, channel_first=True)
         elif spec.kind == "fsq":
-            self.quantizer = _vqlib().FSQ(levels=list(spec.levels), channel_first=True)
+            # the library's own indices (int32, with a buffer of every code) only while the
+            # codebook is small; 32 bits (2^32 codes) get int64 indices from `_fsq_index`
+            self.quantizer = _vqlib().FSQ(levels=list(spec.levels), channel_first=True,
+                                          return_indices=math.prod(spec.levels) <= 2 ** 24)
         elif spec.kind == "vq":
             self.quantizer = _vqlib().VectorQuantize(
                 dim=spec.dim, codebook_size=spec.codebook, decay=0.8, commitment_weight=0.25,
@@ -200,6 +213,8 @@ class Tokenizer(nn.Module):
                 return Quantized(codes, aux, _bits_to_index(bits), bits, None)
             if kind == "fsq":
                 codes, index = self.quantizer(h)
+                if index is None:
+                    index = _fsq_index(codes.detach(), self.spec.levels)
                 return Quantized(codes, zero, index.long(), None, None)
             codes, index, aux = self.quantizer(h)
             return Quantized(codes, aux.sum(), index.long(), None, None)
