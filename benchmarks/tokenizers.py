@@ -393,7 +393,7 @@ def main() -> None:
         f"Each tokenizer: {steps} steps x batch {args.batch_size} on {len(x_train)} "
         f"Fashion-MNIST training images, AdamW lr {args.lr} (warm-up {min(o.warmup, steps)}, EMA "
         f"{o.ema_decay}), loss {preset.loss.l1_weight:g} L1 + {preset.loss.mse_weight:g} MSE "
-        "(+ the quantizer's own auxiliary loss for LFQ / VQ), encoder/decoder width {args.channels}, hidden "
+        f"(+ the quantizer's own auxiliary loss for LFQ / VQ), encoder/decoder width {args.channels}, hidden "
         f"{args.hidden}, channel multipliers {list(preset.model.channel_mult)}, 7 x 7 "
         f"positions. Test set: {len(xt)} images; reconstruction FD of "
         f"{n_fd} reconstructions against the other {len(ref.reference)} real test images "
