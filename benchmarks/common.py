@@ -99,15 +99,8 @@ def setup(name: str, args: argparse.Namespace, expected_full: str, expected_quic
 
 def environment() -> dict[str, Any]:
     """Where the figures were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
+    from bld.demo import cpu_name
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(), "load_average": _loadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -49,7 +49,7 @@ class DemoSettings:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo where there is one, else the platform's name."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -159,7 +159,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     s.timings["total_s"] = time.perf_counter() - t_start
     report = {
         "bld_version": __version__, "torch": torch.__version__,
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
         "device": str(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
                      if k != "timings"},
