@@ -193,7 +193,7 @@ def _ae_eval(ae, clf, ref: common.FDReference, test_x: torch.Tensor, test_y: tor
 
 def _load_cfg(kind: str, overrides: list[str]):
     from bld.config import load_config_dict
-    from bld.train import config_from_dict
+    from bld.train_config import config_from_dict
     return config_from_dict(kind, load_config_dict(kind, "fashion-mnist", overrides))
 
 
@@ -240,7 +240,8 @@ class Study:
 
     def autoencoder(self, name: str, seed: int) -> tuple[Path, dict[str, Any]]:
         """Train (or reuse) an autoencoder arm; returns its run folder and figures."""
-        from bld.train import load_autoencoder, train_autoencoder
+        from bld.loading import load_autoencoder
+        from bld.train import train_autoencoder
         arm = ARMS[name]
         key = f"{name}|{seed}"
         out = self.work / f"{name.replace('/', '_')}-s{seed}"
@@ -271,7 +272,7 @@ class Study:
     def latents(self, ae_dir: Path) -> Path:
         from bld.data import build_dataset
         from bld.pipeline import encode_dataset
-        from bld.train import load_autoencoder
+        from bld.loading import load_autoencoder
         cache = ae_dir / "latents_train.safetensors"
         if not cache.exists():
             ae = load_autoencoder(ae_dir, "cpu")
@@ -280,7 +281,8 @@ class Study:
 
     def prior(self, name: str, seed: int) -> None:
         from bld.evaluation import evaluate_prior
-        from bld.train import load_autoencoder, load_prior, train_prior
+        from bld.loading import load_autoencoder, load_prior
+        from bld.train import train_prior
         arm = ARMS[name]
         if arm.kind == "preset":
             ae_dir, _ = self.autoencoder(name, seed)

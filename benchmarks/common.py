@@ -400,7 +400,8 @@ def train_model(model: torch.nn.Module,
     ``loss_fn(idx, generator)`` gets the indices (batch_size,) of this step's items (epochs
     of a seeded permutation of range(n_items)) and returns the scalar loss.
     """
-    from bld.train import EMA, OptimConfig, lr_at
+    from bld.train import EMA, lr_at
+    from bld.train_config import OptimConfig
     optim = OptimConfig(steps=steps, batch_size=batch_size, lr=lr,
                         warmup=max(1, steps // 20) if warmup is None else warmup,
                         weight_decay=weight_decay)

@@ -245,7 +245,8 @@ def main() -> None:
                                        "(each: autoencoder ~8 min, prior ~8 min, sampling ~3 min)")
     from bld.config import load_config_dict
     from bld.evaluation import psnr
-    from bld.train import config_from_dict, resolve_prior_config
+    from bld.train import resolve_prior_config
+    from bld.train_config import config_from_dict
 
     small = ["optim.steps=4", "optim.batch_size=16", "model.channels=8", "model.hidden=16"]
     ae_train = config_from_dict("autoencoder", load_config_dict(

@@ -174,7 +174,7 @@ def main() -> None:
     from bld.config import load_config_dict
     from bld.denoiser import Denoiser, DenoiserConfig
     from bld.diffusion import BernoulliDiffusion
-    from bld.train import config_from_dict
+    from bld.train_config import config_from_dict
     pcfg = config_from_dict("prior", load_config_dict("prior", "fashion-mnist", []))
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist", []))
     bits, grid = ae_cfg.model.bits, ae_cfg.model.grid

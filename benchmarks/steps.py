@@ -76,7 +76,7 @@ def main() -> None:
     from bld.pipeline import generate
     from bld.plots import image_grid, save_image
     from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
-    from bld.train import load_autoencoder, load_prior
+    from bld.loading import load_autoencoder, load_prior
 
     lam_base = DEFAULT_EVIDENCE_WEIGHT if args.evidence_weight is None else args.evidence_weight
 

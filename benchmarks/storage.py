@@ -9,7 +9,7 @@ prior training.
 2. Prior-training epoch time (60000 images) from the cache against encoding on the fly:
    K batches of each are timed and extrapolated to an epoch (stated in the report):
      - packed cache, unpacked per batch (`bld.packing.unpack_bits` on a batch slice),
-     - packed cache through `bld.train.LatentDataset` + DataLoader (unpacks per item, as
+     - packed cache through `bld.loading.LatentDataset` + DataLoader (unpacks per item, as
        `bld train-prior --latents` does),
      - float32 cache (batch slice),
      - on the fly: `BinaryAutoencoder.encode` of each image batch (as `bld train-prior`
@@ -69,7 +69,7 @@ def main() -> None:
     from bld.diffusion import BernoulliDiffusion, DiffusionConfig
     from bld.packing import unpack_bits
     from bld.pipeline import encode_dataset
-    from bld.train import LatentDataset, load_autoencoder
+    from bld.loading import LatentDataset, load_autoencoder
 
     if args.run is not None:
         ae = load_autoencoder(args.run / "autoencoder")

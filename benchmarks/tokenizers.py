@@ -111,7 +111,7 @@ def lfq_codebooks(dim: int, max_bits: int = 8) -> int:
 
 def _preset(name: str):
     from bld.config import load_config_dict
-    from bld.train import config_from_dict
+    from bld.train_config import config_from_dict
     return config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
 
 

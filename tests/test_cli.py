@@ -73,7 +73,7 @@ def test_run_folder_layout(runs, which, kind, columns):
 
 
 def test_encode_writes_the_limited_split(runs):
-    from bld.train import load_latent_cache
+    from bld.loading import load_latent_cache
     cache = load_latent_cache(runs.latents)
     assert len(cache) == 256 and cache.shape == (8, 7, 7)
     _, labels = load_fashion_mnist("train")

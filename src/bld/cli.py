@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args, kind: str) -> None:
-    from .train import config_from_dict, train_autoencoder, train_prior
+    from .train import train_autoencoder, train_prior
+    from .train_config import config_from_dict
     overrides = _shortcut_overrides(args)
     if kind == "prior":
         for flag, key in [("autoencoder", "autoencoder"), ("latents", "latents"),
@@ -184,12 +185,12 @@ def cmd_train(args, kind: str) -> None:
 
 
 def _device(name: str):
-    from .train import resolve_device
+    from .loading import resolve_device
     return resolve_device(name)
 
 
 def _load_pair(args):
-    from .train import load_autoencoder, load_prior
+    from .loading import load_autoencoder, load_prior
     device = _device(args.device)
     prior = load_prior(args.prior, device)
     ae_path = args.autoencoder or prior.config.autoencoder
@@ -239,7 +240,8 @@ def cmd_reconstruct(args) -> None:
     from .data import build_dataset, load_image
     from .pipeline import reconstruct
     from .plots import image_grid, save_image
-    from .train import load_autoencoder, config_from_dict
+    from .loading import load_autoencoder
+    from .train_config import config_from_dict
     from . import checkpoint as ckpt
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
@@ -261,7 +263,9 @@ def cmd_encode(args) -> None:
     from . import checkpoint as ckpt
     from .data import build_dataset
     from .pipeline import encode_dataset
-    from .train import LimitedDataset, config_from_dict, load_autoencoder
+    from .loading import load_autoencoder
+    from .train import LimitedDataset
+    from .train_config import config_from_dict
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
     ae_cfg = config_from_dict("autoencoder",
@@ -300,7 +304,8 @@ def cmd_eval(args) -> None:
     from .evaluation import (dataset_tensors, evaluate_autoencoder, evaluate_prior,
                              load_classifier, real_reference)
     from .plots import image_grid, save_image
-    from .train import config_from_dict, load_autoencoder, load_prior
+    from .loading import load_autoencoder, load_prior
+    from .train_config import config_from_dict
     device = _device(args.device)
     prior = load_prior(args.prior, device) if args.prior else None
     ae_path = args.autoencoder or (prior.config.autoencoder if prior else None)

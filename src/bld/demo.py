@@ -74,7 +74,7 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
 def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, what: str,
                  train_fn) -> tuple[Any, Path]:
     """Train one model from its fashion-mnist preset unless a finished run is there."""
-    from .train import config_from_dict
+    from .train_config import config_from_dict
     cfg = config_from_dict(kind, load_config_dict(kind, "fashion-mnist", overrides))
     run_dir = out / kind
     t0 = time.perf_counter()
@@ -88,8 +88,8 @@ def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, wh
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
     from .pipeline import encode_dataset, generate, reconstruct
-    from .train import (LimitedDataset, load_autoencoder, load_prior, resolve_device,
-                        train_autoencoder, train_prior)
+    from .loading import load_autoencoder, load_prior, resolve_device
+    from .train import LimitedDataset, train_autoencoder, train_prior
 
     out = s.out
     if out.exists() and any(out.iterdir()) and not s.resume:

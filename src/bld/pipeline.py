@@ -20,7 +20,7 @@ from .autoencoder import BinaryAutoencoder
 from .evaluation import psnr_from_mse
 from .packing import pack_bits
 from .sampling import DEFAULT_EVIDENCE_WEIGHT, sample
-from .train import LoadedPrior
+from .loading import LoadedPrior
 
 
 def autocast(device: torch.device | str, enabled: bool):

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,88 +29,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig,
-                          BinaryAutoencoder)
-from .config import ConfigError, from_dict, to_dict
+from .autoencoder import AutoencoderConfig, AutoencoderLoss, BinaryAutoencoder
+from .config import ConfigError, to_dict
 from .data import DATASET_SOURCES, build_dataset
-from .denoiser import PRESETS, Denoiser, DenoiserConfig
-from .diffusion import BernoulliDiffusion, DiffusionConfig
-from .packing import unpack_bits
+from .denoiser import PRESETS, Denoiser
+from .diffusion import BernoulliDiffusion
+# Loading and the configurations live apart so that sampling never imports this module;
+# they are imported back here for the loops (and for callers of bld.train's old names).
+from .loading import (LatentDataset, LoadedPrior, load_autoencoder, load_latent_cache,  # noqa: F401
+                      load_prior, resolve_device)
 from .sampling import sample
+from .train_config import (CONFIG_KINDS, AutoencoderTrainConfig, DataConfig,  # noqa: F401
+                           OptimConfig, PriorTrainConfig, RunConfig, config_from_dict)
 
 log = logging.getLogger("bld")
-
-
-# ----------------------------------------------------------------------------- configs
-@dataclass
-class DataConfig:
-    source: str = "fashion-mnist"  # fashion-mnist | emoji-twitter | emoji-google | a folder
-    data_dir: str = ""  # where the dataset lives, when not in its default place
-    image_size: int = 0  # 0 = the dataset's own (28 for Fashion-MNIST, 64 for emoji)
-    channels: int = 0  # 0 = the dataset's own
-    limit: int = 0  # use only the first N training images (0 = all)
-    num_workers: int = 0
-
-
-@dataclass
-class OptimConfig:
-    steps: int = 2000
-    batch_size: int = 64  # per process
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay to lr * this
-    warmup: int = 100
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-
-
-@dataclass
-class RunConfig:
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bf16 autocast (CPU and CUDA)
-    threads: int = 0  # torch intra-op threads (0 = torch's default)
-    log_every: int = 25
-    sample_every: int = 500  # 0 = only at the end
-    ckpt_every: int = 500  # 0 = only at the end
-    keep_checkpoints: int = 2
-
-
-@dataclass
-class AutoencoderTrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-
-@dataclass
-class PriorTrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    autoencoder: str = ""  # checkpoint (or run) folder of the trained autoencoder
-    latents: str = ""  # latent cache from `bld encode` (empty: encode on the fly)
-    preset: str = ""  # a denoiser size preset; sets width/depth/heads
-    model: DenoiserConfig = field(default_factory=DenoiserConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    class_conditional: bool = True
-    cond_drop: float = 0.1  # per-sample label dropout for classifier-free guidance
-    sample_steps: int = 16
-    sample_guidance: float = 1.0
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
-                                                                  weight_decay=0.0))
-    run: RunConfig = field(default_factory=RunConfig)
-
-
-CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig}
-
-
-def config_from_dict(kind: str, data: dict[str, Any]):
-    if kind not in CONFIG_KINDS:
-        raise ConfigError(f"unknown config kind {kind!r}; choose one of {sorted(CONFIG_KINDS)}")
-    return from_dict(CONFIG_KINDS[kind], data)
 
 
 # ------------------------------------------------------------------------ distributed
@@ -137,16 +69,6 @@ class Context:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def setup_context(run: RunConfig) -> Context:
@@ -519,71 +441,6 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
 
 
 # ------------------------------------------------------------------------- prior loop
-class LatentDataset(Dataset):
-    """Packed binary latents (N, bytes) uint8 + labels, unpacked per item."""
-
-    def __init__(self, packed: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...],
-                 classes: tuple[str, ...] = ()) -> None:
-        self.packed, self.labels, self.shape = packed, labels, tuple(shape)
-        self.classes = tuple(classes)
-        self.num_classes = len(self.classes)
-
-    def __len__(self) -> int:
-        return self.packed.shape[0]
-
-    def __getitem__(self, i: int):
-        return unpack_bits(self.packed[i:i + 1], self.shape)[0], int(self.labels[i])
-
-
-def load_autoencoder(path: str | Path, device: torch.device | str = "cpu",
-                     use_ema: bool = True) -> BinaryAutoencoder:
-    """A trained autoencoder (EMA weights by default), in eval mode."""
-    ck = ckpt.load_checkpoint(path, kind="autoencoder", map_location=device)
-    cfg = config_from_dict("autoencoder", ck.config)
-    model = BinaryAutoencoder(cfg.model)
-    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
-    ckpt.load_state_strict(model, state, "autoencoder")
-    return model.to(device).eval()
-
-
-@dataclass
-class LoadedPrior:
-    model: Denoiser
-    diffusion: BernoulliDiffusion
-    config: PriorTrainConfig
-    classes: tuple[str, ...]
-    path: Path
-
-
-def load_prior(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True
-               ) -> LoadedPrior:
-    """A trained prior (EMA weights by default) with its diffusion process, in eval mode."""
-    ck = ckpt.load_checkpoint(path, kind="prior", map_location=device)
-    cfg = config_from_dict("prior", ck.config)
-    model = Denoiser(cfg.model)
-    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
-    ckpt.load_state_strict(model, state, "prior")
-    diffusion = BernoulliDiffusion(cfg.diffusion).to(device)
-    return LoadedPrior(model.to(device).eval(), diffusion, cfg,
-                       tuple(ck.metadata.get("classes", ())), ck.path)
-
-
-def load_latent_cache(path: str | Path) -> LatentDataset:
-    """A latent cache written by `bld encode` (packed bits, labels, shape in its metadata)."""
-    import json
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"latent cache {path} does not exist; make it with `bld encode`")
-    with safe_open(str(path), "pt") as f:  # one read: metadata and tensors
-        meta = f.metadata() or {}
-        if meta.get("format") != "bld-latents":
-            raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`)")
-        packed, labels = f.get_tensor("packed"), f.get_tensor("labels")
-    return LatentDataset(packed, labels, tuple(json.loads(meta["shape"])),
-                         tuple(json.loads(meta.get("classes", "[]"))))
-
-
 def resolve_prior_config(cfg: PriorTrainConfig, ae_cfg: AutoencoderConfig,
                          num_classes: int) -> PriorTrainConfig:
     """Fill bits / grid / num_classes from the autoencoder and data; apply the preset."""

@@ -1,0 +1,96 @@
+"""Loading trained models and latent caches, for sampling, inpainting and evaluation.
+
+Nothing here imports the training loops (`bld.train`): a trained run is read through
+`bld.checkpoint` and the configuration dataclasses of `bld.train_config`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from . import checkpoint as ckpt
+from .autoencoder import BinaryAutoencoder
+from .config import ConfigError
+from .denoiser import Denoiser
+from .diffusion import BernoulliDiffusion
+from .packing import unpack_bits
+from .train_config import PriorTrainConfig, config_from_dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+class LatentDataset(Dataset):
+    """Packed binary latents (N, bytes) uint8 + labels, unpacked per item."""
+
+    def __init__(self, packed: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...],
+                 classes: tuple[str, ...] = ()) -> None:
+        self.packed, self.labels, self.shape = packed, labels, tuple(shape)
+        self.classes = tuple(classes)
+        self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return self.packed.shape[0]
+
+    def __getitem__(self, i: int):
+        return unpack_bits(self.packed[i:i + 1], self.shape)[0], int(self.labels[i])
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu",
+                     use_ema: bool = True) -> BinaryAutoencoder:
+    """A trained autoencoder (EMA weights by default), in eval mode."""
+    ck = ckpt.load_checkpoint(path, kind="autoencoder", map_location=device)
+    cfg = config_from_dict("autoencoder", ck.config)
+    model = BinaryAutoencoder(cfg.model)
+    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
+    ckpt.load_state_strict(model, state, "autoencoder")
+    return model.to(device).eval()
+
+
+@dataclass
+class LoadedPrior:
+    model: Denoiser
+    diffusion: BernoulliDiffusion
+    config: PriorTrainConfig
+    classes: tuple[str, ...]
+    path: Path
+
+
+def load_prior(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True
+               ) -> LoadedPrior:
+    """A trained prior (EMA weights by default) with its diffusion process, in eval mode."""
+    ck = ckpt.load_checkpoint(path, kind="prior", map_location=device)
+    cfg = config_from_dict("prior", ck.config)
+    model = Denoiser(cfg.model)
+    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
+    ckpt.load_state_strict(model, state, "prior")
+    diffusion = BernoulliDiffusion(cfg.diffusion).to(device)
+    return LoadedPrior(model.to(device).eval(), diffusion, cfg,
+                       tuple(ck.metadata.get("classes", ())), ck.path)
+
+
+def load_latent_cache(path: str | Path) -> LatentDataset:
+    """A latent cache written by `bld encode` (packed bits, labels, shape in its metadata)."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"latent cache {path} does not exist; make it with `bld encode`")
+    with safe_open(str(path), "pt") as f:  # one read: metadata and tensors
+        meta = f.metadata() or {}
+        if meta.get("format") != "bld-latents":
+            raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`)")
+        packed, labels = f.get_tensor("packed"), f.get_tensor("labels")
+    return LatentDataset(packed, labels, tuple(json.loads(meta["shape"])),
+                         tuple(json.loads(meta.get("classes", "[]"))))

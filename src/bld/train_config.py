@@ -1,0 +1,86 @@
+"""The training configurations: what `bld train-ae` / `bld train-prior` read from YAML.
+
+They live apart from the training loops so that loading a trained model (its checkpoint
+holds one of these) never imports the training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .autoencoder import AutoencoderConfig, AutoencoderLossConfig
+from .config import ConfigError, from_dict
+from .denoiser import DenoiserConfig
+from .diffusion import DiffusionConfig
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # fashion-mnist | emoji-twitter | emoji-google | a folder
+    data_dir: str = ""  # where the dataset lives, when not in its default place
+    image_size: int = 0  # 0 = the dataset's own (28 for Fashion-MNIST, 64 for emoji)
+    channels: int = 0  # 0 = the dataset's own
+    limit: int = 0  # use only the first N training images (0 = all)
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 2000
+    batch_size: int = 64  # per process
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * this
+    warmup: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast (CPU and CUDA)
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    log_every: int = 25
+    sample_every: int = 500  # 0 = only at the end
+    ckpt_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class PriorTrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: str = ""  # checkpoint (or run) folder of the trained autoencoder
+    latents: str = ""  # latent cache from `bld encode` (empty: encode on the fly)
+    preset: str = ""  # a denoiser size preset; sets width/depth/heads
+    model: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    class_conditional: bool = True
+    cond_drop: float = 0.1  # per-sample label dropout for classifier-free guidance
+    sample_steps: int = 16
+    sample_guidance: float = 1.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
+                                                                  weight_decay=0.0))
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig}
+
+
+def config_from_dict(kind: str, data: dict[str, Any]):
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"unknown config kind {kind!r}; choose one of {sorted(CONFIG_KINDS)}")
+    return from_dict(CONFIG_KINDS[kind], data)
