@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 
 import numpy as np
@@ -159,10 +161,10 @@ def test_crash_during_write_keeps_previous(tmp_path, monkeypatch):
     path, model = _save(tmp_path / "final", seed=0, step=1)
 
     def fail(*args, **kwargs):
-        raise Boom("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ckpt_mod, "_write_trainer_state", fail)  # after the weights, before config.json
-    with pytest.raises(Boom):
+    with pytest.raises(ckpt_mod.WriteError, match=r"No space left on device.*Free disk space"):
         _save(tmp_path / "final", seed=9, step=2, ema=_model(3), trainer_state={})
     monkeypatch.undo()
 

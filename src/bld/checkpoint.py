@@ -12,13 +12,18 @@ Layout (after HF `save_pretrained` and k-diffusion's `save()`):
 A run directory holds `checkpoints/step_000123/` folders and a `latest` text file naming the
 newest one relative to the run directory.
 
-`trainer_state.pt` is a pickle (torch.load(weights_only=False)): load it only from checkpoints
-you wrote yourself or otherwise trust. The weights (safetensors) are safe to load from anywhere.
+`trainer_state.pt` holds tensors, numbers, strings and plain containers only, and is read with
+`torch.load(weights_only=True)`, so no file a user passes in is unpickled into arbitrary objects.
+
+A run directory is guarded by `run.lock` (RunLock): an advisory `flock` held for the whole run,
+so a second run into the same folder is refused, and a lock left by a killed process (the
+kernel drops it with the process) is taken over.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -26,6 +31,7 @@ import pickle
 import random
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Mapping
@@ -57,15 +63,30 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, of the wrong kind, damaged, or does not fit the model."""
 
 
+class WriteError(OSError):
+    """Writing a file failed (disk full, no permission, ...); what was there before is intact."""
+
+
+class TrainingError(RuntimeError):
+    """A training run cannot go on (it diverged: too many non-finite steps in a row)."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
 # --------------------------------------------------------------------------------------
 # RNG state
 # --------------------------------------------------------------------------------------
 
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and (if available) all CUDA generators' global states."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # plain types and a tensor (not an ndarray), so torch.load(weights_only=True) reads it
+        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -74,7 +95,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of capture_rng_state. CUDA states are restored only onto as many devices."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda is not None:
@@ -162,6 +185,20 @@ def _recover_interrupted(path: Path) -> None:
             return
 
 
+def write_failure(path: Path, e: BaseException) -> str:
+    """One line on a failed write: what, why, how much room is left, and what to do."""
+    detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        "No space left" in str(e) or "unexpected pos" in str(e)  # torch.save on a full disk
+    hint = "free disk space" if full else "check the folder is writable and has room"
+    return (f"could not write {path} ({detail}{free}); the files written before are intact. "
+            f"{hint[0].upper()}{hint[1:]}, then run again (training: add --resume).")
+
+
 def save_checkpoint(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any] | Any,
                     model: torch.nn.Module | Mapping[str, torch.Tensor],
                     ema: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
@@ -222,11 +259,14 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, config: Mapping[str, 
             _rename(path, old)
         _rename(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         if old is not None and not path.exists():
             _rename(old, path)  # put the previous checkpoint back
             old = None
         shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a full disk as a SafetensorError, torch.save as a RuntimeError
+        if isinstance(e, (OSError, SafetensorError, RuntimeError)):
+            raise WriteError(write_failure(path, e)) from e
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -292,6 +332,14 @@ def find_latest(run_dir: str | os.PathLike) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
+def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints to try when resuming, best first: the one `latest` names (or the newest),
+    then the other complete step folders, newest first."""
+    first = find_latest(run_dir)
+    rest = [p for _, p in reversed(_step_dirs(Path(run_dir))) if first is None or p != first]
+    return ([first] if first is not None else []) + rest
+
+
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the `keep` highest-step checkpoints (never the one `latest` names).
     Each is renamed to a hidden name before deletion, so no half-deleted folder keeps a
@@ -344,12 +392,12 @@ class Checkpoint:
         return (self.path / TRAINER_STATE_FILE).is_file()
 
     def trainer_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """trainer_state.pt (None if absent). Unpickles (weights_only=False): trusted checkpoints only."""
+        """trainer_state.pt (None if absent), read with weights_only=True (tensors and plain data)."""
         p = self.path / TRAINER_STATE_FILE
         if not p.is_file():
             return None
         try:
-            return torch.load(p, map_location=map_location, weights_only=False)
+            return torch.load(p, map_location=map_location, weights_only=True)
         except (OSError, EOFError, RuntimeError, ValueError, ImportError, AttributeError,
                 pickle.UnpicklingError) as e:
             raise CheckpointError(f"cannot read {p} ({type(e).__name__}: {e}); the file is damaged or "
@@ -438,3 +486,72 @@ def load_state_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
             "one the checkpoint was trained with: build the model from the checkpoint's config "
             "(Checkpoint.config).")
     model.load_state_dict(state_dict, strict=True)
+
+
+# --------------------------------------------------------------------------------------
+# Run lock
+# --------------------------------------------------------------------------------------
+
+LOCK_FILE = "run.lock"
+
+
+class RunLock:
+    """An exclusive advisory lock on a run folder, held from acquire() to release().
+
+    `run.lock` holds the owner's pid and host (for the message a second run gets). The lock is
+    a `flock` on that file, which the kernel drops when the process dies, so a lock left by a
+    killed run never blocks the next one: its file is simply taken over.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.read(fd, 200).decode(errors="replace").split()
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                who = f"pid {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by another run ({who}; lock file {self.path}). "
+                    "Wait for it to finish, or choose another --out folder.") from None
+            try:  # the holder may have removed the file between our open and flock: retry
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        stale = os.read(fd, 200).decode(errors="replace").split()
+        if stale:
+            logger.warning("taking over %s left by pid %s on %s, which no longer holds it",
+                           self.path, *(stale + ["?"])[:2])
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked, so no one inherits a stale file
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -19,7 +19,11 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
                         "(default: fashion-mnist)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.csv, plots)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint")
+                   help="continue the run in --out from its latest checkpoint (a damaged one is "
+                        "skipped for the one before)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept a config that differs from the checkpoint's "
+                        "(refused by default, listing the differences)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.steps=500 (repeatable)")
     p.add_argument("--steps", type=int, help="shortcut for --set optim.steps=N")
@@ -180,7 +184,7 @@ def cmd_train(args, kind: str) -> None:
                 overrides.append(f"{key}={v}")
     cfg = config_from_dict(kind, load_config_dict(kind, args.config, overrides))
     fn = train_autoencoder if kind == "autoencoder" else train_prior
-    path = fn(cfg, args.out, resume=args.resume)
+    path = fn(cfg, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
     log.info("done: %s", path)
 
 
@@ -376,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji,
         "train-classifier": cmd_train_classifier, "eval": cmd_eval,
     }
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, RunLockedError, TrainingError
     from .data import DatasetNotFoundError
     try:
         commands[args.command](args)
@@ -384,10 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     # cache, an unknown class name); ConfigError and CheckpointError are kinds of it.
     except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError,
             ValueError) as e:
-        log.debug("%s failed", args.command, exc_info=True)
-        print(f"bld {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args.command, e, 2)
+    # The run could not go on: it diverged, the folder is in use, a write failed (disk full).
+    except (TrainingError, RunLockedError, OSError) as e:
+        return _fail(args.command, e, 1)
     return 0
+
+
+def _fail(command: str, e: BaseException, code: int) -> int:
+    """One line on stderr (the traceback only with -v), and the exit code."""
+    log.debug("%s failed", command, exc_info=True)
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"bld {command}: error: {text}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

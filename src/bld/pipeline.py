@@ -37,7 +37,10 @@ def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path
     The file is safetensors: ``packed`` (N, ceil(C h w / 8)) uint8 and ``labels`` (N,) int64,
     with the latent shape and class names in its metadata. Written atomically.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
+
+    from .checkpoint import WriteError, write_failure
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -51,9 +54,13 @@ def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path
             "classes": json.dumps(list(getattr(dataset, "classes", ())))}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    save_file({"packed": torch.cat(packed).contiguous(), "labels": torch.cat(labels)},
-              str(tmp), metadata=meta)
-    os.replace(tmp, out_path)
+    try:
+        save_file({"packed": torch.cat(packed).contiguous(), "labels": torch.cat(labels)},
+                  str(tmp), metadata=meta)
+        os.replace(tmp, out_path)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(write_failure(out_path, e)) from e
     return out_path
 
 

@@ -45,6 +45,9 @@ from .train_config import (CONFIG_KINDS, AutoencoderTrainConfig, DataConfig,  # 
 log = logging.getLogger("bld")
 
 
+TrainingError = ckpt.TrainingError
+
+
 # ------------------------------------------------------------------------ distributed
 @dataclass
 class Context:
@@ -52,6 +55,7 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    lock: ckpt.RunLock | None = None  # rank 0's lock on the run folder
 
     @property
     def is_main(self) -> bool:
@@ -89,6 +93,9 @@ def setup_context(run: RunConfig) -> Context:
 
 
 def teardown(ctx: Context) -> None:
+    if ctx.lock is not None:
+        ctx.lock.release()
+        ctx.lock = None
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -242,11 +249,49 @@ class CSVLogger:
 
     def log(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        try:
+            with open(self.path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        except OSError as e:
+            raise ckpt.WriteError(ckpt.write_failure(self.path, e)) from e
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps whose loss or gradient norm is NaN / inf, counts them, and stops
+    the run after ``limit`` in a row. Under DDP the ranks agree (one bad rank skips all)."""
+
+    def __init__(self, limit: int, ctx: Context, state: dict[str, Any] | None = None) -> None:
+        if limit < 1:
+            raise ConfigError(f"run.max_bad_steps must be at least 1, got {limit}")
+        self.limit, self.ctx = limit, ctx
+        self.total = int((state or {}).get("skipped_steps", 0))
+        self.in_a_row = int((state or {}).get("bad_in_a_row", 0))
+
+    def ok(self, step: int, *values: torch.Tensor, what: str = "loss or gradient") -> bool:
+        """True if every value is finite; else count the skip (and stop after ``limit``)."""
+        bad = torch.tensor(float(not all(bool(torch.isfinite(v).all()) for v in values)))
+        if self.ctx.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bad.item():
+            self.in_a_row = 0
+            return True
+        self.total += 1
+        self.in_a_row += 1
+        log.warning("step %d: non-finite %s; step skipped (%d in a row, %d in this run)",
+                    step + 1, what, self.in_a_row, self.total)
+        if self.in_a_row >= self.limit:
+            raise TrainingError(
+                f"stopped at step {step + 1}: the last {self.in_a_row} steps had a non-finite "
+                f"{what} (NaN or inf) and were skipped; no weights or checkpoint were changed by "
+                "them. Lower optim.lr or use --no-bf16, then continue from the last good "
+                "checkpoint with --resume (or raise run.max_bad_steps).")
+        return False
+
+    def state(self) -> dict[str, int]:
+        return {"skipped_steps": self.total, "bad_in_a_row": self.in_a_row}
 
 
 def _gather_generator_states(gen: torch.Generator, ctx: Context) -> list[torch.Tensor]:
@@ -261,8 +306,15 @@ def _gather_generator_states(gen: torch.Generator, ctx: Context) -> list[torch.T
 def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema: EMA,
           trainer_state: dict[str, Any], ctx: Context, keep: int,
           metadata: dict[str, Any] | None = None) -> None:
-    """Rank 0 writes an atomic checkpoint folder and moves `latest` to it."""
+    """Rank 0 writes an atomic checkpoint folder and moves `latest` to it (never of weights
+    holding NaN / inf: `latest` then stays at the last good checkpoint)."""
     if ctx.is_main:
+        bad = [n for n, t in [*model.state_dict().items(), *ema.model.state_dict().items()]
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise TrainingError(f"step {step}: the weights hold NaN / inf ({', '.join(bad[:3])}); "
+                                f"not checkpointed, {ckpt.find_latest(run_dir)} stays the latest. "
+                                "Lower optim.lr and continue from it with --resume.")
         d = ckpt.checkpoint_dir(run_dir, step)
         ckpt.save_checkpoint(d, kind=kind, config=to_dict(cfg), model=model, ema=ema.model,
                              trainer_state=trainer_state, step=step, metadata=metadata)
@@ -271,45 +323,117 @@ def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema:
     ctx.barrier()
 
 
+# Settings a resumed run may change freely: they do not change what is computed.
+RESUME_FREE_KEYS = ("run.device", "run.threads", "run.log_every", "run.sample_every",
+                    "run.ckpt_every", "run.keep_checkpoints", "run.max_bad_steps",
+                    "data.num_workers", "data.data_dir")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key: saved -> now' for every setting that differs, except RESUME_FREE_KEYS."""
+    a, b = _flat(saved), _flat(now)
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+            for k in sorted(set(a) | set(b))
+            if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k)]
+
+
+def _read_resumable(folder: Path, kind: str, ctx: Context):
+    """A checkpoint and its trainer state, or a CheckpointError naming the damaged file."""
+    ck = ckpt.load_checkpoint(folder, kind=kind, map_location=ctx.device)
+    if ck.ema_state is None:
+        raise ckpt.CheckpointError(f"{folder} has no {ckpt.EMA_FILE}; it was not written by a "
+                                   "training run")
+    state = ck.trainer_state(map_location="cpu")
+    if state is None:
+        raise ckpt.CheckpointError(f"{folder} has no {ckpt.TRAINER_STATE_FILE}; it cannot be "
+                                   "resumed (its weights still load)")
+    return ck, state
+
+
 def _resume(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
-            gen: torch.Generator, ctx: Context) -> tuple[int, dict[str, Any]]:
-    """Load the latest checkpoint of ``run_dir``; its config must match ``cfg``."""
-    found = ckpt.find_latest(run_dir)
-    if found is None:
+            gen: torch.Generator, ctx: Context, allow_config_change: bool = False
+            ) -> tuple[int, dict[str, Any]]:
+    """Load the newest readable checkpoint of ``run_dir`` (a damaged one is skipped with a
+    warning); its config must match ``cfg`` unless ``allow_config_change``."""
+    candidates = ckpt.resume_candidates(run_dir)
+    if not candidates:
         raise ckpt.CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from; "
                                    "drop --resume to start a new run")
-    ck = ckpt.load_checkpoint(found, kind=kind, map_location=ctx.device)
-    saved = ck.config
-    now = to_dict(cfg)
-    diffs = [k for k in now if k not in ("optim", "run") and now[k] != saved.get(k)]
-    if diffs:
+    errors = []
+    for folder in candidates:
+        try:
+            ck, state = _read_resumable(folder, kind, ctx)
+            break
+        except ckpt.CheckpointError as e:
+            errors.append(str(e))
+            log.warning("--resume: skipping checkpoint %s: %s", folder, e)
+    else:
+        raise ckpt.CheckpointError(f"--resume: no checkpoint in {run_dir} can be read; the newest "
+                                   f"failed with: {errors[0]}")
+    if errors:
+        log.warning("--resume: resuming from %s (step %d), the newest readable checkpoint",
+                    ck.path, ck.step)
+    diffs = config_differences(ck.config, to_dict(cfg))
+    if diffs and not allow_config_change:
         raise ckpt.CheckpointError(
-            f"--resume: the config differs from the checkpoint's in {diffs}; resume with the "
-            f"same config (it is saved in {found}/config.json) or start a new run folder")
+            f"--resume: the config differs from the checkpoint's ({ck.path}/config.json): "
+            f"{'; '.join(diffs)}. Resume with the same settings, add --allow-config-change to "
+            "accept the differences, or start a new --out folder")
+    if diffs:
+        log.warning("--resume with a changed config (--allow-config-change): %s", "; ".join(diffs))
     ckpt.load_state_strict(model, ck.model_state, "model")
     ckpt.load_state_strict(ema.model, ck.ema_state, "ema")
-    state = ck.trainer_state(map_location="cpu")
     ckpt.restore_rng_state(state["rng"])
     gens = state["generators"]
     gen.set_state(gens[ctx.rank] if ctx.rank < len(gens) else gens[0])
     return ck.step, state
 
 
+def _agree(ctx: Context, error: Exception | None) -> None:
+    """Raise rank 0's error on every rank (so no rank waits at a collective for one that left)."""
+    if ctx.distributed:
+        box = [f"{type(error).__name__}: {error}" if error is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise TrainingError(f"rank 0 stopped: {box[0]}")
+    if error is not None:
+        raise error
+
+
 def _start_run(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
-               opt: torch.optim.Optimizer, ctx: Context, resume: bool
+               opt: torch.optim.Optimizer, ctx: Context, resume: bool,
+               allow_config_change: bool = False
                ) -> tuple[torch.Generator, int, dict[str, Any] | None]:
     """The per-rank generator, start step and trainer state of a new or resumed run.
 
-    A new run refuses a folder that already holds checkpoints; rank 0 makes the folders.
+    Rank 0 locks the run folder (``run.lock``) for the whole run; a new run refuses a folder
+    that already holds checkpoints; rank 0 makes the folders.
     """
+    error: Exception | None = None
+    if ctx.is_main:
+        try:
+            ctx.lock = ckpt.RunLock(run_dir).acquire()
+            if not resume and ckpt.find_latest(run_dir) is not None:
+                raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume "
+                                           "to continue that run, or choose a new --out folder")
+        except (ckpt.RunLockedError, ckpt.CheckpointError, OSError) as e:
+            error = e
+    _agree(ctx, error)
     gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
     start, state = 0, None
     if resume:
-        start, state = _resume(run_dir, kind, cfg, model, ema, gen, ctx)
+        start, state = _resume(run_dir, kind, cfg, model, ema, gen, ctx, allow_config_change)
         opt.load_state_dict(state["optimizer"])
-    elif ctx.is_main and ckpt.find_latest(run_dir) is not None:
-        raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to "
-                                   "continue that run, or choose a new --out folder")
     if ctx.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     return gen, start, state
@@ -325,8 +449,8 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------- autoencoder loop
-def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: bool = False
-                      ) -> Path:
+def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: bool = False,
+                      allow_config_change: bool = False) -> Path:
     """Train the binary autoencoder; returns the final checkpoint folder."""
     from .plots import image_grid, plot_metrics, save_image
 
@@ -348,7 +472,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
         opt = make_optimizer(model.parameters(), cfg.optim)
         opt_d = (make_optimizer(loss_fn.discriminator.parameters(), cfg.optim)
                  if loss_fn.discriminator is not None else None)
-        gen, start, state = _start_run(run_dir, "autoencoder", cfg, model, ema, opt, ctx, resume)
+        gen, start, state = _start_run(run_dir, "autoencoder", cfg, model, ema, opt, ctx, resume,
+                                       allow_config_change)
+        guard = NonFiniteGuard(cfg.run.max_bad_steps, ctx, state)
         if state is not None and opt_d is not None:
             loss_fn.discriminator.load_state_dict(state["discriminator"])
             opt_d.load_state_dict(state["optimizer_d"])
@@ -370,7 +496,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
         rate = RateMeter()
 
         def trainer_state() -> dict[str, Any]:
-            st = {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx)}
+            st = {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx),
+                  **guard.state()}
             if opt_d is not None:
                 st["discriminator"] = _unwrap(disc).state_dict()
                 st["optimizer_d"] = opt_d.state_dict()
@@ -395,17 +522,23 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
             opt.zero_grad(set_to_none=True)
             losses.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
+            good = guard.ok(step, losses.loss.detach(), gnorm)
+            if good:
+                opt.step()
             d_loss = torch.zeros(())
-            if opt_d is not None and loss_fn.gan_active(step):
+            if good and opt_d is not None and loss_fn.gan_active(step):
                 for group in opt_d.param_groups:
                     group["lr"] = lr
                 with ctx.autocast(cfg.run.bf16):
                     d_loss = loss_fn.discriminator_loss(x, out.recon)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
-                opt_d.step()
-            ema.update(model, step)
+                d_norm = torch.nn.utils.get_total_norm(
+                    [q.grad for q in loss_fn.discriminator.parameters() if q.grad is not None])
+                if guard.ok(step, d_loss.detach(), d_norm, what="discriminator loss or gradient"):
+                    opt_d.step()
+            if good:
+                ema.update(model, step)
             step += 1
             rate.add(x.shape[0] * ctx.world)
             bar.update(1)
@@ -418,7 +551,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                        "d_weight": float(losses.d_weight), "d_loss": d_loss.item(),
                        "bit_mean": usage.mean().item(),
                        "bit_usage_min": usage.min().item(), "grad_norm": float(gnorm),
-                       "lr": lr, "images_per_s": ips}
+                       "lr": lr, "skipped_steps": guard.total, "images_per_s": ips}
                 logger.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", l1=f"{row['l1']:.4f}",
                                 img_s=f"{ips:.0f}")
@@ -457,7 +590,8 @@ def resolve_prior_config(cfg: PriorTrainConfig, ae_cfg: AutoencoderConfig,
     return dataclasses.replace(cfg, model=m, preset="")
 
 
-def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False) -> Path:
+def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False,
+                allow_config_change: bool = False) -> Path:
     """Train the Bernoulli diffusion prior on binary latents; returns the final checkpoint."""
     from .plots import image_grid, plot_metrics, save_image
 
@@ -484,7 +618,9 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
         diffusion = BernoulliDiffusion(cfg.diffusion).to(ctx.device)
         ema = EMA(model, cfg.optim.ema_decay)
         opt = make_optimizer(model.parameters(), cfg.optim)
-        gen, start, _ = _start_run(run_dir, "prior", cfg, model, ema, opt, ctx, resume)
+        gen, start, state = _start_run(run_dir, "prior", cfg, model, ema, opt, ctx, resume,
+                                       allow_config_change)
+        guard = NonFiniteGuard(cfg.run.max_bad_steps, ctx, state)
         if ctx.is_main:
             log.info("prior: %.2fM parameters (width %d, depth %d), latents %s, %d classes, "
                      "%d training items", sum(p.numel() for p in model.parameters()) / 1e6,
@@ -499,7 +635,8 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
         n_rows = max(1, min(cfg.model.num_classes, 10))
 
         def trainer_state() -> dict[str, Any]:
-            return {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx)}
+            return {"optimizer": opt.state_dict(), "generators": _gather_generator_states(gen, ctx),
+                    **guard.state()}
 
         def snapshot(step: int) -> None:
             if not ctx.is_main:
@@ -537,8 +674,9 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            ema.update(model, step)
+            if guard.ok(step, out.loss.detach(), gnorm):
+                opt.step()
+                ema.update(model, step)
             step += 1
             rate.add(z0.shape[0] * ctx.world)
             bar.update(1)
@@ -546,7 +684,8 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
                 ips = rate.per_second()
                 row = {"step": step, "loss": out.loss.item(), "bce": out.bce.item(),
                        "aux": out.aux.item(), "bit_accuracy": out.accuracy.item(),
-                       "grad_norm": float(gnorm), "lr": lr, "latents_per_s": ips}
+                       "grad_norm": float(gnorm), "lr": lr, "skipped_steps": guard.total,
+                       "latents_per_s": ips}
                 logger.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['bit_accuracy']:.3f}",
                                 lat_s=f"{ips:.0f}")

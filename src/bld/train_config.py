@@ -49,6 +49,7 @@ class RunConfig:
     sample_every: int = 500  # 0 = only at the end
     ckpt_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
+    max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
 
 
 @dataclass
