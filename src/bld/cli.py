@@ -27,7 +27,10 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.steps=500 (repeatable)")
     p.add_argument("--steps", type=int, help="shortcut for --set optim.steps=N")
-    p.add_argument("--batch-size", type=int, help="shortcut for --set optim.batch_size=N")
+    p.add_argument("--batch-size", type=int, help="shortcut for --set optim.batch_size=N "
+                   "(per process and micro-batch)")
+    p.add_argument("--grad-accum", type=int, metavar="K", help="shortcut for --set "
+                   "optim.grad_accum=K: K micro-batches per optimizer step")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (CPU and CUDA)")
@@ -40,6 +43,7 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
 def _shortcut_overrides(args) -> list[str]:
     out = list(args.overrides)
     for flag, key in [("steps", "optim.steps"), ("batch_size", "optim.batch_size"),
+                      ("grad_accum", "optim.grad_accum"),
                       ("device", "run.device"), ("bf16", "run.bf16"), ("seed", "run.seed"),
                       ("data", "data.source"), ("data_dir", "data.data_dir")]:
         v = getattr(args, flag, None)

@@ -75,6 +75,19 @@ class LossOutput(NamedTuple):
     accuracy: torch.Tensor  # scalar, share of bits of z_0 predicted right
 
 
+class TrainingDraw(NamedTuple):
+    """The random part of a training loss: times t (B,), noisy bits z_t (B, C, H, W) and,
+    with self-conditioning, which samples see an earlier estimate (B,) bool (else None)."""
+    t: torch.Tensor
+    z_t: torch.Tensor
+    self_cond: torch.Tensor | None
+
+    def part(self, rows: slice) -> "TrainingDraw":
+        """The draws of the samples ``rows`` (a micro-batch)."""
+        return TrainingDraw(self.t[rows], self.z_t[rows],
+                            None if self.self_cond is None else self.self_cond[rows])
+
+
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
 
@@ -219,11 +232,43 @@ class BernoulliDiffusion(torch.nn.Module):
         return model(z_t, t.to(torch.float32) / self.T, y, z0_prev=z0_prev)
 
     # ------------------------------------------------------------------------- loss
+    def draw_training(self, z0: torch.Tensor, t: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None,
+                      self_condition: bool = False) -> TrainingDraw:
+        """The random part of a training loss for the batch z0: t ~ U{1..T} (unless given),
+        z_t ~ q(z_t | z_0) and, with self-conditioning, which samples see an earlier estimate.
+        Drawn for a whole batch at once, so that a batch split into micro-batches (gradient
+        accumulation) is trained on the same draws as the whole batch."""
+        B = z0.shape[0]
+        if t is None:
+            t = torch.randint(1, self.T + 1, (B,), device=z0.device, generator=generator)
+        z_t = self.q_sample(z0, t, generator=generator)
+        use = (torch.rand((B,), device=z0.device, generator=generator) < 0.5
+               if self_condition else None)
+        return TrainingDraw(t, z_t, use)
+
+    def balanced_weights(self, z0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor
+                         ) -> torch.Tensor:
+        """Per-bit weights of the balanced loss: bits z_t flipped weigh 1 - r_t, kept bits
+        r_t, r_t = (1 - k_t) / 2."""
+        flip = (z0 != z_t).float()
+        r = (1 - self.k_at(t, flip)) / 2
+        return flip * (1 - r) + (1 - flip) * r
+
+    def weight_sum(self, z0: torch.Tensor, draw: TrainingDraw) -> torch.Tensor | None:
+        """The balanced loss's normaliser (its weights' sum) over the batch z0; None for the
+        other loss types, which are plain means."""
+        if self.config.loss_type != "balanced":
+            return None
+        return self.balanced_weights(z0, draw.z_t, draw.t).sum()
+
     def training_losses(self, model: Denoiser, z0: torch.Tensor,
                         y: torch.Tensor | None = None,
                         t: torch.Tensor | None = None,
                         generator: torch.Generator | None = None,
-                        self_condition: bool = False) -> LossOutput:
+                        self_condition: bool = False,
+                        draw: TrainingDraw | None = None,
+                        weight_sum: torch.Tensor | None = None) -> LossOutput:
         """Sample t ~ U{1..T}, z_t ~ q(z_t | z_0); BCE between P(z_0 = 1 | z_t) and z_0. SPEC 2.
 
         ``self_condition`` (Chen et al. 2022, "Analog Bits", arXiv 2208.04202): for a random
@@ -239,15 +284,18 @@ class BernoulliDiffusion(torch.nn.Module):
                     weights are normalised by their batch sum;
           focal     the balanced weights from the per-sample share of flipped bits, times
                     (1 - p_true)^gamma (minimiser approximately l').
+
+        ``draw``: the random part, from ``draw_training`` (default: drawn here from
+        ``t`` / ``generator`` / ``self_condition``). ``weight_sum``: the balanced loss's
+        normaliser (default: this batch's own; a micro-batch of gradient accumulation passes
+        the whole batch's ``weight_sum`` divided by the number of micro-batches).
         """
-        B = z0.shape[0]
-        if t is None:
-            t = torch.randint(1, self.T + 1, (B,), device=z0.device, generator=generator)
-        z_t = self.q_sample(z0, t, generator=generator)
+        if draw is None:
+            draw = self.draw_training(z0, t, generator, self_condition)
+        t, z_t, use = draw
         z0_prev = None
-        if self_condition:
+        if use is not None:
             z0_prev = torch.full_like(z_t, 0.5)
-            use = torch.rand((B,), device=z0.device, generator=generator) < 0.5
             if bool(use.any()):
                 with torch.no_grad():
                     first = self.model_logits(model, z_t[use], t[use],
@@ -270,10 +318,9 @@ class BernoulliDiffusion(torch.nn.Module):
         elif cfg.loss_type == "balanced":
             # the network's own output is l'; flipped bits weigh 1 - r_t, kept bits r_t
             per_bit = F.binary_cross_entropy_with_logits(raw, target, reduction="none")
-            flip = (z0 != z_t).float()
-            r = (1 - self.k_at(t, per_bit)) / 2
-            w = flip * (1 - r) + (1 - flip) * r
-            main = (w * per_bit).sum() / w.sum().clamp_min(1e-12)
+            w = self.balanced_weights(z0, z_t, t)
+            norm = w.sum() if weight_sum is None else weight_sum
+            main = (w * per_bit).sum() / norm.clamp_min(1e-12)
         elif cfg.loss_type == "focal":
             # flipped bits weighted by 1 - (share of flipped bits), kept bits by that share;
             # (1 - p_true)^gamma focusing

@@ -135,7 +135,10 @@ class StepBatchSampler(Sampler[list[int]]):
 
 def make_loader(dataset: Dataset, optim: OptimConfig, run: RunConfig, ctx: Context,
                 start_step: int, num_workers: int) -> DataLoader:
-    sampler = StepBatchSampler(len(dataset), optim.batch_size, run.seed, ctx.rank, ctx.world,
+    """Batches of ``optim.step_batch`` items, one per optimizer step from ``start_step`` on;
+    with gradient accumulation the loop splits each into ``grad_accum`` micro-batches, so
+    the data of a step does not depend on how it is split."""
+    sampler = StepBatchSampler(len(dataset), optim.step_batch, run.seed, ctx.rank, ctx.world,
                                start_step, optim.steps)
     # Own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
     # when iterated, so a resumed run's dropout (global RNG) would differ from an unbroken one.
@@ -207,6 +210,24 @@ class RateMeter:
         rate = self.n / max(now - self.t, 1e-9)
         self.t, self.n = now, 0
         return rate
+
+
+def micro_batches(n: int, optim: OptimConfig) -> list[slice]:
+    """The rows of each of a step batch's ``grad_accum`` micro-batches (n rows in all)."""
+    return [slice(i, min(i + optim.batch_size, n)) for i in range(0, n, optim.batch_size)]
+
+
+def mean_over(outputs: list):
+    """Field-wise mean of the micro-batches' (detached) loss tuples, for logging."""
+    return type(outputs[0])(*(torch.stack([v.detach() for v in vals]).mean()
+                              for vals in zip(*outputs)))
+
+
+def sync_gradients(net: torch.nn.Module, last: bool):
+    """DDP all-reduces gradients in the backward pass of the last micro-batch only."""
+    if last or not isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return net.no_sync()
 
 
 def lr_at(step: int, optim: OptimConfig) -> float:
@@ -465,6 +486,11 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                 f"model.in_channels={m.in_channels}, model.image_size={m.image_size} do not match "
                 f"the data ({sample_img.shape[0]} channels, {sample_img.shape[-1]} px); set them "
                 f"to match or set data.image_size / data.channels")
+        if cfg.optim.grad_accum > 1 and cfg.loss.disc_weight > 0:
+            raise ConfigError(
+                "optim.grad_accum > 1 with the GAN (loss.disc_weight > 0) is not supported: the "
+                "adaptive GAN weight is a ratio of whole-batch gradient norms, which micro-batches "
+                "cannot give; set loss.disc_weight=0, or grad_accum=1 with more processes")
         torch.manual_seed(cfg.run.seed)
         model = BinaryAutoencoder(cfg.model).to(ctx.device)
         loss_fn = AutoencoderLoss(cfg.loss, cfg.model.in_channels).to(ctx.device)
@@ -516,11 +542,18 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
             lr = lr_at(step, cfg.optim)
             for group in opt.param_groups:
                 group["lr"] = lr
-            with ctx.autocast(cfg.run.bf16):
-                out = net(x, generator=gen)  # training mode: bits as model.train_bits says
-            losses = loss_fn.generator_loss(x, out, step, model.last_layer)
             opt.zero_grad(set_to_none=True)
-            losses.loss.backward()
+            parts = micro_batches(x.shape[0], cfg.optim)
+            step_losses, probs = [], []
+            for k, rows in enumerate(parts):  # gradient accumulation: losses are means
+                with sync_gradients(net, last=k == len(parts) - 1):
+                    with ctx.autocast(cfg.run.bf16):
+                        out = net(x[rows], generator=gen)  # bits as model.train_bits says
+                    losses = loss_fn.generator_loss(x[rows], out, step, model.last_layer)
+                    (losses.loss / len(parts)).backward()
+                step_losses.append(losses)
+                probs.append(out.probs.detach())
+            losses = mean_over(step_losses)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             good = guard.ok(step, losses.loss.detach(), gnorm)
             if good:
@@ -545,7 +578,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
             if ctx.is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
                 ips = rate.per_second()
                 with torch.no_grad():
-                    usage = out.probs.float().mean(dim=(0, 2, 3))
+                    usage = torch.cat(probs).float().mean(dim=(0, 2, 3))
                 row = {"step": step, "loss": losses.loss.item(), "l1": losses.l1.item(),
                        "mse": losses.mse.item(), "g_loss": losses.g_loss.item(),
                        "d_weight": float(losses.d_weight), "d_loss": d_loss.item(),
@@ -656,9 +689,11 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
         for batch, labels in loader:
             batch = batch.to(ctx.device, non_blocking=True)
             labels = labels.to(ctx.device)
+            parts = micro_batches(batch.shape[0], cfg.optim)
             if encode_on_the_fly:
                 with torch.no_grad(), ctx.autocast(cfg.run.bf16):
-                    z0 = ae.encode(batch, deterministic=True).float()
+                    z0 = torch.cat([ae.encode(batch[rows], deterministic=True).float()
+                                    for rows in parts])
             else:
                 z0 = batch.float()
             y = None
@@ -668,11 +703,23 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             lr = lr_at(step, cfg.optim)
             for group in opt.param_groups:
                 group["lr"] = lr
-            with ctx.autocast(cfg.run.bf16):
-                out = diffusion.training_losses(net, z0, y, generator=gen,
-                                                self_condition=cfg.model.self_condition)
+            # t, z_t (and self-conditioning) drawn for the whole step batch, then split, so
+            # accumulating K micro-batches trains on the same draws as one batch of K times
+            # the size; the balanced loss shares the whole batch's normaliser.
+            draw = diffusion.draw_training(z0, generator=gen,
+                                           self_condition=cfg.model.self_condition)
+            norm = diffusion.weight_sum(z0, draw) if len(parts) > 1 else None
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            step_out = []
+            for k, rows in enumerate(parts):
+                with sync_gradients(net, last=k == len(parts) - 1):
+                    with ctx.autocast(cfg.run.bf16):
+                        out = diffusion.training_losses(
+                            net, z0[rows], None if y is None else y[rows], draw=draw.part(rows),
+                            weight_sum=None if norm is None else norm / len(parts))
+                    (out.loss / len(parts)).backward()
+                step_out.append(out)
+            out = mean_over(step_out)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             if guard.ok(step, out.loss.detach(), gnorm):
                 opt.step()

@@ -27,8 +27,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    steps: int = 2000
-    batch_size: int = 64  # per process
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 64  # per process and micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * this
     warmup: int = 100
@@ -37,6 +38,16 @@ class OptimConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be 1 or more (micro-batches per optimizer "
+                             f"step), got {self.grad_accum}")
+
+    @property
+    def step_batch(self) -> int:
+        """Images per process and optimizer step: batch_size x grad_accum."""
+        return self.batch_size * self.grad_accum
 
 
 @dataclass
