@@ -83,3 +83,84 @@ def test_grad_accum_with_gan_is_refused(tmp_path, capsys, tiny_ae_args, fashion_
     assert not (out / "checkpoints").exists()
     assert main(["train-ae", *tiny_ae_args, "--grad-accum", "0", "--out", str(out)]) == 2
     assert "grad_accum must be 1 or more" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- activation checkpointing
+def saved_bytes(fn):
+    """fn()'s result and the bytes autograd saved for the backward pass outside
+    checkpointed regions (checkpointing keeps only each region's inputs)."""
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def loss_and_grads(model: torch.nn.Module, loss_fn):
+    torch.manual_seed(11)  # the same dropout draws on both sides
+    model.train().zero_grad(set_to_none=True)
+    loss, saved = saved_bytes(lambda: loss_fn(model))
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], saved
+
+
+def assert_checkpointing_changes_nothing(make, loss_fn) -> None:
+    """make(checkpointing) -> model; both share weights. Loss and gradients equal (fp32),
+    and the checkpointed model saves under half the activations."""
+    plain, ckpt = make(False), make(True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # off the zero-initialised heads and gates, so every weight has a gradient
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    ckpt.load_state_dict(plain.state_dict())
+    la, ga, sa = loss_and_grads(plain, loss_fn)
+    lb, gb, sb = loss_and_grads(ckpt, loss_fn)
+    torch.testing.assert_close(lb, la, rtol=1e-6, atol=0)
+    for x, y in zip(ga, gb):
+        assert x.abs().sum() > 0
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
+    assert sb < 0.5 * sa, f"checkpointing saved {sb} bytes of activations, without it {sa}"
+
+
+def test_checkpointing_autoencoder_1024px_preset_at_reduced_width(fashion_mnist):
+    """The 1024px preset (factor 32, six levels) with checkpointing on, at width 4 and
+    64 px: loss and gradients match the model without it."""
+    import dataclasses
+    from bld.data import build_dataset
+    cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "1024px", [
+        "model.channels=4", "model.hidden=8", "model.bits=8", "model.image_size=64"]))
+    assert cfg.model.grad_checkpointing and cfg.model.factor == 32
+    ds = build_dataset("fashion-mnist", "train", image_size=64, channels=3)
+    x = torch.stack([ds[i][0] for i in range(2)])
+
+    def make(on: bool) -> BinaryAutoencoder:
+        return BinaryAutoencoder(dataclasses.replace(cfg.model, grad_checkpointing=on))
+
+    assert_checkpointing_changes_nothing(
+        make, lambda m: (m(x, generator=torch.Generator().manual_seed(0)).recon - x).abs().mean())
+
+
+@pytest.mark.parametrize("preset", ["1024px", "256px"])
+@pytest.mark.parametrize("conditioning", ["adaln", "tokens"])
+def test_checkpointing_prior_preset_at_reduced_width(preset, conditioning):
+    """The prior presets on the 'original' size turn checkpointing on; at width 32, depth 3,
+    with dropout, the loss and gradients match the model without it."""
+    import dataclasses
+    from bld.diffusion import BernoulliDiffusion
+    cfg = config_from_dict("prior", load_config_dict("prior", preset, []))
+    assert cfg.preset == "original" and cfg.model.grad_checkpointing
+    small = dataclasses.replace(cfg.model, width=32, depth=3, heads=2, bits=8, grid=4,
+                                num_classes=3, dropout=0.1, conditioning=conditioning)
+    diffusion = BernoulliDiffusion(cfg.diffusion)
+    z0 = (torch.rand(4, 8, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    y = torch.tensor([0, 1, 2, 3])  # 3 = the null label
+
+    def make(on: bool) -> Denoiser:
+        return Denoiser(dataclasses.replace(small, grad_checkpointing=on))
+
+    assert_checkpointing_changes_nothing(make, lambda m: diffusion.training_losses(
+        m, z0, y, generator=torch.Generator().manual_seed(2)).loss)

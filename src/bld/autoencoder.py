@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -32,6 +33,9 @@ class AutoencoderConfig:
     # how bits are drawn in training mode: "bernoulli" z ~ B(p) (SPEC 1) or "threshold"
     # [p > 0.5]; both pass gradients straight through. Evaluation is always [p > 0.5].
     train_bits: str = "bernoulli"
+    # activation checkpointing: in training, keep only each resolution stage's input and
+    # recompute its activations in the backward pass (less memory, more compute)
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.train_bits not in ("bernoulli", "threshold"):
@@ -58,6 +62,19 @@ class AutoencoderConfig:
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of one image's bits."""
         return (self.bits, self.grid, self.grid)
+
+
+def run_stages(body: nn.Sequential, ends: list[int], h: torch.Tensor, checkpointed: bool
+               ) -> torch.Tensor:
+    """``body(h)``; with ``checkpointed``, each stage ``body[start:end]`` (one resolution, up
+    to ``ends``) is run under activation checkpointing."""
+    if not checkpointed:
+        return body(h)
+    start = 0
+    for end in ends:
+        h = checkpoint(body[start:end], h, use_reentrant=False)
+        start = end
+    return h
 
 
 def _groups(ch: int) -> int:
@@ -101,6 +118,8 @@ class Encoder(nn.Module):
         chs = [c.channels * m for m in c.channel_mult]
         self.conv_in = nn.Conv2d(c.in_channels, chs[0], 3, padding=1)
         layers: list[nn.Module] = []
+        self.stage_ends: list[int] = []  # one stage per resolution (for checkpointing)
+        self.checkpointed = c.grad_checkpointing
         cin = chs[0]
         for i, ch in enumerate(chs):
             for _ in range(c.num_res_blocks):
@@ -108,17 +127,20 @@ class Encoder(nn.Module):
                 cin = ch
             if i < len(chs) - 1:
                 layers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # downsample x2
+                self.stage_ends.append(len(layers))
         layers.append(ResBlock(cin, cin))
         if c.attention:
             layers.append(AttnBlock(cin))
         layers.append(ResBlock(cin, cin))
+        self.stage_ends.append(len(layers))
         self.body = nn.Sequential(*layers)
         self.norm_out = Norm(cin)
         self.conv_out = nn.Conv2d(cin, c.hidden, 3, padding=1)
         self.to_logits = nn.Conv2d(c.hidden, c.bits, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W) -> (B, C, h, w) logits
-        h = self.body(self.conv_in(x))
+        h = run_stages(self.body, self.stage_ends, self.conv_in(x),
+                       self.checkpointed and self.training and torch.is_grad_enabled())
         return self.to_logits(self.conv_out(F.silu(self.norm_out(h))))
 
 
@@ -135,6 +157,8 @@ class Decoder(nn.Module):
         if c.attention:
             layers.append(AttnBlock(cin))
         layers.append(ResBlock(cin, cin))
+        self.stage_ends: list[int] = []  # one stage per resolution (for checkpointing)
+        self.checkpointed = c.grad_checkpointing
         for i, ch in reversed(list(enumerate(chs))):
             for _ in range(c.num_res_blocks + 1):
                 layers.append(ResBlock(cin, ch))
@@ -142,6 +166,7 @@ class Decoder(nn.Module):
             if i > 0:
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                            nn.Conv2d(ch, ch, 3, padding=1)]
+            self.stage_ends.append(len(layers))
         self.body = nn.Sequential(*layers)
         self.norm_out = Norm(cin)
         self.conv_out = nn.Conv2d(cin, c.in_channels, 3, padding=1)
@@ -149,7 +174,8 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) bits -> (B, c, H, W)
         if self.norm_bits:
             z = (2 * z - 1) / math.sqrt(self.bits)
-        h = self.body(self.conv_in(self.from_bits(z)))
+        h = run_stages(self.body, self.stage_ends, self.conv_in(self.from_bits(z)),
+                       self.checkpointed and self.training and torch.is_grad_enabled())
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -35,6 +36,9 @@ class DenoiserConfig:
     conditioning: str = "tokens"  # "adaln" (adaLN-Zero, as DiT) or "tokens"
     class_embed_std: float = 0.02  # init scale of the class (and null) embeddings
     self_condition: bool = False  # also sees its own earlier P(z_0 = 1) estimate (Analog Bits)
+    # activation checkpointing: in training, keep only each block's input and recompute its
+    # activations in the backward pass (less memory for about a third more compute)
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.conditioning not in ("adaln", "tokens"):
@@ -208,15 +212,20 @@ class Denoiser(nn.Module):
         if self.final_ada is not None:  # adaLN-Zero: one condition vector modulates every block
             cond = sum(conds)  # (B, D)
             for blk in self.blocks:
-                x = blk(x, cond)
+                x = self._block(blk, x, cond)
             shift, scale = self.final_ada(cond).chunk(2, dim=-1)
             out = self.head(modulate(self.norm(x), shift, scale))  # (B, N, C)
         else:  # condition tokens prepended to the sequence
             x = torch.cat([*(v[:, None] for v in conds), x], dim=1)  # (B, extra + N, D)
             for blk in self.blocks:
-                x = blk(x)
+                x = self._block(blk, x)
             out = self.head(self.norm(x[:, len(conds):]))  # (B, N, C)
         return rearrange(out, "b (h w) c -> b c h w", h=H, w=W)
+
+    def _block(self, blk: Block, *args: torch.Tensor) -> torch.Tensor:
+        if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, *args, use_reentrant=False)  # RNG (dropout) replayed
+        return blk(*args)
 
     def flops_per_forward(self) -> int:
         """Matmul FLOPs of one forward for one sample (2 x multiply-adds), for MFU figures."""
