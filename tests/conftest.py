@@ -74,3 +74,13 @@ def runs(tmp_path_factory, fashion_mnist) -> Runs:
     finally:
         torch.set_num_threads(before)
     return Runs(ae, latents, prior)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory, fashion_mnist) -> Path:
+    """The first 100 Fashion-MNIST training images as tar shards of 32, 32, 32 and 4 samples
+    (`bld shard`), once per session. Tests must not write into the folder."""
+    from bld.cli import main
+    out = tmp_path_factory.mktemp("shards") / "fmnist"
+    assert main(["shard", "fashion-mnist", str(out), "--shard-size", "32", "--limit", "100"]) == 0
+    return out

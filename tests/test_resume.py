@@ -2,7 +2,9 @@
 that ran 8 steps without a break (CPU, fp32, fixed seed): model, EMA and optimizer state.
 
 The kill is a KeyboardInterrupt raised right after the step-4 checkpoint is written, so the
-process keeps nothing of the first half but what is on disk.
+process keeps nothing of the first half but what is on disk. Also with gradient accumulation,
+and from a shard folder (whose 100 samples make 6 steps an epoch, so the run crosses into a
+reshuffled second epoch after the resume).
 """
 
 from __future__ import annotations
@@ -33,11 +35,16 @@ def run(*argv) -> int:
 def _argv(kind: str, request, tiny_ae_args, tiny_prior_args) -> list:
     if kind == "autoencoder":
         return ["train-ae", *tiny_ae_args, *COMMON]
+    if kind == "autoencoder-shards-accum":
+        shards = request.getfixturevalue("shards")  # 100 images in 4 shards (conftest)
+        return ["train-ae", *tiny_ae_args, *COMMON, "--data", shards, "--set", "data.limit=0",
+                "--batch-size", "8", "--grad-accum", "2"]
     runs = request.getfixturevalue("runs")  # a tiny autoencoder and 256 latents (conftest)
     ae, latents = runs.ae, runs.latents
     # dropout draws from the global RNG, which a resume must restore exactly
+    accum = ["--batch-size", "16", "--grad-accum", "2"] if kind == "prior-accum" else []
     return ["train-prior", "--autoencoder", ae, "--latents", latents, *tiny_prior_args, *COMMON,
-            "--set", "model.dropout=0.1"]
+            "--set", "model.dropout=0.1", *accum]
 
 
 def _tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -60,7 +67,8 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
                 for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("kind", ["autoencoder", "prior"])
+@pytest.mark.parametrize("kind", ["autoencoder", "prior", "autoencoder-shards-accum",
+                                  "prior-accum"])
 def test_killed_and_resumed_run_is_bitwise_equal(kind, request, tmp_path, monkeypatch,
                                                  tiny_ae_args, tiny_prior_args):
     argv = _argv(kind, request, tiny_ae_args, tiny_prior_args)
@@ -83,7 +91,7 @@ def test_killed_and_resumed_run_is_bitwise_equal(kind, request, tmp_path, monkey
 
     assert run(*argv, "--out", b, "--resume") == 0
 
-    ca, cb = ckpt.load_checkpoint(a, kind), ckpt.load_checkpoint(b, kind)
+    ca, cb = (ckpt.load_checkpoint(d, kind.split("-")[0]) for d in (a, b))
     assert ca.step == cb.step == STEPS
     for what, sa, sb in [("model", ca.model_state, cb.model_state),
                          ("ema", ca.ema_state, cb.ema_state),

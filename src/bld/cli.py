@@ -115,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="encode only the first N images (0 = all)")
 
+    p = sub.add_parser("shard", help="write a dataset as webdataset-style tar shards, for "
+                       "training on image sets larger than memory (--data OUT_DIR)")
+    p.add_argument("source", help="fashion-mnist, emoji-twitter, emoji-google, or a folder of "
+                                  "images (class labels from subfolders)")
+    p.add_argument("out_dir", help="new folder for the shards and their manifest shards.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard "
+                   "(default %(default)s; want at least a few shards per training process)")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"])
+    p.add_argument("--image-size", type=int, help="resize to this size (required for a folder)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="default: the dataset's")
+    p.add_argument("--data-dir", help="where the dataset lives if not in its default place")
+    p.add_argument("--limit", type=int, default=0, help="write only N samples (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in")
+
     p = sub.add_parser("sample", help="sample images from a trained prior")
     _sampling_flags(p)
     p.add_argument("-n", "--num", type=int, default=16, help="number of images")
@@ -291,6 +305,22 @@ def cmd_encode(args) -> None:
              ae.config.latent_shape, (ae.config.bits * ae.config.grid ** 2 + 7) // 8)
 
 
+def cmd_shard(args) -> None:
+    from .data import DATASET_SOURCES, build_dataset
+    from .shards import write_shards
+    from .train import LimitedDataset
+    if args.source not in DATASET_SOURCES and not args.image_size:
+        raise ConfigError(f"bld shard: pass --image-size for the image folder {args.source}")
+    ds = build_dataset(args.source, split=args.split, image_size=args.image_size,
+                       channels=args.channels, data_dir=args.data_dir)
+    if 0 < args.limit < len(ds):
+        ds = LimitedDataset(ds, args.limit)
+    res = write_shards(ds, args.out_dir, args.shard_size, seed=args.seed, source=args.source,
+                       split=args.split)
+    print(f"{res.num_samples} samples in {res.num_shards} shards at {res.root} "
+          f"({res.num_samples / max(res.seconds, 1e-9):.0f} images/s); train with --data {res.root}")
+
+
 def cmd_prepare_emoji(args) -> None:
     from .data import prepare_emoji
     res = prepare_emoji(args.vendor, args.dest)
@@ -381,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-ae": lambda a: cmd_train(a, "autoencoder"),
         "train-prior": lambda a: cmd_train(a, "prior"),
         "encode": cmd_encode, "sample": cmd_sample, "inpaint": cmd_inpaint,
-        "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji,
+        "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji, "shard": cmd_shard,
         "train-classifier": cmd_train_classifier, "eval": cmd_eval,
     }
     from .checkpoint import CheckpointError, RunLockedError, TrainingError
@@ -391,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     # ValueError: the library's bad-input error (a too-small image folder, a wrong latent
     # cache, an unknown class name); ConfigError and CheckpointError are kinds of it.
     except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError,
-            ValueError) as e:
+            FileExistsError, ValueError) as e:
         return _fail(args.command, e, 2)
     # The run could not go on: it diverged, the folder is in use, a write failed (disk full).
     except (TrainingError, RunLockedError, OSError) as e:

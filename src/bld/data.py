@@ -499,6 +499,8 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
       * "emoji-twitter" / "emoji-google": colour emoji, one class per category; data_dir = the
         prepared folder (default ~/.cache/bld/emoji-<vendor>, fetched with npm if missing).
         Native 64x64 RGB. train/test = 90/10 by a hash of each file's relative path.
+      * a folder written by `bld shard` (it holds shards.json): its tar shards, read one
+        sample at a time (bld.shards.ShardDataset); split must be the one written, or "all".
       * anything else: a folder of images (ImageFolderDataset, classes from subfolders), same
         90/10 hash split; image_size is then required.
     split: "train", "test", or "all"/None for everything.
@@ -520,6 +522,9 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
         if not (root.is_dir() and any(root.iterdir())):
             prepare_emoji(vendor, root)
         return ImageFolderDataset(root, image_size or 64, channels or 3, labels="subfolders", split=split)
+    from .shards import ShardDataset, is_shard_folder
+    if is_shard_folder(source):
+        return ShardDataset(source, image_size=image_size, channels=channels, split=split)
     if not Path(source).expanduser().is_dir():
         raise DatasetNotFoundError(
             f"unknown dataset source {source!r}: not one of {', '.join(DATASET_SOURCES)}, and no folder "

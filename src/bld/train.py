@@ -39,6 +39,7 @@ from .diffusion import BernoulliDiffusion
 from .loading import (LatentDataset, LoadedPrior, load_autoencoder, load_latent_cache,  # noqa: F401
                       load_prior, resolve_device)
 from .sampling import sample
+from .shards import ShardDataset
 from .train_config import (CONFIG_KINDS, AutoencoderTrainConfig, DataConfig,  # noqa: F401
                            OptimConfig, PriorTrainConfig, RunConfig, config_from_dict)
 
@@ -118,11 +119,15 @@ class StepBatchSampler(Sampler[list[int]]):
         self.start, self.total = start_step, total_steps
         self._perm: tuple[int, torch.Tensor] | None = None
 
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """This rank's items of ``epoch``, in the order it reads them."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)[self.rank::self.world]
+
     def batch(self, step: int) -> list[int]:
         epoch, i = divmod(step, self.per_epoch)
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=g)[self.rank::self.world])
+            self._perm = (epoch, self.epoch_order(epoch))
         return self._perm[1][i * self.bs:(i + 1) * self.bs].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -133,13 +138,55 @@ class StepBatchSampler(Sampler[list[int]]):
         return max(0, self.total - self.start)
 
 
+class ShardBatchSampler(StepBatchSampler):
+    """StepBatchSampler for a shard folder: reads stay within one shard at a time.
+
+    Each epoch the shards are shuffled (seeded by (seed, epoch)) and rank r takes every
+    world-th of them, so the processes read distinct shards; it reads its shards one after
+    another, each in a shuffled order. Every rank's epoch is cut to the shortest rank's
+    share, so the ranks start epochs together. Still a pure function of (seed, step, rank).
+    """
+
+    def __init__(self, counts: list[int], batch_size: int, seed: int, rank: int, world: int,
+                 start_step: int, total_steps: int) -> None:
+        if len(counts) < world:
+            raise ValueError(f"the shard folder has {len(counts)} shards, fewer than the {world} "
+                             "processes; write it again with a smaller --shard-size")
+        self.counts = torch.tensor(counts)
+        self.starts = torch.cat([torch.zeros(1, dtype=torch.long), self.counts.cumsum(0)[:-1]])
+        self.n, self.bs, self.seed, self.rank, self.world = (
+            int(self.counts.sum()), batch_size, seed, rank, world)
+        # a rank gets at least len // world shards: at worst the smallest ones
+        least = int(self.counts.sort().values[:len(counts) // world].sum())
+        self.per_rank = least
+        if least < batch_size:
+            raise ValueError(f"a process may get only {least} samples per epoch from "
+                             f"{len(counts)} shards, fewer than one batch ({batch_size}); lower "
+                             "optim.batch_size / grad_accum or write more, smaller shards")
+        self.per_epoch = least // batch_size
+        self.start, self.total = start_step, total_steps
+        self._perm = None
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        mine = torch.randperm(len(self.counts), generator=g)[self.rank::self.world]
+        order = torch.cat([self.starts[j] + torch.randperm(int(self.counts[j]), generator=g)
+                           for j in mine.tolist()])
+        return order[:self.per_rank]
+
+
 def make_loader(dataset: Dataset, optim: OptimConfig, run: RunConfig, ctx: Context,
                 start_step: int, num_workers: int) -> DataLoader:
     """Batches of ``optim.step_batch`` items, one per optimizer step from ``start_step`` on;
     with gradient accumulation the loop splits each into ``grad_accum`` micro-batches, so
     the data of a step does not depend on how it is split."""
-    sampler = StepBatchSampler(len(dataset), optim.step_batch, run.seed, ctx.rank, ctx.world,
-                               start_step, optim.steps)
+    if isinstance(dataset, ShardDataset):
+        sampler: StepBatchSampler = ShardBatchSampler(
+            dataset.counts, optim.step_batch, run.seed, ctx.rank, ctx.world, start_step,
+            optim.steps)
+    else:
+        sampler = StepBatchSampler(len(dataset), optim.step_batch, run.seed, ctx.rank,
+                                   ctx.world, start_step, optim.steps)
     # Own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
     # when iterated, so a resumed run's dropout (global RNG) would differ from an unbroken one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
@@ -157,6 +204,9 @@ def load_data(cfg: DataConfig, split: str = "train", image_size: int = 0, channe
         size, ch = size or image_size, ch or channels
     ds = build_dataset(cfg.source, split=split, image_size=size or None,
                        channels=ch or None, data_dir=cfg.data_dir or None)
+    if cfg.limit and isinstance(ds, ShardDataset):
+        raise ConfigError(f"data.limit does not apply to the shard folder {cfg.source}; write a "
+                          "smaller one with `bld shard ... --limit N`")
     if cfg.limit and cfg.limit < len(ds):
         ds = LimitedDataset(ds, cfg.limit)
     return ds
@@ -347,7 +397,7 @@ def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema:
 # Settings a resumed run may change freely: they do not change what is computed.
 RESUME_FREE_KEYS = ("run.device", "run.threads", "run.log_every", "run.sample_every",
                     "run.ckpt_every", "run.keep_checkpoints", "run.max_bad_steps",
-                    "data.num_workers", "data.data_dir")
+                    "data.num_workers", "data.data_dir", "model.grad_checkpointing")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
