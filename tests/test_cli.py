@@ -70,6 +70,10 @@ def test_run_folder_layout(runs, which, kind, columns):
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     with Image.open(run_dir / "loss_curves.png") as im:
         assert im.format == "PNG" and im.width > 100
+    # the final snapshot grid, listed in an index page that links it
+    grids = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
+    assert grids == [f"{'recon' if kind == 'autoencoder' else 'samples'}_000006.png"]
+    assert f'<img src="{grids[0]}"' in (run_dir / "samples" / "index.html").read_text()
 
 
 def test_encode_writes_the_limited_split(runs):

@@ -20,8 +20,14 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
             "--eval-samples", "60", "--classifier-steps", "20", "--device", "cpu"]
     assert main(args) == 0
     for name in ("samples.png", "reconstructions.png", "loss_autoencoder.png", "loss_prior.png",
-                 "report.md", "report.json"):
+                 "trajectory.png", "class_rows.png", "report.md", "report.json"):
         assert (out / name).exists(), name
+    for name in ("trajectory.png", "class_rows.png"):
+        assert f"]({name})" in (out / "report.md").read_text()
+    # the prior's snapshot grids are listed in a page beside them
+    index = (out / "prior" / "samples" / "index.html").read_text()
+    grids = sorted(p.name for p in (out / "prior" / "samples").glob("samples_*.png"))
+    assert grids and all(f'src="{g}"' in index for g in grids)
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["sample_steps"] == 16
     assert rep["autoencoder"]["steps"] == 3 and rep["prior"]["steps"] == 3

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from bld.cli import main
 from bld.data import load_fashion_mnist, to_model_range
@@ -66,6 +67,9 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
     assert {"psnr", "ssim", "fd_recon", "dead_bit_fraction"} <= set(rep["autoencoder"])
     assert rep["seconds_per_image"] > 0
     assert (out / "samples.png").exists() and "fd_floor_real_vs_real" in (out / "eval.md").read_text()
+    with Image.open(out / "trajectory.png") as traj, Image.open(out / "class_rows.png") as rows:
+        assert traj.format == rows.format == "PNG"
+        assert rows.height > traj.height  # 10 class rows against 4 sample rows
 
     out2 = tmp_path / "ev_ae"
     assert run("eval", "--autoencoder", runs.ae, "--classifier", classifier_dir, "-n", 200,

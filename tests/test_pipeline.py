@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bld
@@ -59,3 +60,126 @@ print(a, "bld.cli" in sys.modules)
     res = _fresh_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False"]
+
+
+# ------------------------------------------------------------------ the pipeline object
+@pytest.fixture(scope="module")
+def pipe(runs):
+    from bld import BinaryLatentDiffusionPipeline
+    return BinaryLatentDiffusionPipeline.from_run(runs.prior, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def test_images(fashion_mnist):
+    from bld.data import load_fashion_mnist, to_model_range
+    x, y = load_fashion_mnist("test")
+    return to_model_range(x[:8]), y[:8]
+
+
+def test_pipeline_samples_pil_images_reproducibly(pipe):
+    import torch
+    from PIL import Image
+    out = pipe(class_labels=["Sneaker", 0], n=3, steps=4, seed=1, return_bits=True, bf16=False)
+    assert len(out.images) == 3 and all(isinstance(im, Image.Image) for im in out.images)
+    assert out.images[0].size == (28, 28) and out.images[0].mode == "L"
+    assert out.labels.tolist() == [7, 0, 7]  # names or ids, cycled over n
+    assert out.bits.shape == (3, 8, 7, 7) and set(out.bits.unique().tolist()) <= {0.0, 1.0}
+    again = pipe(class_labels=["Sneaker", 0], n=3, steps=4,
+                 generator=torch.Generator().manual_seed(1), return_bits=True, bf16=False)
+    assert torch.equal(again.bits, out.bits)
+    other = pipe(class_labels=["Sneaker", 0], n=3, steps=4, seed=2, return_bits=True)
+    assert not torch.equal(other.bits, out.bits)
+    # the images are the decoded bits
+    decoded = pipe.decode(out.bits, output_type="pt")
+    pil = torch.stack([torch.from_numpy(np.array(im)) for im in out.images])
+    assert torch.equal(pil, ((decoded[:, 0] + 1) * 127.5).round().byte())
+
+
+def test_pipeline_trajectory_ends_at_the_sample(pipe):
+    import torch
+    from bld.pipeline import bits_flipped
+    out = pipe(class_labels=[1, 2], steps=5, seed=0, return_bits=True, return_trajectory=True)
+    assert len(out.trajectory) == 6 and out.timesteps[0] == pipe.timesteps
+    assert torch.equal(out.trajectory[-1], out.bits)
+    flips = bits_flipped(out.trajectory)
+    assert flips.shape == (5, 2)
+    # z_T is half ones (coin flips); the first step changes many bits
+    assert 0.3 < out.trajectory[0].mean() < 0.7 and (flips[0] > 0).all()
+    assert torch.equal(flips[0], (out.trajectory[0] != out.trajectory[1]).flatten(1).sum(1))
+
+
+def test_pipeline_save_and_load_one_folder(pipe, tmp_path, monkeypatch):
+    import torch
+    from bld import BinaryLatentDiffusionPipeline
+    folder = tmp_path / "pretrained"
+    pipe.save_pretrained(folder)
+    assert {"config.json", "autoencoder.safetensors", "prior.safetensors"} <= {
+        p.name for p in folder.iterdir()}
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["format"] == "bld-pipeline" and cfg["classes"][7] == "Sneaker"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local folder needs no network
+    back = BinaryLatentDiffusionPipeline.from_pretrained(folder)
+    also = BinaryLatentDiffusionPipeline.from_run(folder)
+    a = pipe(class_labels=[3], n=2, steps=4, seed=5, return_bits=True)
+    for p in (back, also):
+        b = p(class_labels=[3], n=2, steps=4, seed=5, return_bits=True)
+        assert torch.equal(a.bits, b.bits)
+        assert p.classes == pipe.classes and p.data == pipe.data
+
+
+def test_pipeline_encode_decode_round_trip(pipe, test_images, runs):
+    import torch
+    from bld.loading import load_autoencoder
+    from bld.pipeline import reconstruct
+    x, _ = test_images
+    bits = pipe.encode(x)
+    assert bits.shape == (8, 8, 7, 7) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    recon = pipe.decode(bits, output_type="pt")
+    ref = reconstruct(load_autoencoder(runs.ae), x).recon
+    assert torch.allclose(recon, ref, atol=1e-5)
+    # PIL images in: the same bits as the tensor they hold (8-bit pixels)
+    eight_bit = ((recon + 1) * 127.5).round() / 127.5 - 1
+    assert torch.equal(pipe.encode(pipe.decode(bits)), pipe.encode(eight_bit))
+
+
+def test_pipeline_inpaint_keeps_the_known_bits(pipe, test_images):
+    import torch
+    x, _ = test_images
+    fill = torch.zeros(28, 28, dtype=torch.bool)
+    fill[16:] = True  # regenerate the lower rows
+    out = pipe.inpaint(x[0], fill, n=3, class_labels=[0], steps=4, return_bits=True,
+                       output_type="pt")
+    known = pipe.encode(x[:1])[0]
+    keep = pipe.autoencoder.latent_mask((~fill).float()[None, None])[0].bool()  # (1, h, w)
+    assert keep.any() and not keep.all()
+    for b in out.bits:
+        assert torch.equal(b[keep.expand_as(b)], known[keep.expand_as(known)])
+    # off by default: no paste-back, the decoder's pixels everywhere
+    assert not torch.equal(out.images[:, :, :16], x[:1, :, :16].expand(3, -1, -1, -1))
+    pasted = pipe.inpaint(x[0], fill, n=3, class_labels=[0], steps=4, output_type="pt",
+                          paste=True)
+    assert torch.equal(pasted.images[:, :, :16], x[:1, :, :16].expand(3, -1, -1, -1))
+
+
+def test_pipeline_blend_walks_between_two_images(pipe, test_images):
+    import torch
+    x, _ = test_images
+    out = pipe.blend(x[0], x[1], fractions=[0, 0.5, 1])
+    za, zb = pipe.encode(x[:2])
+    assert out.bits_differing == int((za != zb).sum()) > 0
+    assert out.bits_taken == [0, round(out.bits_differing / 2), out.bits_differing]
+    ends = pipe.decode(torch.stack([za, zb]))
+    assert np.array_equal(np.asarray(out.images[0]), np.asarray(ends[0]))
+    assert np.array_equal(np.asarray(out.images[2]), np.asarray(ends[1]))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda p: p(class_labels=[0], steps=1), "steps must be in 2.."),
+    (lambda p: p(class_labels=["Sock"]), "unknown class 'Sock'"),
+    (lambda p: p.inpaint(np.zeros((40, 30), np.uint8), np.zeros((28, 28))), "no pixel to fill in"),
+    (lambda p: p.decode(np.zeros((8, 7))), "bits must be (N, 8, 7, 7)"),
+])
+def test_pipeline_bad_input_says_what_is_wrong(pipe, call, message):
+    with pytest.raises(ValueError) as e:
+        call(pipe)
+    assert message in str(e.value)

@@ -5,22 +5,43 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from bld.cli import build_parser, preset_names
-from bld.data import DatasetNotFoundError, find_fashion_mnist
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_example_runs():
-    try:
-        find_fashion_mnist()
-    except DatasetNotFoundError as e:
-        pytest.skip(str(e))
+def _python_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert blocks, "README has no python example"
-    exec(compile(blocks[0], "README.md", "exec"), {})
+    assert len(blocks) >= 2, "README has lost its python examples"
+    return blocks
+
+
+def test_readme_pipeline_example_runs(runs, tmp_path, monkeypatch):
+    # the pipeline example, on the tiny trained run in place of runs/demo
+    from PIL import Image
+    code = _python_blocks()[0]
+    assert '"runs/demo"' in code
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code.replace('"runs/demo"', repr(str(runs.prior))), "README.md", "exec"), ns)
+    out, filled, same = ns["out"], ns["filled"], ns["same"]
+    assert [im.size for im in out.images] == [(28, 28)] * 4
+    assert out.labels.tolist() == [7, 8, 7, 8]  # Sneaker, Bag, cycled
+    assert tuple(out.bits.shape) == (4, *ns["pipe"].latent_shape)
+    assert Image.open(tmp_path / "sneaker.png").size == (28, 28)
+    assert len(filled.images) == 2 and ns["bits"].shape[0] == 2
+    assert ns["walk"].bits_taken[-1] == ns["walk"].bits_differing
+    assert (tmp_path / "bld-fashion" / "prior.safetensors").is_file()
+    again = same(class_labels=["Sneaker", "Bag"], n=4, steps=16, guidance=0.5, generator=0,
+                 return_bits=True)
+    assert again.bits.equal(out.bits)  # the saved folder samples the same bits
+
+
+def test_readme_low_level_example_runs(fashion_mnist):
+    ns: dict = {}
+    exec(compile(_python_blocks()[1], "README.md", "exec"), ns)
+    assert ns["z"].shape == (8, 16, 7, 7) and set(ns["z"].unique().tolist()) <= {0.0, 1.0}
 
 
 def test_readme_tables_come_from_the_measurements():

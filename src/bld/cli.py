@@ -53,7 +53,8 @@ def _shortcut_overrides(args) -> list[str]:
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", required=True, help="prior run or checkpoint folder")
+    p.add_argument("--prior", required=True, help="prior run or checkpoint folder, a `bld demo` "
+                   "folder or a folder from save_pretrained")
     p.add_argument("--autoencoder", help="autoencoder folder (default: the one the prior used)")
     p.add_argument("--steps", type=int, default=16, help="sampling steps S (2..T)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -211,24 +212,22 @@ def _device(name: str):
     return resolve_device(name)
 
 
-def _load_pair(args):
-    from .loading import load_autoencoder, load_prior
-    device = _device(args.device)
-    prior = load_prior(args.prior, device)
-    ae_path = args.autoencoder or prior.config.autoencoder
-    if not ae_path:
-        raise ConfigError("the prior does not name its autoencoder; pass --autoencoder")
-    return prior, load_autoencoder(ae_path, device)
+def _load_pipeline(args):
+    from .pipeline import BinaryLatentDiffusionPipeline
+    return BinaryLatentDiffusionPipeline.from_run(args.prior, autoencoder=args.autoencoder,
+                                                  device=args.device)
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(class_labels=args.classes, n=args.num, steps=args.steps,
+                temperature=args.temperature, evidence_weight=args.evidence_weight,
+                guidance=args.guidance, seed=args.seed, bf16=args.bf16, output_type="pt")
 
 
 def cmd_sample(args) -> None:
-    from .pipeline import class_labels, generate
     from .plots import image_grid, save_image
-    prior, ae = _load_pair(args)
-    labels = class_labels(prior, args.classes, args.num)
-    res = generate(prior, ae, args.num, steps=args.steps, temperature=args.temperature,
-                   evidence_weight=args.evidence_weight, guidance=args.guidance, labels=labels, seed=args.seed,
-                   batch_size=args.batch_size, bf16=args.bf16, progress=True)
+    pipe = _load_pipeline(args)
+    res = pipe(**_sampling_kwargs(args), batch_size=args.batch_size, progress=True)
     save_image(image_grid(res.images, nrow=args.nrow), args.out, scale=args.scale)
     if args.individual:
         for i, img in enumerate(res.images):
@@ -240,18 +239,13 @@ def cmd_sample(args) -> None:
 def cmd_inpaint(args) -> None:
     import torch
     from .data import load_image
-    from .pipeline import class_labels, inpaint
     from .plots import image_grid, save_image
-    prior, ae = _load_pair(args)
-    c = ae.config
+    pipe = _load_pipeline(args)
+    c = pipe.autoencoder.config
     image = load_image(args.image, c.image_size, c.in_channels)
-    mask = load_image(args.mask, c.image_size, 1)[0] > 0  # white = keep
-    labels = class_labels(prior, args.classes, args.num)
-    res = inpaint(prior, ae, image, mask.float(), n=args.num, steps=args.steps,
-                  temperature=args.temperature, evidence_weight=args.evidence_weight,
-                  guidance=args.guidance, labels=labels,
-                  seed=args.seed, bf16=args.bf16)
-    masked = torch.where(mask, image, torch.zeros_like(image))
+    keep = load_image(args.mask, c.image_size, 1)[0] > 0  # white = keep
+    res = pipe.inpaint(image, ~keep, **_sampling_kwargs(args), paste=True)
+    masked = torch.where(keep, image, torch.zeros_like(image))
     save_image(image_grid(torch.cat([image[None], masked[None], res.images]),
                           nrow=args.num + 2), args.out)
     log.info("wrote %s (input, masked input, %d completions)", args.out, args.num)
@@ -369,6 +363,7 @@ def cmd_eval(args) -> None:
                             seed=args.seed, conditional=not args.unconditional, bf16=args.bf16)
         save_image(image_grid(ev.pop("images")[:100], nrow=10), out / "samples.png")
         ev.pop("labels")
+        _eval_figures(prior, ae, ae_data, test, xt, out, args)
         report.update(ev)
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
     lines = ["# bld eval", ""]
@@ -383,6 +378,21 @@ def cmd_eval(args) -> None:
                          f"- {section}: {vals}")
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     print((out / "eval.md").read_text())
+
+
+def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
+    """The denoising trajectory and, for a conditional prior, per-class rows of samples
+    beside real test images."""
+    import dataclasses
+    from .evaluation import dataset_tensors
+    from .figures import class_rows_figure, trajectory_figure
+    from .pipeline import BinaryLatentDiffusionPipeline
+    pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data))
+    sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
+                    evidence_weight=args.evidence_weight, guidance=args.guidance)
+    trajectory_figure(pipe, out / "trajectory.png", **sampling)
+    if pipe.num_classes and not args.unconditional:
+        class_rows_figure(pipe, xt, dataset_tensors(test)[1], out / "class_rows.png", **sampling)
 
 
 def cmd_demo(args) -> None:

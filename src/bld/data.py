@@ -218,10 +218,17 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
             img.draft("L" if channels == 1 else "RGB", (image_size, image_size))  # fast DCT downscale
         img.load()
         img = ImageOps.exif_transpose(img)
-        img = pil_to_mode(img, channels)
+        if 0 in img.size:
+            raise ValueError(f"{path} has zero size {img.size[0]}x{img.size[1]}")
+        return image_to_tensor(img, image_size, channels)
+
+
+def image_to_tensor(img: Image.Image, image_size: int, channels: int = 3) -> torch.Tensor:
+    """A PIL image -> float (C, image_size, image_size) in [-1, 1], as `load_image` reads."""
+    img = pil_to_mode(img, channels)
     w, h = img.size
     if w == 0 or h == 0:
-        raise ValueError(f"{path} has zero size {w}x{h}")
+        raise ValueError(f"the image has zero size {w}x{h}")
     scale = image_size / min(w, h)
     if scale != 1.0:
         nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))

@@ -87,7 +87,7 @@ def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, wh
 
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
-    from .pipeline import encode_dataset, generate, reconstruct
+    from .pipeline import BinaryLatentDiffusionPipeline, encode_dataset, reconstruct
     from .loading import load_autoencoder, load_prior, resolve_device
     from .train import LimitedDataset, train_autoencoder, train_prior
 
@@ -131,16 +131,19 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     # 4. figures
     log.info("[4/4] sampling and writing the report")
+    pipe = BinaryLatentDiffusionPipeline(ae, prior, asdict(ae_cfg.data))
     nc = prior.config.model.num_classes
     k = s.samples_per_class
-    labels = torch.arange(nc).repeat_interleave(k)
-    res = generate(prior, ae, nc * k, steps=s.sample_steps, guidance=s.guidance,
-                   temperature=s.temperature, evidence_weight=s.evidence_weight,
-                   labels=labels, seed=s.seed)
+    sampling = dict(steps=s.sample_steps, guidance=s.guidance, temperature=s.temperature,
+                    evidence_weight=s.evidence_weight, seed=s.seed)
+    res = pipe(class_labels=torch.arange(nc).repeat_interleave(k), output_type="pt", **sampling)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
     test_set = build_dataset("fashion-mnist", split="test", data_dir=s.data_dir or None)
     from .evaluation import dataset_tensors
+    from .figures import class_rows_figure, trajectory_figure
     xt, yt = dataset_tensors(test_set)
+    trajectory_figure(pipe, out / "trajectory.png", **sampling)
+    class_rows_figure(pipe, xt, yt, out / "class_rows.png", **sampling)
     rec = reconstruct(ae, xt)
     save_image(image_grid(torch.cat([xt[:16], rec.recon[:16]]), nrow=16), out / "reconstructions.png",
                scale=2)
@@ -224,6 +227,11 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{r['settings']['evidence_weight']}, seed {r['settings']['seed']}.", "",
         "![reconstructions](reconstructions.png)", "",
         "Test images (top) and their reconstructions through the binary latent (bottom).", "",
+        "![denoising trajectory](trajectory.png)", "",
+        "The denoising trajectory: the decoded z_t after each sampling step, and how many "
+        "bits each step flipped.", "",
+        "![per-class rows](class_rows.png)", "",
+        "Per class: real test images (left) and samples (right).", "",
         "## Figures", "", "| figure | value |", "|---|---|",
     ]
     for k, v in f.items():

@@ -19,7 +19,7 @@ from .config import ConfigError
 from .denoiser import Denoiser
 from .diffusion import BernoulliDiffusion
 from .packing import unpack_bits
-from .train_config import PriorTrainConfig, config_from_dict
+from .train_config import AutoencoderTrainConfig, PriorTrainConfig, config_from_dict
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,12 +51,19 @@ class LatentDataset(Dataset):
 def load_autoencoder(path: str | Path, device: torch.device | str = "cpu",
                      use_ema: bool = True) -> BinaryAutoencoder:
     """A trained autoencoder (EMA weights by default), in eval mode."""
+    return load_autoencoder_with_config(path, device, use_ema)[0]
+
+
+def load_autoencoder_with_config(path: str | Path, device: torch.device | str = "cpu",
+                                 use_ema: bool = True
+                                 ) -> tuple[BinaryAutoencoder, AutoencoderTrainConfig]:
+    """A trained autoencoder and the training configuration it was made with."""
     ck = ckpt.load_checkpoint(path, kind="autoencoder", map_location=device)
     cfg = config_from_dict("autoencoder", ck.config)
     model = BinaryAutoencoder(cfg.model)
     state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
     ckpt.load_state_strict(model, state, "autoencoder")
-    return model.to(device).eval()
+    return model.to(device).eval(), cfg
 
 
 @dataclass

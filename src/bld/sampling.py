@@ -5,7 +5,7 @@ One pure function under ``@torch.no_grad()`` (as in k-diffusion's ``sampling.py`
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -23,6 +23,7 @@ class SampleOutput(NamedTuple):
     z0: torch.Tensor  # (B, ...) binary sample in {0, 1}
     intermediates: list[torch.Tensor]  # z_t after each step (CPU), empty unless asked for
     timesteps: list[int]  # the visited t, in order
+    z_T: torch.Tensor | None = None  # the starting coin flips (CPU), only with intermediates
 
 
 def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Tensor,
@@ -53,7 +54,8 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
            null_label: int | None = None,
            known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
-           return_intermediates: bool = False) -> SampleOutput:
+           return_intermediates: bool = False,
+           callback: Callable[[int, int], None] | None = None) -> SampleOutput:
     """Draw binary latents from the prior in ``steps`` of the trained T steps.
 
     Args:
@@ -74,6 +76,8 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
         known, mask: inpainting: bits with mask == 1 are kept from ``known`` after every step.
         generator: makes the draw reproducible (its device must match ``device``).
         return_intermediates: also return z after each step (moved to CPU).
+        callback: called as ``callback(i, S)`` after step i (1-based) of S, e.g. to move a
+            progress bar.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -105,6 +109,7 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     # z_T ~ B(0.5): pure coin flips
     z = (torch.rand(shape, generator=generator, device=device) < 0.5).float()
     z = impose(z)
+    z_start = z.cpu() if return_intermediates else None
     inter: list[torch.Tensor] = []
     B = shape[0]
     # a self-conditioned network sees its previous step's estimate of P(z_0 = 1)
@@ -128,4 +133,6 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
         z = impose(z)
         if return_intermediates:
             inter.append(z.cpu())
-    return SampleOutput(z, inter, ts)
+        if callback is not None:
+            callback(i + 1, len(ts))
+    return SampleOutput(z, inter, ts, z_start)

@@ -523,7 +523,7 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
 def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: bool = False,
                       allow_config_change: bool = False) -> Path:
     """Train the binary autoencoder; returns the final checkpoint folder."""
-    from .plots import image_grid, plot_metrics, save_image
+    from .plots import image_grid, plot_metrics, save_image, write_snapshot_index
 
     run_dir = Path(run_dir)
     ctx = setup_context(cfg.run)
@@ -585,6 +585,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                     rec = ema.model(fixed, deterministic=True).recon.clamp(-1, 1)
                 save_image(image_grid(torch.cat([fixed, rec]), nrow=len(fixed)),
                            run_dir / "samples" / f"recon_{step:06d}.png")
+                write_snapshot_index(run_dir / "samples", "autoencoder: training images above "
+                                     "their reconstructions")
 
         step = start
         for x, _ in loader:
@@ -676,7 +678,7 @@ def resolve_prior_config(cfg: PriorTrainConfig, ae_cfg: AutoencoderConfig,
 def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False,
                 allow_config_change: bool = False) -> Path:
     """Train the Bernoulli diffusion prior on binary latents; returns the final checkpoint."""
-    from .plots import image_grid, plot_metrics, save_image
+    from .plots import image_grid, plot_metrics, save_image, write_snapshot_index
 
     run_dir = Path(run_dir)
     ctx = setup_context(cfg.run)
@@ -734,6 +736,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
                            null_label=null, generator=g, device=ctx.device).z0
                 imgs = ae.decode(z).float().clamp(-1, 1)
             save_image(image_grid(imgs, nrow=8), run_dir / "samples" / f"samples_{step:06d}.png")
+            write_snapshot_index(run_dir / "samples", "prior: samples, one row per class")
 
         step = start
         for batch, labels in loader:
