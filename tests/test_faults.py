@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import errno
+import importlib.util
 import logging
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -256,3 +258,22 @@ def test_disk_full_during_encode(runs, tmp_path, monkeypatch, capsys):
     assert len(error_lines(err)) == 1 and "No space left on device" in err and str(out) in err
     assert out.read_bytes() == before  # the earlier cache is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary file left
+
+
+# -------------------------------------------------------------------------------- kill -9
+def test_kill_9_at_random_moments_then_resume_is_bitwise_equal(fashion_mnist, tmp_path,
+                                                              monkeypatch):
+    """A few rounds of benchmarks/faults.py (which runs >= 20 per job): `bld train-ae` with
+    the GAN on, checkpointing every step, SIGKILLed 3 times (some mid-write), resumed each
+    time across an epoch boundary, ends bitwise equal to an unbroken run."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "faults.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # for its `import common`
+    spec = importlib.util.spec_from_file_location("bld_fault_matrix", path)
+    faults = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, faults)  # dataclasses look their module up
+    spec.loader.exec_module(faults)
+    jobs, _ = faults.make_jobs(tmp_path, steps_ae=12, steps_prior=12)
+    job = next(j for j in jobs if j.name.startswith("train-ae"))
+    o = faults.run_job(job, tmp_path, kills=3, rng=random.Random(1), log=lambda *a: None)
+    assert o.kills >= 3 and o.finished and o.folder_loadable_after_every_kill, o.problems
+    assert o.bitwise_equal, f"final weights differ from the unbroken run (max |diff| {o.max_abs_diff})"
