@@ -184,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", required=True, help="folder for eval.json, eval.md and a grid")
 
+    p = sub.add_parser("serve", help="a browser app over a trained run: sample, inpaint, "
+                       "and look inside the bits (needs the [web] extra: gradio)")
+    p.add_argument("run_dir", help="a `bld demo` folder, a prior run or a save_pretrained folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--max-images", type=int, default=64, help="most images one click makes")
+
     p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
     p.add_argument("--vendor", choices=["twitter", "google"], default="twitter")
     p.add_argument("--dest", help="folder (default ~/.cache/bld/emoji-VENDOR)")
@@ -395,6 +404,19 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
         class_rows_figure(pipe, xt, dataset_tensors(test)[1], out / "class_rows.png", **sampling)
 
 
+def cmd_serve(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("bld serve needs gradio: pip install 'binary-latent-diffusion[web]'") \
+            from None
+    from .web import Limits, serve
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 1..65535, got {args.port}")
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device,
+          limits=Limits(max_images=max(1, args.max_images)))
+
+
 def cmd_demo(args) -> None:
     from .demo import DemoSettings, run_demo
     s = DemoSettings(out=Path(args.out), device=args.device, seed=args.seed, limit=args.limit,
@@ -422,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-prior": lambda a: cmd_train(a, "prior"),
         "encode": cmd_encode, "sample": cmd_sample, "inpaint": cmd_inpaint,
         "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji, "shard": cmd_shard,
-        "train-classifier": cmd_train_classifier, "eval": cmd_eval,
+        "train-classifier": cmd_train_classifier, "eval": cmd_eval, "serve": cmd_serve,
     }
     from .checkpoint import CheckpointError, RunLockedError, TrainingError
     from .data import DatasetNotFoundError

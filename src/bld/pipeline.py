@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -226,20 +227,9 @@ def bits_flipped(trajectory: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(b != a).flatten(1).sum(1) for a, b in zip(trajectory, trajectory[1:])])
 
 
-def _hub_mixin():
-    try:
-        from huggingface_hub import ModelHubMixin
-    except ImportError:  # the pipeline works without it; save/from_pretrained need it
-        return object
-    return ModelHubMixin
-
-
-_HUB_KWARGS = ({"library_name": "bld", "tags": ["binary-latent-diffusion", "image-generation"],
-                "paper_url": "https://arxiv.org/abs/2304.04820"}
-               if _hub_mixin() is not object else {})
-
-
-class BinaryLatentDiffusionPipeline(_hub_mixin(), **_HUB_KWARGS):
+class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
+                                    tags=["binary-latent-diffusion", "image-generation"],
+                                    paper_url="https://arxiv.org/abs/2304.04820"):
     """A trained binary autoencoder and Bernoulli prior, used as one object.
 
     >>> pipe = BinaryLatentDiffusionPipeline.from_run("runs/demo")
