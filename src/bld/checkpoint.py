@@ -488,6 +488,18 @@ def load_state_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
     model.load_state_dict(state_dict, strict=True)
 
 
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A short hash of a state dict's names, dtypes, shapes and values (e.g. to tell which
+    autoencoder made a latent cache)."""
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------
 # Run lock
 # --------------------------------------------------------------------------------------

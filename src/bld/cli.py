@@ -13,6 +13,30 @@ from .sampling import DEFAULT_EVIDENCE_WEIGHT
 log = logging.getLogger("bld")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: the problem, and where the usage is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+_positive = _int_at_least(1, "at least 1")
+_count = _int_at_least(0, "0 or more")
+
+
 def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--config", default=None,
                    help=f"a preset ({', '.join(preset_names(kind))}) or a YAML file "
@@ -26,10 +50,10 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
                         "(refused by default, listing the differences)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.steps=500 (repeatable)")
-    p.add_argument("--steps", type=int, help="shortcut for --set optim.steps=N")
-    p.add_argument("--batch-size", type=int, help="shortcut for --set optim.batch_size=N "
+    p.add_argument("--steps", type=_positive, help="shortcut for --set optim.steps=N")
+    p.add_argument("--batch-size", type=_positive, help="shortcut for --set optim.batch_size=N "
                    "(per process and micro-batch)")
-    p.add_argument("--grad-accum", type=int, metavar="K", help="shortcut for --set "
+    p.add_argument("--grad-accum", type=_positive, metavar="K", help="shortcut for --set "
                    "optim.grad_accum=K: K micro-batches per optimizer step")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -56,7 +80,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", required=True, help="prior run or checkpoint folder, a `bld demo` "
                    "folder or a folder from save_pretrained")
     p.add_argument("--autoencoder", help="autoencoder folder (default: the one the prior used)")
-    p.add_argument("--steps", type=int, default=16, help="sampling steps S (2..T)")
+    p.add_argument("--steps", type=_positive, default=16, help="sampling steps S (2..T)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="lambda of SPEC 2: how much of z_t's evidence each step removes from the network's posterior (1 = the exact step, 0 = the original code's lower-noise product; default %(default)s, chosen by measurement)")
@@ -66,11 +90,11 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive, default=256)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bld", description="Binary Latent Diffusion: train a "
+    ap = _Parser(prog="bld", description="Binary Latent Diffusion: train a "
                                  "binary autoencoder and a Bernoulli diffusion prior, sample, "
                                  "inpaint and evaluate.")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -79,12 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train an autoencoder + class-conditional prior on "
                        "Fashion-MNIST, then write samples, reconstructions, plots and a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--ae-steps", type=int, help="autoencoder training steps")
-    p.add_argument("--prior-steps", type=int, help="prior training steps")
-    p.add_argument("--limit", type=int, default=0, help="use only N training images (0 = all)")
-    p.add_argument("--eval-samples", type=int, default=1000,
+    p.add_argument("--ae-steps", type=_positive, help="autoencoder training steps")
+    p.add_argument("--prior-steps", type=_positive, help="prior training steps")
+    p.add_argument("--limit", type=_count, default=0, help="use only N training images (0 = all)")
+    p.add_argument("--eval-samples", type=_count, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
-    p.add_argument("--classifier-steps", type=int, default=1200,
+    p.add_argument("--classifier-steps", type=_positive, default=1200,
                    help="training steps of the FD classifier the report uses")
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="sampler's evidence weight lambda (see bld sample --help)")
@@ -113,36 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=0, help="encode only the first N images (0 = all)")
+    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--limit", type=_count, default=0, help="encode only the first N images (0 = all)")
 
     p = sub.add_parser("shard", help="write a dataset as webdataset-style tar shards, for "
                        "training on image sets larger than memory (--data OUT_DIR)")
     p.add_argument("source", help="fashion-mnist, emoji-twitter, emoji-google, or a folder of "
                                   "images (class labels from subfolders)")
     p.add_argument("out_dir", help="new folder for the shards and their manifest shards.json")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard "
+    p.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard "
                    "(default %(default)s; want at least a few shards per training process)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
-    p.add_argument("--image-size", type=int, help="resize to this size (required for a folder)")
+    p.add_argument("--image-size", type=_positive, help="resize to this size (required for a folder)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="default: the dataset's")
     p.add_argument("--data-dir", help="where the dataset lives if not in its default place")
-    p.add_argument("--limit", type=int, default=0, help="write only N samples (0 = all)")
+    p.add_argument("--limit", type=_count, default=0, help="write only N samples (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in")
 
     p = sub.add_parser("sample", help="sample images from a trained prior")
     _sampling_flags(p)
-    p.add_argument("-n", "--num", type=int, default=16, help="number of images")
+    p.add_argument("-n", "--num", type=_positive, default=16, help="number of images")
     p.add_argument("--out", required=True, help="grid PNG path")
-    p.add_argument("--nrow", type=int, default=8, help="images per grid row")
+    p.add_argument("--nrow", type=_positive, default=8, help="images per grid row")
     p.add_argument("--individual", metavar="DIR", help="also write one PNG per image here")
-    p.add_argument("--scale", type=int, default=1, help="upscale the grid (nearest)")
+    p.add_argument("--scale", type=_positive, default=1, help="upscale the grid (nearest)")
 
     p = sub.add_parser("inpaint", help="complete the masked part of an image")
     _sampling_flags(p)
     p.add_argument("--image", required=True, help="input image")
     p.add_argument("--mask", required=True, help="mask PNG, white = keep, black = fill in")
-    p.add_argument("-n", "--num", type=int, default=4, help="number of completions")
+    p.add_argument("-n", "--num", type=_positive, default=4, help="number of completions")
     p.add_argument("--out", required=True, help="grid PNG: input, masked input, completions")
 
     p = sub.add_parser("reconstruct", help="images through the autoencoder, with the error")
@@ -150,16 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="*", help="image files (default: dataset test images)")
     p.add_argument("--data", default=None, help="dataset for test images (default: the AE's)")
     p.add_argument("--data-dir")
-    p.add_argument("-n", "--num", type=int, default=16)
+    p.add_argument("-n", "--num", type=_positive, default=16)
     p.add_argument("--out", required=True, help="grid PNG: originals above reconstructions")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("train-classifier", help="train the classifier whose features FD uses")
     p.add_argument("--data", default="fashion-mnist", help="dataset with class labels")
     p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int, help="resize images (default: the dataset's)")
+    p.add_argument("--image-size", type=_positive, help="resize images (default: the dataset's)")
     p.add_argument("--channels", type=int, choices=[1, 3])
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=_positive, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint folder for the classifier")
 
@@ -171,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset whose test split is the reference "
                    "(default: the autoencoder's)")
     p.add_argument("--data-dir")
-    p.add_argument("-n", "--num", type=int, default=2000, help="generated samples (and the "
+    p.add_argument("-n", "--num", type=_positive, default=2000, help="generated samples (and the "
                    "real-vs-real floor at the same N)")
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=_positive, default=16)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="lambda of SPEC 2: how much of z_t's evidence each step removes from the network's posterior (1 = the exact step, 0 = the original code's lower-noise product; default %(default)s, chosen by measurement)")
@@ -245,6 +269,19 @@ def cmd_sample(args) -> None:
              res.seconds / args.num)
 
 
+def _check_mask(mask_path: str, image_path: str) -> None:
+    """The mask must be black-and-white (mode 1 or L) and the size of the image."""
+    from .data import open_image
+    with open_image(mask_path) as mask, open_image(image_path) as image:
+        if mask.mode not in ("1", "L"):
+            raise ValueError(f"mask {mask_path} is a {mask.mode} image; save it as black-and-white "
+                             "(greyscale, white = keep, black = fill in)")
+        if mask.size != image.size:
+            raise ValueError(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but image "
+                             f"{image_path} is {image.size[0]}x{image.size[1]}; make them the "
+                             "same size")
+
+
 def cmd_inpaint(args) -> None:
     import torch
     from .data import load_image
@@ -252,6 +289,7 @@ def cmd_inpaint(args) -> None:
     pipe = _load_pipeline(args)
     c = pipe.autoencoder.config
     image = load_image(args.image, c.image_size, c.in_channels)
+    _check_mask(args.mask, args.image)
     keep = load_image(args.mask, c.image_size, 1)[0] > 0  # white = keep
     res = pipe.inpaint(image, ~keep, **_sampling_kwargs(args), paste=True)
     masked = torch.where(keep, image, torch.zeros_like(image))
@@ -312,8 +350,8 @@ def cmd_shard(args) -> None:
     from .data import DATASET_SOURCES, build_dataset
     from .shards import write_shards
     from .train import LimitedDataset
-    if args.source not in DATASET_SOURCES and not args.image_size:
-        raise ConfigError(f"bld shard: pass --image-size for the image folder {args.source}")
+    if args.source not in DATASET_SOURCES and Path(args.source).is_dir() and not args.image_size:
+        raise ConfigError(f"pass --image-size for the image folder {args.source}")
     ds = build_dataset(args.source, split=args.split, image_size=args.image_size,
                        channels=args.channels, data_dir=args.data_dir)
     if 0 < args.limit < len(ds):

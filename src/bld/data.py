@@ -207,13 +207,31 @@ def pil_to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")  # CMYK, YCbCr, ... -> RGB here
 
 
+class ImageReadError(ValueError):
+    """A file given as an image is missing, not an image, or too large to decode safely."""
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Image.open with one-line errors that name the file and what to pass instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image {path} does not exist (or is not a file); check the path")
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path} is too large to decode safely ({e}); shrink it first") from None
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise ImageReadError(f"{path} is not an image bld can read ({type(e).__name__}); pass a "
+                             "PNG, JPEG or WebP file") from None
+
+
 def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> torch.Tensor:
     """One image file -> float (C, image_size, image_size) in [-1, 1].
 
     The shorter side is resized to image_size (Lanczos when shrinking, bicubic when growing),
     then the centre is cropped. EXIF orientation is applied.
     """
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if img.format == "JPEG":
             img.draft("L" if channels == 1 else "RGB", (image_size, image_size))  # fast DCT downscale
         img.load()
@@ -319,6 +337,34 @@ class ImageFolderDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def scan(self) -> int:
+        """Check every file once before training (header and checksums, no full decode):
+        empty, unreadable, truncated and too-large (decompression bomb) files are marked
+        skipped and logged in one line. Returns how many were skipped; if none is readable,
+        a ValueError (so a run stops before it makes its folder)."""
+        import warnings
+        bad: dict[str, list[str]] = {}
+        for i, rel in enumerate(self.files):
+            path = self.root / rel
+            try:
+                if path.stat().st_size == 0:
+                    raise ValueError("empty file")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(path) as img:
+                        img.verify()  # reads the whole file: truncation, bad checksums
+            except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as e:
+                self._bad.add(i)
+                bad.setdefault(type(e).__name__, []).append(str(rel))
+        if bad:
+            kinds = ", ".join(f"{len(v)} {k} (e.g. {v[0]})" for k, v in sorted(bad.items()))
+            logger.warning("%s: skipping %d of %d images that cannot be read: %s",
+                           self.root, len(self._bad), len(self.files), kinds)
+        if len(self._bad) == len(self.files):
+            raise ValueError(f"none of the {len(self.files)} images in {self.root} can be read "
+                             f"({kinds}); point --data at a folder of PNG / JPEG / WebP images")
+        return len(self._bad)
 
     @property
     def skipped(self) -> int:

@@ -7,6 +7,7 @@ Nothing here imports the training loops (`bld.train`): a trained run is read thr
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,15 +90,42 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu", use_ema: bo
 
 
 def load_latent_cache(path: str | Path) -> LatentDataset:
-    """A latent cache written by `bld encode` (packed bits, labels, shape in its metadata)."""
-    from safetensors import safe_open
+    """A latent cache written by `bld encode` (packed bits, labels, shape in its metadata).
+
+    A file that is not one, is truncated, or whose parts disagree (latent count vs label count,
+    bytes per latent vs the shape) is a ValueError naming the file. ``.metadata`` holds the
+    cache's metadata, including the ``autoencoder_id`` of the autoencoder that made it.
+    """
+    from safetensors import SafetensorError, safe_open
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"latent cache {path} does not exist; make it with `bld encode`")
-    with safe_open(str(path), "pt") as f:  # one read: metadata and tensors
-        meta = f.metadata() or {}
-        if meta.get("format") != "bld-latents":
-            raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`)")
-        packed, labels = f.get_tensor("packed"), f.get_tensor("labels")
-    return LatentDataset(packed, labels, tuple(json.loads(meta["shape"])),
-                         tuple(json.loads(meta.get("classes", "[]"))))
+    remake = "make it again with `bld encode`"
+    try:
+        with safe_open(str(path), "pt") as f:  # one read: metadata and tensors
+            meta = f.metadata() or {}
+            if meta.get("format") != "bld-latents":
+                raise ValueError(f"{path} is not a bld latent cache (made by `bld encode`); "
+                                 "pass the file `bld encode --out` wrote")
+            missing = {"packed", "labels"} - set(f.keys())
+            if missing:
+                raise ValueError(f"latent cache {path} lacks {sorted(missing)}; {remake}")
+            packed, labels = f.get_tensor("packed"), f.get_tensor("labels")
+        shape = tuple(json.loads(meta["shape"]))
+        classes = tuple(json.loads(meta.get("classes", "[]")))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read latent cache {path} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); it is damaged or not a "
+                         f"bld latent cache: {remake}") from None
+    per_item = (math.prod(shape) + 7) // 8
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != per_item:
+        raise ValueError(f"latent cache {path} holds packed bits {tuple(packed.shape)} "
+                         f"{packed.dtype}, not (N, {per_item}) uint8 for latents {shape}; {remake}")
+    if labels.dim() != 1 or labels.shape[0] != packed.shape[0]:
+        raise ValueError(f"latent cache {path} holds {packed.shape[0]} latents but "
+                         f"{labels.shape[0] if labels.dim() else 0} labels; {remake}")
+    if classes and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        raise ValueError(f"latent cache {path} has labels outside 0..{len(classes) - 1}; {remake}")
+    ds = LatentDataset(packed, labels, shape, classes)
+    ds.metadata = dict(meta)
+    return ds

@@ -43,7 +43,7 @@ def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from .checkpoint import WriteError, write_failure
+    from .checkpoint import WriteError, weights_fingerprint, write_failure
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -54,7 +54,8 @@ def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path
         packed.append(pack_bits(bits).cpu())
         labels.append(torch.as_tensor(y).long())
     meta = {"format": "bld-latents", "shape": json.dumps(list(ae.config.latent_shape)),
-            "classes": json.dumps(list(getattr(dataset, "classes", ())))}
+            "classes": json.dumps(list(getattr(dataset, "classes", ()))),
+            "autoencoder_id": weights_fingerprint(ae.state_dict())}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     try:
@@ -119,6 +120,9 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
     """
     import time
     device = next(prior.model.parameters()).device
+    if guidance != 0 and prior.model.null_label is None:
+        raise ValueError("this prior is unconditional (trained without class labels), so "
+                         "classifier-free guidance does not apply; drop --guidance")
     if guidance != 0 and labels is None:
         raise ValueError("guidance needs class labels (--class)")
     g = generator if generator is not None else torch.Generator(device).manual_seed(seed)

@@ -204,12 +204,19 @@ def load_data(cfg: DataConfig, split: str = "train", image_size: int = 0, channe
         size, ch = size or image_size, ch or channels
     ds = build_dataset(cfg.source, split=split, image_size=size or None,
                        channels=ch or None, data_dir=cfg.data_dir or None)
+    if hasattr(ds, "scan"):  # a folder of images: unreadable files skipped (and counted) now
+        ds.scan()
     if cfg.limit and isinstance(ds, ShardDataset):
         raise ConfigError(f"data.limit does not apply to the shard folder {cfg.source}; write a "
                           "smaller one with `bld shard ... --limit N`")
     if cfg.limit and cfg.limit < len(ds):
         ds = LimitedDataset(ds, cfg.limit)
     return ds
+
+
+def skipped_images(data: Dataset) -> int:
+    """How many unreadable images an image folder skipped so far (0 for other datasets)."""
+    return int(getattr(getattr(data, "base", data), "skipped", 0))
 
 
 class LimitedDataset(Dataset):
@@ -556,8 +563,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
             opt_d.load_state_dict(state["optimizer_d"])
         if ctx.is_main:
             n_params = sum(p.numel() for p in model.parameters())
-            log.info("autoencoder: %.2fM parameters, latent %s per image, %d training images",
-                     n_params / 1e6, cfg.model.latent_shape, len(data))
+            log.info("autoencoder: %.2fM parameters, latent %s per image, %d training images "
+                     "(%d unreadable, skipped)", n_params / 1e6, cfg.model.latent_shape,
+                     len(data), skipped_images(data))
         net = model
         disc = loss_fn.discriminator
         if ctx.distributed:
@@ -649,7 +657,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
         snapshot(step)
         _save(run_dir, "autoencoder", cfg, step, model, ema, trainer_state(), ctx,
               cfg.run.keep_checkpoints, metadata={"dataset": cfg.data.source,
-                                                  "classes": list(getattr(data, "classes", ()))})
+                                                  "classes": list(getattr(data, "classes", ())),
+                                                  "skipped_images": skipped_images(data)})
         if ctx.is_main:
             plot_metrics(run_dir / "metrics.csv", run_dir / "loss_curves.png",
                          ["loss", "l1", "bit_mean"], title="autoencoder training")
@@ -692,6 +701,11 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             if data.shape != ae.config.latent_shape:
                 raise ConfigError(f"latent cache {cfg.latents} holds latents {data.shape} but the "
                                   f"autoencoder makes {ae.config.latent_shape}; re-run bld encode")
+            made_by = data.metadata.get("autoencoder_id")
+            if made_by is not None and made_by != ckpt.weights_fingerprint(ae.state_dict()):
+                raise ConfigError(f"latent cache {cfg.latents} was made by a different autoencoder "
+                                  f"than {cfg.autoencoder} (weights differ); encode with this one: "
+                                  f"bld encode --autoencoder {cfg.autoencoder} --out FILE")
             encode_on_the_fly = False
         else:
             data = load_data(cfg.data, "train", ae.config.image_size, ae.config.in_channels)

@@ -6,6 +6,7 @@ holds one of these) never imports the training code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ class DataConfig:
     channels: int = 0  # 0 = the dataset's own
     limit: int = 0  # use only the first N training images (0 = all)
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self, image_size=(0, None), channels=(0, 4), limit=(0, None), num_workers=(0, None))
 
 
 @dataclass
@@ -43,6 +47,10 @@ class OptimConfig:
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be 1 or more (micro-batches per optimizer "
                              f"step), got {self.grad_accum}")
+        _check(self, steps=(1, None), batch_size=(1, None), warmup=(0, None),
+               weight_decay=(0, None), min_lr_ratio=(0, 1), beta1=(0, 1), beta2=(0, 1),
+               ema_decay=(0, 1))
+        _check(self, strict=True, lr=(0, None), grad_clip=(0, None))
 
     @property
     def step_batch(self) -> int:
@@ -61,6 +69,12 @@ class RunConfig:
     ckpt_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self, threads=(0, None), log_every=(1, None), sample_every=(0, None),
+               ckpt_every=(0, None), keep_checkpoints=(1, None), max_bad_steps=(1, None))
 
 
 @dataclass
@@ -87,6 +101,21 @@ class PriorTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
                                                                   weight_decay=0.0))
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self, cond_drop=(0, 1), sample_steps=(2, None))
+
+
+def _check(obj: Any, strict: bool = False, **ranges: tuple[float, float | None]) -> None:
+    """Raise ValueError naming the first field outside its [low, high] range (low excluded
+    when ``strict``; high None = no upper bound). NaN is outside every range."""
+    for name, (low, high) in ranges.items():
+        v = getattr(obj, name)
+        ok = (v > low if strict else v >= low) and (high is None or v <= high) and \
+            math.isfinite(v)
+        if not ok:  # also catches NaN
+            bound = (f"> {low}" if strict else f">= {low}") + (f" and <= {high}" if high is not None else "")
+            raise ValueError(f"{name} must be {bound}, got {v}")
 
 
 CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig}
