@@ -151,6 +151,8 @@ BAD_INPUT = [
     (["demo", "--out", "{out}", "--limit", "-5"], "argument --limit: must be 0 or more"),
     (["shard", "fashion-mnist", "{out}", "--shard-size", "0"], "must be at least 1"),
     (["shard", "{f}/missing", "{out}"], "unknown dataset source"),
+    (["serve", "{prior}", "--max-images", "0"], "argument --max-images: must be at least 1"),
+    (["serve", "{prior}", "--port", "http"], "argument --port: invalid int value: 'http'"),
 ]
 
 

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--max-images", type=int, default=64, help="most images one click makes")
+    p.add_argument("--max-images", type=_positive, default=64, help="most images one click makes")
 
     p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
     p.add_argument("--vendor", choices=["twitter", "google"], default="twitter")
