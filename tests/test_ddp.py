@@ -100,9 +100,11 @@ def test_ddp_resume_is_bitwise_equal(ddp_autoencoder, tmp_path, tiny_ae_args):
 
 def test_ddp_shards_with_grad_accum_resume_is_bitwise_equal(shards, tmp_path, tiny_ae_args):
     """2 processes read distinct shards (4 shards: each takes 2 an epoch), 2 micro-batches a
-    step (no_sync on the first); killed after step 3 and resumed, step 6 is bitwise equal."""
+    step (no_sync on the first), the PatchGAN on (its term's gradient all-reduced apart);
+    killed after step 3 and resumed, step 6 is bitwise equal."""
     argv = ["train-ae", *tiny_ae_args, "--no-bf16", "--data", shards, "--set", "data.limit=0",
-            "--batch-size", "8", "--grad-accum", "2"]
+            "--batch-size", "8", "--grad-accum", "2", "--set", "loss.disc_weight=0.5",
+            "--set", "loss.disc_start=2", "--set", "loss.disc_channels=8"]
     unbroken, resumed = tmp_path / "a", tmp_path / "b"
     torchrun(*argv, "--out", unbroken, cwd=tmp_path)
     check_run_folder(unbroken, "autoencoder")
@@ -114,3 +116,5 @@ def test_ddp_shards_with_grad_accum_resume_is_bitwise_equal(shards, tmp_path, ti
     assert a.step == b.step == 6
     differ = [k for k in a.model_state if not torch.equal(a.model_state[k], b.model_state[k])]
     assert not differ, f"{len(differ)} tensors differ after a DDP resume from shards"
+    with open(unbroken / "metrics.csv", newline="") as f:
+        assert float(list(csv.DictReader(f))[-1]["d_weight"]) > 0  # the GAN was on

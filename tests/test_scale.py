@@ -8,6 +8,7 @@ Checkpointing: the loss and every gradient are unchanged, and it does save activ
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -74,14 +75,24 @@ def test_prior_grad_accum_equals_one_batch(extra, runs, tmp_path, monkeypatch,
     assert_same_gradients(one, acc)
 
 
-def test_grad_accum_with_gan_is_refused(tmp_path, capsys, tiny_ae_args, fashion_mnist):
-    out = tmp_path / "ae"
-    assert main(["train-ae", *tiny_ae_args, "--grad-accum", "2", "--set", "loss.disc_weight=0.5",
-                 "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "grad_accum" in err and "disc_weight=0" in err
-    assert not (out / "checkpoints").exists()
-    assert main(["train-ae", *tiny_ae_args, "--grad-accum", "0", "--out", str(out)]) == 2
+def test_autoencoder_grad_accum_with_gan_equals_one_batch(tmp_path, monkeypatch, tiny_ae_args,
+                                                         fashion_mnist):
+    """With the PatchGAN on from step 0: the adaptive weight comes from the whole batch's
+    gradients and the discriminator's step is the whole batch's (step 2 sees both)."""
+    base = ["train-ae", *tiny_ae_args, *FP32, "--steps", "2", "--set", "loss.disc_weight=0.5",
+            "--set", "loss.disc_start=0", "--set", "loss.disc_channels=8"]
+    one = step_gradients(monkeypatch, [*base, "--batch-size", "16", "--out", tmp_path / "a"])
+    acc = step_gradients(monkeypatch, [*base, "--batch-size", "4", "--grad-accum", "4",
+                                       "--out", tmp_path / "b"])
+    assert_same_gradients(one, acc)
+    rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (tmp_path / "a", tmp_path / "b")]
+    for key in ("loss", "d_weight", "d_loss", "g_loss"):
+        a, b = (float(r[-1][key]) for r in rows)
+        assert a != 0 and b == pytest.approx(a, rel=1e-4), key
+
+
+def test_grad_accum_must_be_positive(tmp_path, capsys, tiny_ae_args):
+    assert main(["train-ae", *tiny_ae_args, "--grad-accum", "0", "--out", str(tmp_path)]) == 2
     assert "grad_accum must be 1 or more" in capsys.readouterr().err
 
 

@@ -325,6 +325,11 @@ def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.T
     """lambda = clamp(|grad_last(nll)| / (|grad_last(g)| + 1e-4), 0, 1). SPEC 1 (VQGAN)."""
     g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_g = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return weight_from_gradients(g_nll, g_g)
+
+
+def weight_from_gradients(g_nll: torch.Tensor, g_g: torch.Tensor) -> torch.Tensor:
+    """The adaptive weight from the two losses' gradients at the last layer."""
     return (g_nll.norm() / (g_g.norm() + 1e-4)).clamp(0.0, 1.0).detach()
 
 
@@ -360,7 +365,10 @@ class AutoencoderLoss(nn.Module):
         return self.discriminator is not None and step >= self.config.disc_start
 
     def generator_loss(self, x: torch.Tensor, out: AutoencoderOutput, step: int,
-                       last_layer: torch.Tensor) -> AutoencoderLosses:
+                       last_layer: torch.Tensor, adaptive: bool = True) -> AutoencoderLosses:
+        """The autoencoder's loss. ``adaptive=False`` leaves the GAN weighting to the caller
+        (gradient accumulation weights it by the whole batch's gradients): ``loss`` is then
+        the reconstruction part alone and ``g_loss`` keeps its graph."""
         c = self.config
         recon = out.recon.float()
         x = x.float()
@@ -382,6 +390,9 @@ class AutoencoderLoss(nn.Module):
         loss = nll
         if self.gan_active(step):
             g_loss = -self.discriminator(recon).mean()
+            if not adaptive:
+                return AutoencoderLosses(nll, l1.detach(), mse.detach(), perc.detach(), g_loss,
+                                         d_weight)
             if torch.is_grad_enabled():
                 d_weight = adaptive_weight(nll, g_loss, last_layer) * c.disc_weight
             loss = nll + d_weight * g_loss

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .autoencoder import AutoencoderConfig, AutoencoderLoss, BinaryAutoencoder
+from .autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLosses,
+                          BinaryAutoencoder, weight_from_gradients)
 from .config import ConfigError, to_dict
 from .data import DATASET_SOURCES, build_dataset
 from .denoiser import PRESETS, Denoiser
@@ -278,6 +279,27 @@ def mean_over(outputs: list):
     """Field-wise mean of the micro-batches' (detached) loss tuples, for logging."""
     return type(outputs[0])(*(torch.stack([v.detach() for v in vals]).mean()
                               for vals in zip(*outputs)))
+
+
+def add_gan_gradients(losses: AutoencoderLosses, params: list[torch.nn.Parameter],
+                      gan_grads: list[torch.Tensor], last_layer: torch.Tensor,
+                      disc_weight: float, ctx: Context) -> AutoencoderLosses:
+    """Gradient accumulation with the GAN on: ``.grad`` holds the (all-reduced) gradient of
+    the reconstruction loss and ``gan_grads`` that of the GAN term (this process's; they are
+    averaged over the processes here). Adds the GAN term with the adaptive weight of the
+    whole step batch, as one backward of the whole batch would; returns the logged losses."""
+    if ctx.distributed:
+        for g in gan_grads:
+            dist.all_reduce(g)
+            g.div_(ctx.world)
+    i = next(j for j, p in enumerate(params) if p is last_layer)
+    weight = weight_from_gradients(params[i].grad, gan_grads[i]) * disc_weight
+    for p, g in zip(params, gan_grads):
+        if p.grad is None:
+            p.grad = weight * g
+        else:
+            p.grad.add_(weight * g)
+    return losses._replace(loss=losses.loss + weight * losses.g_loss, d_weight=weight)
 
 
 def sync_gradients(net: torch.nn.Module, last: bool):
@@ -543,11 +565,6 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                 f"model.in_channels={m.in_channels}, model.image_size={m.image_size} do not match "
                 f"the data ({sample_img.shape[0]} channels, {sample_img.shape[-1]} px); set them "
                 f"to match or set data.image_size / data.channels")
-        if cfg.optim.grad_accum > 1 and cfg.loss.disc_weight > 0:
-            raise ConfigError(
-                "optim.grad_accum > 1 with the GAN (loss.disc_weight > 0) is not supported: the "
-                "adaptive GAN weight is a ratio of whole-batch gradient norms, which micro-batches "
-                "cannot give; set loss.disc_weight=0, or grad_accum=1 with more processes")
         torch.manual_seed(cfg.run.seed)
         model = BinaryAutoencoder(cfg.model).to(ctx.device)
         loss_fn = AutoencoderLoss(cfg.loss, cfg.model.in_channels).to(ctx.device)
@@ -567,6 +584,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                      "(%d unreadable, skipped)", n_params / 1e6, cfg.model.latent_shape,
                      len(data), skipped_images(data))
         net = model
+        params = list(model.parameters())
         disc = loss_fn.discriminator
         if ctx.distributed:
             net = torch.nn.parallel.DistributedDataParallel(model)
@@ -604,28 +622,49 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             parts = micro_batches(x.shape[0], cfg.optim)
-            step_losses, probs = [], []
+            gan = loss_fn.gan_active(step)
+            # with micro-batches the GAN term's gradient is gathered apart and weighted at the
+            # end by the whole batch's adaptive weight (one more backward pass per micro-batch)
+            gan_apart = gan and len(parts) > 1
+            gan_grads = [torch.zeros_like(p) for p in params] if gan_apart else []
+            step_losses, probs, recons = [], [], []
             for k, rows in enumerate(parts):  # gradient accumulation: losses are means
                 with sync_gradients(net, last=k == len(parts) - 1):
                     with ctx.autocast(cfg.run.bf16):
                         out = net(x[rows], generator=gen)  # bits as model.train_bits says
-                    losses = loss_fn.generator_loss(x[rows], out, step, model.last_layer)
+                    losses = loss_fn.generator_loss(x[rows], out, step, model.last_layer,
+                                                    adaptive=not gan_apart)
+                    if gan_apart:
+                        grads = torch.autograd.grad(losses.g_loss / len(parts), params,
+                                                    retain_graph=True, allow_unused=True)
+                        for acc, g in zip(gan_grads, grads):
+                            if g is not None:
+                                acc.add_(g)
                     (losses.loss / len(parts)).backward()
-                step_losses.append(losses)
+                step_losses.append(type(losses)(*(v.detach() for v in losses)))  # no graphs
                 probs.append(out.probs.detach())
+                recons.append(out.recon.detach())
             losses = mean_over(step_losses)
+            if gan_apart:
+                losses = add_gan_gradients(losses, params, gan_grads, model.last_layer,
+                                           cfg.loss.disc_weight, ctx)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             good = guard.ok(step, losses.loss.detach(), gnorm)
             if good:
                 opt.step()
             d_loss = torch.zeros(())
-            if good and opt_d is not None and loss_fn.gan_active(step):
+            if good and opt_d is not None and gan:
                 for group in opt_d.param_groups:
                     group["lr"] = lr
-                with ctx.autocast(cfg.run.bf16):
-                    d_loss = loss_fn.discriminator_loss(x, out.recon)
                 opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
+                d_parts = []
+                for k, rows in enumerate(parts):
+                    with sync_gradients(disc, last=k == len(parts) - 1):
+                        with ctx.autocast(cfg.run.bf16):
+                            d_loss = loss_fn.discriminator_loss(x[rows], recons[k])
+                        (d_loss / len(parts)).backward()
+                    d_parts.append(d_loss.detach())
+                d_loss = torch.stack(d_parts).mean()
                 d_norm = torch.nn.utils.get_total_norm(
                     [q.grad for q in loss_fn.discriminator.parameters() if q.grad is not None])
                 if guard.ok(step, d_loss.detach(), d_norm, what="discriminator loss or gradient"):

@@ -33,7 +33,10 @@ class DataConfig:
 class OptimConfig:
     steps: int = 2000  # optimizer steps
     batch_size: int = 64  # per process and micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    # micro-batches per optimizer step (gradient accumulation): the step's gradient is the
+    # whole batch's (the GAN's adaptive weight too); only the autoencoder's batch-statistic
+    # regulariser loss.entropy_weight is taken per micro-batch, as it is per process in DDP
+    grad_accum: int = 1
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * this
     warmup: int = 100
