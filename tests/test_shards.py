@@ -118,3 +118,24 @@ def test_shard_loader_workers_give_the_same_batches(shards):
 
     for a, b in zip(batches(0), batches(2)):
         assert torch.equal(a, b)
+
+
+def test_shard_an_image_folder_leaves_unreadable_files_out(tmp_path, shards):
+    """A folder of real images (the first Fashion-MNIST shard's, saved as PNG per class)
+    plus a broken file: the broken one is left out, not replaced by a repeat."""
+    from PIL import Image
+    ds = ShardDataset(shards)
+    root = tmp_path / "folder"
+    for i in range(12):
+        x, y = ds[i]
+        (root / f"c{y}").mkdir(parents=True, exist_ok=True)
+        img = ((x[0] + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(img, "L").save(root / f"c{y}" / f"{i}.png")
+    (root / f"c{ds[0][1]}" / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    assert main(["shard", str(root), str(out), "--image-size", "28", "--channels", "1",
+                 "--split", "all", "--shard-size", "5"]) == 0
+    got = ShardDataset(out)
+    assert len(got) == 12 and got.counts == [5, 5, 2]
+    images = {got[i][0].numpy().tobytes() for i in range(12)}
+    assert images == {ds[i][0].numpy().tobytes() for i in range(12)}  # each once

@@ -349,15 +349,15 @@ def cmd_encode(args) -> None:
 def cmd_shard(args) -> None:
     from .data import DATASET_SOURCES, build_dataset
     from .shards import write_shards
-    from .train import LimitedDataset
     if args.source not in DATASET_SOURCES and Path(args.source).is_dir() and not args.image_size:
         raise ConfigError(f"pass --image-size for the image folder {args.source}")
     ds = build_dataset(args.source, split=args.split, image_size=args.image_size,
                        channels=args.channels, data_dir=args.data_dir)
-    if 0 < args.limit < len(ds):
-        ds = LimitedDataset(ds, args.limit)
-    res = write_shards(ds, args.out_dir, args.shard_size, seed=args.seed, source=args.source,
-                       split=args.split)
+    if hasattr(ds, "scan"):  # an image folder: unreadable files are left out, not repeated
+        ds.scan()
+    keep = [i for i in range(len(ds)) if i not in getattr(ds, "unreadable", ())]
+    res = write_shards(ds, args.out_dir, args.shard_size, indices=keep[:args.limit or None],
+                       seed=args.seed, source=args.source, split=args.split)
     print(f"{res.num_samples} samples in {res.num_shards} shards at {res.root} "
           f"({res.num_samples / max(res.seconds, 1e-9):.0f} images/s); train with --data {res.root}")
 

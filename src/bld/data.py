@@ -371,6 +371,11 @@ class ImageFolderDataset(Dataset):
         """How many distinct unreadable files this process has met (and replaced) so far."""
         return len(self._bad)
 
+    @property
+    def unreadable(self) -> frozenset[int]:
+        """Indices of the files found unreadable so far (by scan() or when read)."""
+        return frozenset(self._bad)
+
     def __len__(self) -> int:
         return len(self.files)
 

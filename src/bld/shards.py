@@ -32,7 +32,7 @@ import tempfile
 import time
 from bisect import bisect_right
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .data import SPLITS, _install_dir, load_image
+from .data import SPLITS, _install_dir, image_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +75,27 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shards(dataset: Dataset, out_dir: str | os.PathLike, shard_size: int, *,
-                 seed: int = 0, source: str = "", split: str = "", progress: bool = True
-                 ) -> ShardWriteResult:
-    """Write ``dataset`` (items (float image (C, H, W) in [-1, 1], label)) as tar shards of
-    ``shard_size`` samples into the new folder ``out_dir``, atomically: the shards are
-    written under a temporary name beside it and renamed into place when all are done."""
+                 indices: Sequence[int] | None = None, seed: int = 0, source: str = "",
+                 split: str = "", progress: bool = True) -> ShardWriteResult:
+    """Write ``dataset`` (items (float image (C, H, W) in [-1, 1], label)), or its items
+    ``indices``, as tar shards of ``shard_size`` samples into the new folder ``out_dir``,
+    atomically: the shards are written under a temporary name beside it and renamed into
+    place when all are done."""
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder; shards go into "
                               "a new folder (choose another OUT_DIR or delete that one)")
-    n = len(dataset)
+    items = list(range(len(dataset)) if indices is None else indices)
+    n = len(items)
     if n == 0:
         raise ValueError("the dataset is empty; nothing to shard")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; shards are for every reader
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = [items[i] for i in
+             torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()]
     shards: list[dict] = []
     start = time.perf_counter()
     first, _ = dataset[order[0]]
@@ -135,7 +138,7 @@ class ShardDataset(Dataset):
     """Samples of a shard folder written by ``write_shards``, read one at a time.
 
     Items are (float image (C, S, S) in [-1, 1], int label), resized / converted like
-    ``load_image`` when ``image_size`` / ``channels`` differ from the written ones. Holds
+    ``load_image`` (``image_to_tensor``) when ``image_size`` / ``channels`` differ from the written ones. Holds
     the manifest and, per shard read so far, its member offsets (16 bytes per sample); no
     image data is kept. Safe in DataLoader worker processes (positional reads).
     """
@@ -213,7 +216,8 @@ class ShardDataset(Dataset):
             png, cls = os.pread(fd, png_size, png_at), os.pread(fd, cls_size, cls_at)
         finally:
             os.close(fd)
-        return load_image(io.BytesIO(png), self.image_size, self.channels), int(cls)
+        with Image.open(io.BytesIO(png)) as img:
+            return image_to_tensor(img, self.image_size, self.channels), int(cls)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)}, "

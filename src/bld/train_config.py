@@ -47,10 +47,7 @@ class OptimConfig:
     ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be 1 or more (micro-batches per optimizer "
-                             f"step), got {self.grad_accum}")
-        _check(self, steps=(1, None), batch_size=(1, None), warmup=(0, None),
+        _check(self, steps=(1, None), batch_size=(1, None), grad_accum=(1, None), warmup=(0, None),
                weight_decay=(0, None), min_lr_ratio=(0, 1), beta1=(0, 1), beta2=(0, 1),
                ema_decay=(0, 1))
         _check(self, strict=True, lr=(0, None), grad_clip=(0, None))
