@@ -92,8 +92,12 @@ def test_autoencoder_grad_accum_with_gan_equals_one_batch(tmp_path, monkeypatch,
 
 
 def test_grad_accum_must_be_positive(tmp_path, capsys, tiny_ae_args):
-    assert main(["train-ae", *tiny_ae_args, "--grad-accum", "0", "--out", str(tmp_path)]) == 2
+    assert main(["train-ae", *tiny_ae_args, "--set", "optim.grad_accum=0",
+                 "--out", str(tmp_path)]) == 2
     assert "grad_accum must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train-ae", *tiny_ae_args, "--grad-accum", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--grad-accum: must be at least 1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------- activation checkpointing
