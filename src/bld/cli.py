@@ -101,15 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train an autoencoder + class-conditional prior on "
-                       "Fashion-MNIST, then write samples, reconstructions, plots and a report")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+                       "Fashion-MNIST (or colour emoji), then write samples, reconstructions, "
+                       "plots and a report")
+    p.add_argument("--dataset", choices=("fashion-mnist", "emoji"), default="fashion-mnist",
+                   help="fashion-mnist (28 px grey, default) or emoji (64 px colour Twitter "
+                        "emoji from npm, one class per category; fetched with npm on first use)")
+    p.add_argument("--out", help="output folder (default runs/demo; runs/demo-emoji for emoji)")
     p.add_argument("--ae-steps", type=_positive, help="autoencoder training steps")
     p.add_argument("--prior-steps", type=_positive, help="prior training steps")
     p.add_argument("--limit", type=_count, default=0, help="use only N training images (0 = all)")
     p.add_argument("--eval-samples", type=_count, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
-    p.add_argument("--classifier-steps", type=_positive, default=1200,
-                   help="training steps of the FD classifier the report uses")
+    p.add_argument("--classifier-steps", type=_positive,
+                   help="training steps of the FD classifier the report uses "
+                        "(default 1200 for fashion-mnist, 600 for emoji)")
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="sampler's evidence weight lambda (see bld sample --help)")
     p.add_argument("--guidance", type=float, default=None,
@@ -457,7 +462,9 @@ def cmd_serve(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo import DemoSettings, run_demo
-    s = DemoSettings(out=Path(args.out), device=args.device, seed=args.seed, limit=args.limit,
+    from .demo import DEMO_DATASETS
+    out = args.out or DEMO_DATASETS[args.dataset][2]
+    s = DemoSettings(out=Path(out), dataset=args.dataset, device=args.device, seed=args.seed, limit=args.limit,
                      eval_samples=args.eval_samples, resume=args.resume,
                      classifier_steps=args.classifier_steps,
                      evidence_weight=args.evidence_weight, guidance=args.guidance,

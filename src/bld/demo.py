@@ -1,4 +1,4 @@
-"""`bld demo`: the main job on the built-in default dataset (Fashion-MNIST).
+"""`bld demo`: the main job on the built-in default dataset (Fashion-MNIST), or on colour emoji.
 
 Trains a binary autoencoder and a class-conditional Bernoulli prior, then writes a sample
 grid (one row per class, 16 steps), a reconstruction grid, loss curves and a report
@@ -22,16 +22,25 @@ import torch
 
 from . import __version__
 from .config import ConfigError, load_config_dict
-from .data import FASHION_MNIST_CLASSES, build_dataset
+from .data import build_dataset
 from .plots import image_grid, save_image
 from .sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
 
+# demo name -> (dataset source, preset name of both models, default output folder)
+DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
+    "fashion-mnist": ("fashion-mnist", "fashion-mnist", "runs/demo"),
+    "emoji": ("emoji-twitter", "emoji64", "runs/demo-emoji"),
+}
+# FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k)
+CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600}
+
 
 @dataclass
 class DemoSettings:
     out: Path = Path("runs/demo")
+    dataset: str = "fashion-mnist"  # a key of DEMO_DATASETS
     device: str = "auto"
     seed: int = 0
     limit: int = 0
@@ -44,7 +53,7 @@ class DemoSettings:
     evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT
     samples_per_class: int = 10
     eval_samples: int = 1000
-    classifier_steps: int = 1200
+    classifier_steps: int | None = None  # None: CLASSIFIER_STEPS[dataset]
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -73,9 +82,10 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
 
 def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, what: str,
                  train_fn) -> tuple[Any, Path]:
-    """Train one model from its fashion-mnist preset unless a finished run is there."""
+    """Train one model from the demo dataset's preset unless a finished run is there."""
     from .train_config import config_from_dict
-    cfg = config_from_dict(kind, load_config_dict(kind, "fashion-mnist", overrides))
+    preset = DEMO_DATASETS[s.dataset][1]
+    cfg = config_from_dict(kind, load_config_dict(kind, preset, overrides))
     run_dir = out / kind
     t0 = time.perf_counter()
     if not _stage_done(run_dir):
@@ -91,6 +101,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     from .loading import load_autoencoder, load_prior, resolve_device
     from .train import LimitedDataset, train_autoencoder, train_prior
 
+    if s.dataset not in DEMO_DATASETS:
+        raise ConfigError(f"unknown demo dataset {s.dataset!r}; choose one of {sorted(DEMO_DATASETS)}")
+    source = DEMO_DATASETS[s.dataset][0]
     out = s.out
     if out.exists() and any(out.iterdir()) and not s.resume:
         raise ConfigError(f"{out} is not empty; pass --resume to reuse its finished stages "
@@ -101,7 +114,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}"]
     if s.data_dir:
         common.append(f"data.data_dir={s.data_dir}")
-    build_dataset("fashion-mnist", split="test", data_dir=s.data_dir or None)  # fail early
+    build_dataset(source, split="test", data_dir=s.data_dir or None)  # fail early
 
     # 1. binary autoencoder
     ae_over = common + ([f"optim.steps={s.ae_steps}"] if s.ae_steps else [])
@@ -112,12 +125,12 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 2. latent cache
     cache = out / "latents_train.safetensors"
     t0 = time.perf_counter()
-    train_set = build_dataset("fashion-mnist", split="train", data_dir=s.data_dir or None)
+    train_set = build_dataset(source, split="train", data_dir=s.data_dir or None)
     if s.limit:
         train_set = LimitedDataset(train_set, s.limit)
     if not cache.exists():
         log.info("[2/4] encoding %d training images to packed bits", len(train_set))
-        encode_dataset(ae, train_set, cache, device=device, metadata={"source": "fashion-mnist"})
+        encode_dataset(ae, train_set, cache, device=device, metadata={"source": source})
     s.timings["encode_s"] = time.perf_counter() - t0
 
     # 3. class-conditional prior
@@ -138,7 +151,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                     evidence_weight=s.evidence_weight, seed=s.seed)
     res = pipe(class_labels=torch.arange(nc).repeat_interleave(k), output_type="pt", **sampling)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
-    test_set = build_dataset("fashion-mnist", split="test", data_dir=s.data_dir or None)
+    test_set = build_dataset(source, split="test", data_dir=s.data_dir or None)
     from .evaluation import dataset_tensors
     from .figures import class_rows_figure, trajectory_figure
     xt, yt = dataset_tensors(test_set)
@@ -176,7 +189,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                   "schedule": prior.config.diffusion.schedule,
                   "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size},
         "times": s.timings, "figures": figures,
-        "classes": list(prior.classes) or list(FASHION_MNIST_CLASSES),
+        "dataset": s.dataset, "source": source,
+        "classes": list(prior.classes) or list(test_set.classes),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
@@ -191,9 +205,11 @@ def _evaluate(prior, ae, xt, yt, recon, s: DemoSettings, out: Path, device) -> d
     from .evaluation import evaluate_prior, load_classifier, train_and_save_classifier
     cls_dir = out / "classifier"
     t0 = time.perf_counter()
+    if s.classifier_steps is None:
+        s.classifier_steps = CLASSIFIER_STEPS[s.dataset]
     if not (cls_dir / "config.json").exists():
         log.info("training the FD classifier (%d steps)", s.classifier_steps)
-        train_and_save_classifier("fashion-mnist", cls_dir, steps=s.classifier_steps,
+        train_and_save_classifier(DEMO_DATASETS[s.dataset][0], cls_dir, steps=s.classifier_steps,
                                   seed=s.seed, data_dir=s.data_dir or None)
     clf, meta = load_classifier(cls_dir, device)
     s.timings["classifier_s"] = time.perf_counter() - t0
