@@ -20,7 +20,9 @@ from bld.data import (
     TensorImageDataset,
     build_dataset,
     extract_emoji_tarball,
+    extract_openmoji_tarball,
     find_fashion_mnist,
+    prepare_openmoji,
 )
 
 # --------------------------------------------------------------------------------------
@@ -237,3 +239,64 @@ def test_extract_emoji_tarball(tmp_path):
     with pytest.raises(ValueError, match="no 64px twitter images"):
         extract_emoji_tarball(bad, "twitter", tmp_path / "b")
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.tmp-*"))
+
+
+# A 72x72 OpenMoji-like SVG: a red square on the left half, the rest transparent.
+_SVG = (b'<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">'
+        b'<rect x="0" y="0" width="36" height="72" fill="#ff0000"/></svg>')
+
+
+def test_extract_openmoji_tarball(tmp_path):
+    pytest.importorskip("cairosvg", reason="cairosvg is installed by scripts/setup.sh --test")
+    entries = [
+        {"hexcode": "1F600", "group": "smileys-emotion", "skintone": ""},
+        {"hexcode": "1F44D", "group": "people-body", "skintone": ""},
+        {"hexcode": "1F44D-1F3FB", "group": "people-body", "skintone": "1"},  # a tone variant
+        {"hexcode": "1F3FB", "group": "component", "skintone": ""},          # a swatch: dropped
+        {"hexcode": "1F34E", "group": "food-drink", "skintone": ""},         # no SVG: skipped
+    ]
+    tgz = tmp_path / "openmoji-17.0.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        _add(tar, "package/data/openmoji.json", json.dumps(entries).encode())
+        for hexcode in ("1F600", "1F44D", "1F44D-1F3FB", "1F3FB"):
+            _add(tar, f"package/color/svg/{hexcode}.svg", _SVG)
+
+    out = extract_openmoji_tarball(tgz, 96, tmp_path / "om", workers=1, progress=False)
+    assert out.num_images == 2 and out.categories == {"people_body": 1, "smileys_emotion": 1}
+    img = Image.open(tmp_path / "om" / "smileys_emotion" / "1F600.png")
+    assert img.mode == "RGB" and img.size == (96, 96)
+    a = np.asarray(img)
+    assert (a[:, :40] == (255, 0, 0)).all()       # the drawn half, at the asked size
+    assert (a[:, 56:] == (255, 255, 255)).all()   # transparency flattened on white
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folder left
+
+    # two processes give the same files; the skin-tone variant is kept on request
+    two = extract_openmoji_tarball(tgz, 96, tmp_path / "om2", skin_tones=True, workers=2, progress=False)
+    assert two.categories == {"people_body": 2, "smileys_emotion": 1}
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "om2" / "smileys_emotion" / "1F600.png")), a)
+
+    # prepared: build_dataset reads it without npm; a second prepare is a no-op
+    ds = build_dataset("openmoji", "all", image_size=96, data_dir=tmp_path / "om")
+    assert ds.classes == ("people_body", "smileys_emotion") and ds[0][0].shape == (3, 96, 96)
+    mtime = (tmp_path / "om" / "smileys_emotion" / "1F600.png").stat().st_mtime_ns
+    again = prepare_openmoji(96, tmp_path / "om", tarball=tgz, progress=False)
+    assert again.num_images == 2
+    assert (tmp_path / "om" / "smileys_emotion" / "1F600.png").stat().st_mtime_ns == mtime
+
+    with pytest.raises(ValueError, match="64 to 1024"):
+        prepare_openmoji(2048, tmp_path / "big", tarball=tgz)
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        prepare_openmoji(64, tmp_path / "x", tarball=tmp_path / "missing.tgz")
+    bad = tmp_path / "bad.tgz"
+    with tarfile.open(bad, "w:gz") as tar:
+        _add(tar, "package/data/openmoji.json", json.dumps(entries).encode())
+    with pytest.raises(ValueError, match="no colour SVGs"):
+        extract_openmoji_tarball(bad, 64, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.tmp-*"))
+
+
+def test_prepare_openmoji_without_npm(tmp_path, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(DatasetNotFoundError, match="npm.*not found.*--tarball"):
+        prepare_openmoji(64, tmp_path / "om")
+    assert not (tmp_path / "om").exists()

@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
     p.add_argument("--vendor", choices=["twitter", "google"], default="twitter")
     p.add_argument("--dest", help="folder (default ~/.cache/bld/emoji-VENDOR)")
+
+    p = sub.add_parser("prepare-openmoji", help="fetch OpenMoji from npm and rasterise its colour "
+                       "SVGs into a class-labelled image folder (classes = emoji groups)")
+    p.add_argument("--size", type=int, default=256, help="image size in px, 64..1024 (default 256)")
+    p.add_argument("--dest", help="folder (default ~/.cache/bld/openmoji-SIZE)")
+    p.add_argument("--tarball", help="a local openmoji-17.0.0.tgz instead of `npm pack`")
+    p.add_argument("--skin-tones", action="store_true",
+                   help="keep the 2,030 skin-tone variants (dropped by default)")
     return ap
 
 
@@ -373,6 +381,13 @@ def cmd_prepare_emoji(args) -> None:
     print(f"{res.num_images} images in {len(res.categories)} categories at {res.root}")
 
 
+def cmd_prepare_openmoji(args) -> None:
+    from .data import prepare_openmoji
+    r = prepare_openmoji(args.size, args.dest, skin_tones=args.skin_tones, tarball=args.tarball)
+    print(f"{r.num_images} images of {args.size} px in {len(r.categories)} classes at {r.root}: "
+          + ", ".join(f"{k} {v}" for k, v in r.categories.items()))
+
+
 def cmd_train_classifier(args) -> None:
     from .evaluation import train_and_save_classifier
     res = train_and_save_classifier(args.data, args.out, steps=args.steps, seed=args.seed,
@@ -489,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-prior": lambda a: cmd_train(a, "prior"),
         "encode": cmd_encode, "sample": cmd_sample, "inpaint": cmd_inpaint,
         "reconstruct": cmd_reconstruct, "prepare-emoji": cmd_prepare_emoji, "shard": cmd_shard,
+        "prepare-openmoji": cmd_prepare_openmoji,
         "train-classifier": cmd_train_classifier, "eval": cmd_eval, "serve": cmd_serve,
     }
     from .checkpoint import CheckpointError, RunLockedError, TrainingError

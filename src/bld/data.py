@@ -6,6 +6,7 @@ label, and exposes `.classes` and `.num_classes`. `build_dataset` is the one ent
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -441,6 +442,35 @@ def _count_images(root: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _already_prepared(dest: Path) -> PreparedEmoji | None:
+    """What a non-empty prepared folder holds (prepare_* leave it alone), else None."""
+    if dest.is_dir() and any(dest.iterdir()):
+        counts = _count_images(dest)
+        return PreparedEmoji(dest, sum(counts.values()), counts)
+    return None
+
+
+def _package_index(tar: tarfile.TarFile, index: str, what: str) -> tuple[dict, list]:
+    """(file members by name, the parsed JSON index) of an npm package tarball."""
+    members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    if index not in members:
+        raise ValueError(f"{tar.name} has no {index}; is it {what}?")
+    return members, json.load(tar.extractfile(members[index]))
+
+
+@contextlib.contextmanager
+def _filled_atomically(dest: Path):
+    """A temporary sibling folder to fill; renamed to dest on success, removed on any error."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        _install_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _install_dir(tmp: Path, dest: Path) -> None:
     """Rename a finished folder into place; if another process got there first, keep theirs."""
     if dest.exists() and not any(dest.iterdir()):
@@ -467,17 +497,11 @@ def extract_emoji_tarball(tarball: str | os.PathLike, vendor: str, dest: str | o
     """
     _check_vendor(vendor)
     dest = Path(dest).expanduser()
-    if dest.is_dir() and any(dest.iterdir()):
-        counts = _count_images(dest)
-        return PreparedEmoji(dest, sum(counts.values()), counts)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    if (done := _already_prepared(dest)) is not None:
+        return done
+    with _filled_atomically(dest) as tmp:
         with tarfile.open(tarball, "r:*") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            if "package/emoji.json" not in members:
-                raise ValueError(f"{tarball} has no package/emoji.json; is it an emoji-datasource tarball?")
-            entries = json.load(tar.extractfile(members["package/emoji.json"]))
+            members, entries = _package_index(tar, "package/emoji.json", "an emoji-datasource tarball")
             wanted: list[tuple[str, str]] = []  # (category, image file name)
             for e in entries:
                 variants = [e] + (list((e.get("skin_variations") or {}).values()) if skin_tones else [])
@@ -496,10 +520,6 @@ def extract_emoji_tarball(tarball: str | os.PathLike, vendor: str, dest: str | o
                 counts[folder.name] = counts.get(folder.name, 0) + 1
         if not counts:
             raise ValueError(f"{tarball} holds no 64px {vendor} images under package/img/{vendor}/64/")
-        _install_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     counts = dict(sorted(counts.items()))
     logger.info("emoji-%s: %d images in %d categories at %s", vendor, sum(counts.values()), len(counts), dest)
     return PreparedEmoji(dest, sum(counts.values()), counts)
@@ -515,36 +535,156 @@ def prepare_emoji(vendor: str = "twitter", dest: str | os.PathLike | None = None
     """
     _check_vendor(vendor)
     dest = Path(dest).expanduser() if dest is not None else default_emoji_dir(vendor)
-    if dest.is_dir() and any(dest.iterdir()):
-        counts = _count_images(dest)
-        return PreparedEmoji(dest, sum(counts.values()), counts)
+    if (done := _already_prepared(dest)) is not None:
+        return done
     package = f"emoji-datasource-{vendor}@{version}"
     manual = (f"Or download https://registry.npmjs.org/emoji-datasource-{vendor}/-/emoji-datasource-{vendor}-"
               f"{version}.tgz and call bld.data.extract_emoji_tarball(<tgz>, {vendor!r}, {str(dest)!r}).")
+    with tempfile.TemporaryDirectory(prefix="bld-emoji-") as tmp:
+        return extract_emoji_tarball(npm_pack(package, Path(tmp), manual), vendor, dest,
+                                     skin_tones=skin_tones)
+
+
+def npm_pack(package: str, into: Path, manual: str) -> Path:
+    """`npm pack PACKAGE` into a folder; the tarball's path. Errors say how to do it by hand."""
     npm = shutil.which("npm")
     if npm is None:
         raise DatasetNotFoundError(f"`npm` not found; it is needed to fetch {package}. Install Node.js "
                                    f"(e.g. `sudo apt-get install npm`). {manual}")
-    with tempfile.TemporaryDirectory(prefix="bld-emoji-") as tmp:
-        logger.info("fetching %s with npm pack", package)
-        try:
-            result = subprocess.run([npm, "pack", package, "--silent"], cwd=tmp, capture_output=True,
-                                    text=True, timeout=600)
-        except subprocess.TimeoutExpired as e:
-            raise DatasetNotFoundError(f"`npm pack {package}` timed out after {e.timeout:.0f} s. {manual}") from e
-        tarballs = sorted(Path(tmp).glob("*.tgz"))
-        if result.returncode != 0 or not tarballs:
-            raise DatasetNotFoundError(
-                f"`npm pack {package}` failed (exit {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()[-800:]}\n{manual}")
-        return extract_emoji_tarball(tarballs[0], vendor, dest, skin_tones=skin_tones)
+    logger.info("fetching %s with npm pack", package)
+    try:
+        result = subprocess.run([npm, "pack", package, "--silent"], cwd=into, capture_output=True,
+                                text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        raise DatasetNotFoundError(f"`npm pack {package}` timed out after {e.timeout:.0f} s. {manual}") from e
+    tarballs = sorted(Path(into).glob("*.tgz"))
+    if result.returncode != 0 or not tarballs:
+        raise DatasetNotFoundError(
+            f"`npm pack {package}` failed (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-800:]}\n{manual}")
+    return tarballs[0]
+
+
+# --------------------------------------------------------------------------------------
+# OpenMoji (npm `openmoji`): colour SVGs rasterised at any size from 64 to 1024 px
+# --------------------------------------------------------------------------------------
+
+OPENMOJI_VERSION = "17.0.0"
+OPENMOJI_SIZES = (64, 1024)  # inclusive range of --size
+OPENMOJI_DROPPED_GROUPS = ("component",)  # skin-tone swatches and hair parts, not emoji
+
+
+def default_openmoji_dir(size: int) -> Path:
+    """~/.cache/bld/openmoji-<size> (XDG_CACHE_HOME respected)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "bld" / f"openmoji-{size}"
+
+
+def _check_openmoji_size(size: int) -> None:
+    lo, hi = OPENMOJI_SIZES
+    if not (isinstance(size, int) and lo <= size <= hi):
+        raise ValueError(f"OpenMoji size must be an integer from {lo} to {hi} px, got {size!r}")
+
+
+def rasterise_svg(svg: bytes, size: int) -> Image.Image:
+    """An SVG drawn at size x size with cairosvg, its transparency flattened on white (RGB)."""
+    try:
+        import cairosvg
+    except (ImportError, OSError) as e:  # OSError: the system libcairo is missing
+        raise DatasetNotFoundError(
+            "rasterising SVGs needs cairosvg and the system cairo library: "
+            "`pip install cairosvg` and `sudo apt-get install libcairo2` "
+            f"(scripts/setup.sh --test installs both); import failed with: {e}") from e
+    import io
+    png = cairosvg.svg2png(bytestring=svg, output_width=size, output_height=size)
+    rgba = Image.open(io.BytesIO(png)).convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _render_to(job: tuple[bytes, int, str]) -> str:
+    svg, size, out = job
+    rasterise_svg(svg, size).save(out, optimize=False)
+    return out
+
+
+def extract_openmoji_tarball(tarball: str | os.PathLike, size: int, dest: str | os.PathLike,
+                             skin_tones: bool = False, workers: int | None = None,
+                             progress: bool = True) -> PreparedEmoji:
+    """Write dest/<group>/<hexcode>.png (RGB, size x size) from an `openmoji` npm tarball.
+
+    Reads package/data/openmoji.json (fields `hexcode`, `group`, `skintone`) and rasterises
+    package/color/svg/<hexcode>.svg. Skin-tone variants (2,030 of the 4,495, all in
+    people-body) are dropped unless skin_tones=True, so no class is mostly copies of one
+    group; the `component` group (tone swatches, hair parts) is always dropped. Classes are
+    the groups. Members are read, never extracted; the folder is filled under a temporary
+    name and renamed into place, and an existing non-empty `dest` is left alone.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm.auto import tqdm
+    _check_openmoji_size(size)
+    dest = Path(dest).expanduser()
+    if (done := _already_prepared(dest)) is not None:
+        return done
+    with _filled_atomically(dest) as tmp:
+        with tarfile.open(tarball, "r:*") as tar:
+            members, entries = _package_index(tar, "package/data/openmoji.json", "the openmoji tarball")
+            jobs: list[tuple[bytes, int, str]] = []
+            counts: dict[str, int] = {}
+            for e in entries:
+                hexcode, group = str(e.get("hexcode", "")), _slug(str(e.get("group") or "other"))
+                if group in OPENMOJI_DROPPED_GROUPS or (e.get("skintone") and not skin_tones):
+                    continue
+                member = members.get(f"package/color/svg/{hexcode}.svg")
+                if member is None or not re.fullmatch(r"[0-9A-Fa-f-]+", hexcode):
+                    continue
+                (tmp / group).mkdir(exist_ok=True)
+                jobs.append((tar.extractfile(member).read(), size, str(tmp / group / f"{hexcode}.png")))
+                counts[group] = counts.get(group, 0) + 1
+        if not jobs:
+            raise ValueError(f"{tarball} holds no colour SVGs under package/color/svg/")
+        workers = workers or min(4, os.cpu_count() or 1)
+        bar = tqdm(total=len(jobs), desc=f"openmoji {size}px", unit="img", disable=not progress)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_render_to, jobs, chunksize=16):
+                    bar.update()
+        else:
+            for job in jobs:
+                _render_to(job)
+                bar.update()
+        bar.close()
+    counts = dict(sorted(counts.items()))
+    logger.info("openmoji-%d: %d images in %d groups at %s", size, sum(counts.values()), len(counts), dest)
+    return PreparedEmoji(dest, sum(counts.values()), counts)
+
+
+def prepare_openmoji(size: int = 256, dest: str | os.PathLike | None = None, skin_tones: bool = False,
+                     version: str = OPENMOJI_VERSION, tarball: str | os.PathLike | None = None,
+                     progress: bool = True) -> PreparedEmoji:
+    """Fetch `openmoji@<version>` with `npm pack` (or use a local tarball) and rasterise it
+    into dest/<group>/*.png at size x size (dest defaults to default_openmoji_dir(size)).
+    Returns at once if dest already holds images."""
+    _check_openmoji_size(size)
+    dest = Path(dest).expanduser() if dest is not None else default_openmoji_dir(size)
+    if (done := _already_prepared(dest)) is not None:
+        return done
+    if tarball is not None:
+        if not Path(tarball).is_file():
+            raise DatasetNotFoundError(f"OpenMoji tarball {tarball} does not exist")
+        return extract_openmoji_tarball(tarball, size, dest, skin_tones, progress=progress)
+    manual = (f"Or download https://registry.npmjs.org/openmoji/-/openmoji-{version}.tgz and pass it "
+              "with `bld prepare-openmoji --tarball <tgz>`.")
+    with tempfile.TemporaryDirectory(prefix="bld-openmoji-") as tmp:
+        return extract_openmoji_tarball(npm_pack(f"openmoji@{version}", Path(tmp), manual), size,
+                                        dest, skin_tones, progress=progress)
 
 
 # --------------------------------------------------------------------------------------
 # One entry point
 # --------------------------------------------------------------------------------------
 
-DATASET_SOURCES = ("fashion-mnist", "emoji-twitter", "emoji-google")  # or any folder path
+DATASET_SOURCES = ("fashion-mnist", "emoji-twitter", "emoji-google", "openmoji")  # or any folder path
 
 
 def build_dataset(source: str, split: str | None = "train", image_size: int | None = None,
@@ -559,6 +699,9 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
         Native 64x64 RGB. train/test = 90/10 by a hash of each file's relative path.
       * a folder written by `bld shard` (it holds shards.json): its tar shards, read one
         sample at a time (bld.shards.ShardDataset); split must be the one written, or "all".
+      * "openmoji": OpenMoji colour emoji rasterised at image_size (64..1024, default 256),
+        one class per group; data_dir = the prepared folder (default
+        ~/.cache/bld/openmoji-<size>, fetched with npm and rasterised if missing). Same split.
       * anything else: a folder of images (ImageFolderDataset, classes from subfolders), same
         90/10 hash split; image_size is then required.
     split: "train", "test", or "all"/None for everything.
@@ -583,6 +726,12 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
     from .shards import ShardDataset, is_shard_folder
     if is_shard_folder(source):
         return ShardDataset(source, image_size=image_size, channels=channels, split=split)
+    if source == "openmoji":
+        size = image_size or 256
+        root = Path(data_dir).expanduser() if data_dir is not None else default_openmoji_dir(size)
+        if not (root.is_dir() and any(root.iterdir())):
+            prepare_openmoji(size, root)
+        return ImageFolderDataset(root, size, channels or 3, labels="subfolders", split=split)
     if not Path(source).expanduser().is_dir():
         raise DatasetNotFoundError(
             f"unknown dataset source {source!r}: not one of {', '.join(DATASET_SOURCES)}, and no folder "
