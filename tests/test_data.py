@@ -254,15 +254,18 @@ def test_extract_openmoji_tarball(tmp_path):
         {"hexcode": "1F44D-1F3FB", "group": "people-body", "skintone": "1"},  # a tone variant
         {"hexcode": "1F3FB", "group": "component", "skintone": ""},          # a swatch: dropped
         {"hexcode": "1F34E", "group": "food-drink", "skintone": ""},         # no SVG: skipped
+        {"hexcode": "1F4A9", "group": "objects", "skintone": ""},            # broken SVG: counted
     ]
     tgz = tmp_path / "openmoji-17.0.0.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
         _add(tar, "package/data/openmoji.json", json.dumps(entries).encode())
         for hexcode in ("1F600", "1F44D", "1F44D-1F3FB", "1F3FB"):
             _add(tar, f"package/color/svg/{hexcode}.svg", _SVG)
+        _add(tar, "package/color/svg/1F4A9.svg", b"<svg")
 
     out = extract_openmoji_tarball(tgz, 96, tmp_path / "om", workers=1, progress=False)
     assert out.num_images == 2 and out.categories == {"people_body": 1, "smileys_emotion": 1}
+    assert out.skipped == 1 and not (tmp_path / "om" / "objects").exists()
     img = Image.open(tmp_path / "om" / "smileys_emotion" / "1F600.png")
     assert img.mode == "RGB" and img.size == (96, 96)
     a = np.asarray(img)
@@ -272,7 +275,7 @@ def test_extract_openmoji_tarball(tmp_path):
 
     # two processes give the same files; the skin-tone variant is kept on request
     two = extract_openmoji_tarball(tgz, 96, tmp_path / "om2", skin_tones=True, workers=2, progress=False)
-    assert two.categories == {"people_body": 2, "smileys_emotion": 1}
+    assert two.categories == {"people_body": 2, "smileys_emotion": 1} and two.skipped == 1
     assert np.array_equal(np.asarray(Image.open(tmp_path / "om2" / "smileys_emotion" / "1F600.png")), a)
 
     # prepared: build_dataset reads it without npm; a second prepare is a no-op

@@ -415,6 +415,7 @@ class PreparedEmoji(NamedTuple):
     root: Path
     num_images: int
     categories: dict[str, int]  # folder name -> image count
+    skipped: int = 0  # source images that could not be converted (named in the log)
 
 
 def _slug(name: str) -> str:
@@ -602,10 +603,17 @@ def rasterise_svg(svg: bytes, size: int) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _render_to(job: tuple[bytes, int, str]) -> str:
+def _render_to(job: tuple[bytes, int, str]) -> str | None:
+    """Rasterise one SVG to a PNG; the error's text if cairosvg cannot draw it, else None."""
     svg, size, out = job
-    rasterise_svg(svg, size).save(out, optimize=False)
-    return out
+    try:
+        img = rasterise_svg(svg, size)
+    except DatasetNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001  (cairosvg raises many kinds on a bad SVG)
+        return f"{type(e).__name__}: {e}"
+    img.save(out, optimize=False)
+    return None
 
 
 def extract_openmoji_tarball(tarball: str | os.PathLike, size: int, dest: str | os.PathLike,
@@ -645,18 +653,32 @@ def extract_openmoji_tarball(tarball: str | os.PathLike, size: int, dest: str | 
             raise ValueError(f"{tarball} holds no colour SVGs under package/color/svg/")
         workers = workers or min(4, os.cpu_count() or 1)
         bar = tqdm(total=len(jobs), desc=f"openmoji {size}px", unit="img", disable=not progress)
+        results: list[str | None] = []
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
-                for _ in pool.map(_render_to, jobs, chunksize=16):
+                for r in pool.map(_render_to, jobs, chunksize=16):
+                    results.append(r)
                     bar.update()
         else:
             for job in jobs:
-                _render_to(job)
+                results.append(_render_to(job))
                 bar.update()
         bar.close()
+        failed = [(Path(job[2]), err) for job, err in zip(jobs, results) if err is not None]
+        for path, err in failed:
+            counts[path.parent.name] -= 1
+        if failed:
+            logger.warning("openmoji: %d of %d SVGs could not be drawn and were skipped (%s)",
+                           len(failed), len(jobs), "; ".join(f"{p.stem}: {e}" for p, e in failed[:3]))
+        if len(failed) == len(jobs):
+            raise ValueError(f"none of the {len(jobs)} SVGs in {tarball} could be drawn: {failed[0][1]}")
+        counts = {k: v for k, v in counts.items() if v > 0}
+        for group in {p.parent for p, _ in failed}:
+            if not any(group.iterdir()):
+                group.rmdir()
     counts = dict(sorted(counts.items()))
     logger.info("openmoji-%d: %d images in %d groups at %s", size, sum(counts.values()), len(counts), dest)
-    return PreparedEmoji(dest, sum(counts.values()), counts)
+    return PreparedEmoji(dest, sum(counts.values()), counts, skipped=len(failed))
 
 
 def prepare_openmoji(size: int = 256, dest: str | os.PathLike | None = None, skin_tones: bool = False,
