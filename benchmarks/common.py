@@ -207,7 +207,7 @@ def write_report(bench: Bench, title: str, sections: Iterable[str]) -> None:
             f"Measured {env['date']} on {env['cpu']} ({env['cpu_count']} CPUs, "
             f"{env['torch_threads']} torch threads, load average {env['load_average']}), "
             f"torch {env['torch']}; the script took {bench.elapsed / 60:.1f} min.", "",
-            "Command: `python " + " ".join([f"benchmarks/{bench.name}.py", *sys.argv[1:]]) + "`",
+            "Command: `python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]) + "`",
             ""]
     text = "\n".join(head) + "\n" + "\n".join(s.rstrip("\n") for s in sections) + "\n"
     bench.path(".md").write_text(text)

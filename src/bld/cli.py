@@ -386,7 +386,7 @@ def cmd_prepare_openmoji(args) -> None:
     r = prepare_openmoji(args.size, args.dest, skin_tones=args.skin_tones, tarball=args.tarball)
     print(f"{r.num_images} images of {args.size} px in {len(r.categories)} classes at {r.root}: "
           + ", ".join(f"{k} {v}" for k, v in r.categories.items())
-          + (f"; {r.skipped} SVGs could not be drawn and were skipped" if r.skipped else ""))
+          + (f"; {r.skipped} SVG{'s' if r.skipped > 1 else ''} could not be drawn and skipped" if r.skipped else ""))
 
 
 def cmd_train_classifier(args) -> None:
