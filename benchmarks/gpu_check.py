@@ -93,7 +93,8 @@ def _stage(work: Path, name: str, fn) -> dict:
 def check_size(size: int, args, plan: dict) -> dict:
     from bld.cli import main as bld
     from bld.config import load_config_dict
-    from bld.train import config_from_dict, train_autoencoder, train_prior
+    from bld.train import train_autoencoder, train_prior
+    from bld.train_config import config_from_dict
 
     work = args.work / str(size)
     work.mkdir(parents=True, exist_ok=True)

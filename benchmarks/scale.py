@@ -68,7 +68,8 @@ def _rss_mb() -> float:
 
 def _configs(size: int, quick: bool, extra_ae: list[str]):
     from bld.config import load_config_dict
-    from bld.train import config_from_dict, resolve_prior_config
+    from bld.train import resolve_prior_config
+    from bld.train_config import config_from_dict
     preset = PRESETS[size]
     ae_cfg = config_from_dict("autoencoder", load_config_dict(
         "autoencoder", preset, (QUICK_AE if quick else []) + extra_ae))

@@ -16,7 +16,8 @@ from bld.config import load_config_dict
 from bld.data import DatasetNotFoundError, build_dataset
 from bld.denoiser import Denoiser
 from bld.diffusion import BernoulliDiffusion
-from bld.train import config_from_dict, resolve_prior_config
+from bld.train import resolve_prior_config
+from bld.train_config import config_from_dict
 
 REDUCED_AE = ["model.channels=4", "model.hidden=16"]
 
