@@ -53,3 +53,44 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
     before = (out / "prior" / "done.json").read_text()
     assert main(args + ["--resume"]) == 0
     assert (out / "prior" / "done.json").read_text() == before
+
+
+def _emoji_like_folder(root, per_class=20):
+    """64 px RGBA drawings on transparent ground, one shape per category, colours varied."""
+    from PIL import Image, ImageDraw
+    shapes = {"circles": "ellipse", "squares": "rectangle", "bars": "bar"}
+    for c, (name, shape) in enumerate(shapes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+            d = ImageDraw.Draw(img)
+            colour = (40 + 10 * i, 200 - 8 * i, 60 + 60 * c, 255)
+            box = (8 + i % 5, 8 + i % 7, 56 - i % 3, 56 - i % 4)
+            if shape == "ellipse":
+                d.ellipse(box, fill=colour, outline=(0, 0, 0, 255), width=2)
+            elif shape == "rectangle":
+                d.rectangle(box, fill=colour, outline=(0, 0, 0, 255), width=2)
+            else:
+                d.rectangle((box[0], 28, box[2], 36), fill=colour)
+            img.save(root / name / f"{i:03d}.png")
+
+
+def test_demo_on_colour_emoji(tmp_path):
+    # `--dataset emoji` on a prepared folder (as `bld prepare-emoji` writes it): no npm call,
+    # the emoji64 presets, one sample row per category, 64 px colour everywhere
+    from PIL import Image
+    data = tmp_path / "emoji"
+    _emoji_like_folder(data)
+    out = tmp_path / "demo"
+    assert main(["demo", "--dataset", "emoji", "--data-dir", str(data), "--out", str(out),
+                 "--ae-steps", "2", "--prior-steps", "2", "--eval-samples", "0",
+                 "--device", "cpu"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dataset"] == "emoji" and rep["source"] == "emoji-twitter"
+    assert rep["classes"] == ["bars", "circles", "squares"]
+    assert rep["autoencoder"]["latent_shape"] == [32, 8, 8]
+    grid = Image.open(out / "samples.png")
+    assert grid.mode == "RGB" and grid.height > 3 * 64  # three rows of 64 px colour samples
+    from bld.checkpoint import find_latest
+    ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
+    assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "emoji64", [])["model"]}

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the prior preset's sample_guidance)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--data-dir", help="Fashion-MNIST folder if not in its Debian location")
+    p.add_argument("--data-dir", help="the dataset's folder if not in its default place (Debian's Fashion-MNIST, ~/.cache/bld/emoji-twitter)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train-ae", help="train a binary autoencoder from a YAML config")
