@@ -35,10 +35,10 @@ log = logging.getLogger("bench")
 
 # size -> autoencoder overrides, AE steps x batch, prior preset, prior steps x batch
 BUDGETS = {
-    256: {"ae": ["model.channels=16", "model.hidden=64"], "ae_steps": 500, "ae_batch": 8,
-          "prior_preset": "small", "prior_steps": 600, "prior_batch": 16},
-    1024: {"ae": ["model.channels=8", "model.hidden=32"], "ae_steps": 200, "ae_batch": 2,
-           "prior_preset": "small", "prior_steps": 200, "prior_batch": 8},
+    256: {"ae": ["model.channels=16", "model.hidden=64"], "ae_steps": 250, "ae_batch": 8,
+          "prior_preset": "small", "prior_steps": 400, "prior_batch": 16},
+    1024: {"ae": ["model.channels=8", "model.hidden=32"], "ae_steps": 120, "ae_batch": 2,
+           "prior_preset": "small", "prior_steps": 150, "prior_batch": 8},
 }
 CPU_LOSS = ["loss.l1_weight=0", "loss.mse_weight=1", "loss.disc_weight=0",
             "model.train_bits=threshold", "optim.lr=0.002", "optim.warmup=50",
@@ -85,7 +85,7 @@ def main() -> None:
     b = dict(BUDGETS[size])
     if args.quick:
         b.update(ae_steps=3, ae_batch=2, prior_steps=3, prior_batch=2, prior_preset="tiny")
-    bench = common.setup(f"highres_{size}", args, "30-60 min", "2-4 min")
+    bench = common.setup(f"highres_{size}", args, "20-40 min", "2-4 min")
     work = args.work or Path(f"runs/highres-{size}{'-quick' if args.quick else ''}")
     work.mkdir(parents=True, exist_ok=True)
     data = ["--data", "openmoji", "--set", f"data.image_size={size}"]
