@@ -60,7 +60,8 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
                    help="bf16 autocast (CPU and CUDA)")
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="dataset: fashion-mnist, emoji-twitter, emoji-google, "
-                                  "or a folder of images (class labels from subfolders)")
+                                  "a folder of images (class labels from subfolders), or a "
+                                  "folder of shards written by `bld shard`")
     p.add_argument("--data-dir", help="where the dataset lives if not in its default place")
 
 

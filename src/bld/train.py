@@ -144,8 +144,9 @@ class ShardBatchSampler(StepBatchSampler):
 
     Each epoch the shards are shuffled (seeded by (seed, epoch)) and rank r takes every
     world-th of them, so the processes read distinct shards; it reads its shards one after
-    another, each in a shuffled order. Every rank's epoch is cut to the shortest rank's
-    share, so the ranks start epochs together. Still a pure function of (seed, step, rank).
+    another, each in a shuffled order. Every rank's epoch is cut to the smallest share a rank
+    can get (the len // world smallest shards), so all ranks and epochs have the same number
+    of steps. Still a pure function of (seed, step, rank).
     """
 
     def __init__(self, counts: list[int], batch_size: int, seed: int, rank: int, world: int,

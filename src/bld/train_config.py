@@ -19,6 +19,7 @@ from .diffusion import DiffusionConfig
 @dataclass
 class DataConfig:
     source: str = "fashion-mnist"  # fashion-mnist | emoji-twitter | emoji-google | a folder
+    # of images | a folder of shards written by `bld shard`
     data_dir: str = ""  # where the dataset lives, when not in its default place
     image_size: int = 0  # 0 = the dataset's own (28 for Fashion-MNIST, 64 for emoji)
     channels: int = 0  # 0 = the dataset's own
