@@ -4,7 +4,10 @@ Figures in the READMEs are never typed by hand. This script
 
 * with ``--run RUN_DIR``: copies the demo run's ``report.json`` to ``docs/demo_report.json``
   and its sample grid, reconstructions and prior loss curve to ``docs/``, and writes the
-  ``demo_*`` keys of ``benchmarks/results/headline.json``;
+  ``demo_*`` keys of ``benchmarks/results/headline.json``; ``--emoji-run`` does the same for
+  a ``bld demo --dataset emoji`` run (``docs/emoji_demo_*``, ``emoji_demo_*`` keys);
+* renders the OpenMoji 256 / 1024 px runs (``benchmarks/results/highres_*.json``) into
+  README.md and the cost-growth table (``scale.json``) into benchmarks/README.md;
 * always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
   from ``docs/demo_report.json``, the one between ``<!-- headline:start -->`` / ``end``
   in benchmarks/README.md from ``headline.json``, and the ``ablations`` block there from
@@ -36,8 +39,16 @@ DEMO_TARGETS = {"demo_minutes": ("<=", 15.0), "demo_class_accuracy": (">=", 0.85
                 "demo_recon_psnr_db": (">=", 25.0), "demo_recon_class_accuracy": (">=", 0.87)}
 
 
-def demo_headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The demo_* headline keys from a demo run's report.json."""
+# `bld demo --dataset emoji`: the issue's budget; the other figures are reported, not targeted
+EMOJI_TARGETS = {"emoji_demo_minutes": ("<=", 20.0)}
+
+
+def demo_headline(report: dict[str, Any], prefix: str = "demo") -> dict[str, Any]:
+    """The <prefix>_* headline keys (demo_*, emoji_demo_*) from a demo run's report.json."""
+    return {k.replace("demo_", f"{prefix}_", 1): v for k, v in _demo_keys(report).items()}
+
+
+def _demo_keys(report: dict[str, Any]) -> dict[str, Any]:
     f, t = report["figures"], report["times"]
     return {"demo_minutes": t["total_s"] / 60,
             "demo_class_accuracy": f["sample_class_accuracy"],
@@ -56,24 +67,41 @@ def _verdict(value: float, target: tuple[str, float]) -> str:
     return "met" if ok else "**missed**"
 
 
-def demo_table(report: dict[str, Any]) -> str:
+def _target(targets: dict[str, tuple[str, float]], key: str, unit: str = "",
+            fmt: str = "{:g}") -> str:
+    if key not in targets:
+        return ""
+    op, bound = targets[key]
+    return f"{op} {fmt.format(bound)}{unit}"
+
+
+def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = DEMO_TARGETS,
+               prefix: str = "demo") -> str:
     f, t, s = report["figures"], report["times"], report["settings"]
-    h = demo_headline(report)
+    h = _demo_keys(report)
+    targets = {k.replace(f"{prefix}_", "demo_", 1): v for k, v in targets.items()}
+    n_test = f["test_images"]
+    n_test = f"{n_test // 1000}k" if n_test % 1000 == 0 else str(n_test)
     rows = [
-        ("wall time (2-core CPU)", f"{h['demo_minutes']:.1f} min", "demo_minutes", "<= 15 min"),
-        ("reconstruction PSNR / SSIM (10k test images)",
+        ("wall time (2-core CPU)", f"{h['demo_minutes']:.1f} min", "demo_minutes",
+         _target(targets, "demo_minutes", " min")),
+        (f"reconstruction PSNR / SSIM ({n_test} test images)",
          f"{f['reconstruction_psnr_db']:.2f} dB / {f['reconstruction_ssim']:.3f}",
-         "demo_recon_psnr_db", ">= 25 dB"),
-        ("reconstructions classified as their class (10k)",
-         f"{f['reconstruction_class_accuracy']:.3f}", "demo_recon_class_accuracy", ">= 0.87"),
+         "demo_recon_psnr_db", _target(targets, "demo_recon_psnr_db", " dB")),
+        (f"reconstructions classified as their class ({n_test})",
+         f"{f['reconstruction_class_accuracy']:.3f}", "demo_recon_class_accuracy",
+         _target(targets, "demo_recon_class_accuracy")),
         (f"samples classified as the asked class (N = {f['eval_n']})",
-         f"{f['sample_class_accuracy']:.3f}", "demo_class_accuracy", ">= 0.85"),
+         f"{f['sample_class_accuracy']:.3f}", "demo_class_accuracy",
+         _target(targets, "demo_class_accuracy")),
         ("sample FD / reconstruction FD, same N",
          f"{f['sample_fd']:.1f} / {f['reconstruction_fd']:.1f} = "
-         f"{f['fd_ratio_samples_to_recon']:.2f}", "demo_fd_ratio_to_recon", "<= 2.0"),
+         f"{f['fd_ratio_samples_to_recon']:.2f}", "demo_fd_ratio_to_recon",
+         _target(targets, "demo_fd_ratio_to_recon", fmt="{:.1f}")),
         ("real-vs-real FD floor, same N", f"{f['fd_floor_real_vs_real']:.1f}", None, ""),
         ("sample precision / recall", f"{f['sample_precision']:.3f} / {f['sample_recall']:.3f}",
-         "demo_recall", "recall >= 0.25"),
+         "demo_recall", ("recall " + _target(targets, "demo_recall")).strip()
+         if "demo_recall" in targets else ""),
         ("reconstructions' precision / recall, same reference",
          f"{f['reconstruction_precision']:.3f} / {f['reconstruction_recall']:.3f}", None, ""),
         ("sampling, 16 steps with guidance", f"{f['sampling_seconds_per_image'] * 1000:.1f} "
@@ -81,7 +109,7 @@ def demo_table(report: dict[str, Any]) -> str:
     ]
     lines = ["| figure | value | target | verdict |", "|---|---|---|---|"]
     for name, value, key, target in rows:
-        verdict = _verdict(h[key], DEMO_TARGETS[key]) if key else ""
+        verdict = _verdict(h[key], targets[key]) if key in targets else ""
         lines.append(f"| {name} | {value} | {target} | {verdict} |")
     times = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items() if k != "total_s")
     a, p = report["autoencoder"], report["prior"]
@@ -121,6 +149,23 @@ HEADLINE_ROWS = [
     ("fd8_over_fd64", "FD(8) / FD(64), improved prior", "{:.3f}", "<= 1.20", "<=", 1.20),
     ("tokenizer_psnr_gap_db", "best of LFQ / FSQ / VQ minus Bernoulli PSNR, equal bits",
      "{:+.2f} dB", "<= 0.3 dB", "<=", 0.3),
+    ("emoji_demo_minutes", "emoji demo wall time (`bld demo --dataset emoji`)", "{:.1f} min",
+     "<= 20 min", "<=", 20.0),
+    ("emoji_demo_recon_psnr_db", "emoji demo autoencoder PSNR (test split)", "{:.2f} dB", "-",
+     None, None),
+    ("emoji_demo_class_accuracy", "emoji demo samples classified as the asked category",
+     "{:.3f}", "-", None, None),
+    ("emoji_demo_fd_ratio_to_recon", "emoji demo sample FD / reconstruction FD", "{:.2f}", "-",
+     None, None),
+    ("latent_bytes_1024px", "bytes per 1024 px image in its binary latent", "{:d}", "-", None,
+     None),
+    ("ae_train_step_s_1024px", "1024 px autoencoder training step, batch 1, CPU", "{:.1f} s",
+     "-", None, None),
+    ("ae_train_peak_mb_1024px", "1024 px autoencoder step, peak memory, CPU", "{:.0f} MB", "-",
+     None, None),
+    ("prior_train_step_s_1024px", "1024 px prior (768 x 24) training step, batch 1, CPU",
+     "{:.1f} s", "-", None, None),
+    ("sample16_s_1024px", "1024 px sample, 16 steps + decode, CPU", "{:.1f} s", "-", None, None),
     ("mfu_bf16", "MFU of demo-prior training, bf16", "{:.1%}", "-", None, None),
     ("train_images_per_s", "demo-prior training throughput (latents/s)", "{:.0f}", "-", None,
      None),
@@ -177,6 +222,42 @@ def ablation_table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def highres_table() -> str:
+    """The 256 px / 1024 px OpenMoji runs (benchmarks/highres.py) as one table."""
+    lines = ["| resolution | latent (bits per position x grid) | bytes / image | autoencoder | "
+             "PSNR (test images) | prior | sample size |", "|---|---|---|---|---|---|---|"]
+    for size in (256, 1024):
+        path = RESULTS / f"highres_{size}.json"
+        if not path.exists():
+            lines.append(f"| {size} px | not run yet: `python benchmarks/highres.py --size {size}` "
+                         "| | | | | |")
+            continue
+        r = json.loads(path.read_text())["results"]
+        b, rec = r["budget"], r["reconstruction"]
+        C, h, w = rec["latent_shape"]
+        lines.append(
+            f"| {size} px | {C} x {h}x{w} | {C * h * w // 8} | {rec['params_M']:.2f}M params "
+            f"({', '.join(b['ae'])}), {b['ae_steps']} steps x {b['ae_batch']}, "
+            f"{r['autoencoder']['seconds'] / 60:.0f} min | {rec['psnr_db']:.2f} dB "
+            f"({rec['test_images']}) | `{b['prior_preset']}`, {b['prior_steps']} steps x "
+            f"{b['prior_batch']}, {r['prior']['seconds'] / 60:.0f} min | "
+            f"{r['sample']['image_size'][0]} x {r['sample']['image_size'][1]} |")
+    return "\n".join(lines)
+
+
+def scale_table() -> str:
+    path = RESULTS / "scale.json"
+    if not path.exists():
+        return "Not measured yet: `python benchmarks/scale.py`."
+    data = json.loads(path.read_text())
+    env = data["environment"]
+    return (data["results"]["table_md"] + f"\n\nMeasured {env['date']} on {env['cpu']} "
+            f"({env['torch_threads']} torch threads, load average {env['load_average'][0]:.1f}).")
+
+
 def _replace_block(text: str, name: str, body: str, path: Path) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
@@ -186,39 +267,54 @@ def _replace_block(text: str, name: str, body: str, path: Path) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+def _publish_run(run: Path, name: str, prefix: str) -> None:
+    """Copy a demo run's report and pictures into docs/<name>_*; write its headline keys."""
+    report_path = run / "report.json"
+    if not report_path.exists():
+        raise SystemExit(f"{report_path} is missing: is {run} a finished `bld demo` run?")
+    report = json.loads(report_path.read_text())
+    if report["figures"].get("eval_n", 0) < 1000:
+        raise SystemExit("the demo run was evaluated on fewer than 1000 samples; the "
+                         "headline figures need N >= 1000")
+    DOCS.mkdir(exist_ok=True)
+    shutil.copyfile(report_path, DOCS / f"{name}_report.json")
+    for src in ("samples.png", "reconstructions.png", "loss_prior.png", "class_rows.png",
+                "trajectory.png"):
+        if (run / src).exists():
+            shutil.copyfile(run / src, DOCS / f"{name}_{src}")
+    head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
+    stamp = f"benchmarks/publish.py, {time.strftime('%Y-%m-%d %H:%M')}"
+    for k, v in demo_headline(report, prefix).items():
+        head[k], head[f"{k}__source"] = v, stamp
+    HEADLINE.parent.mkdir(parents=True, exist_ok=True)
+    HEADLINE.write_text(json.dumps(dict(sorted(head.items())), indent=2) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="a finished `bld demo` folder to publish")
+    p.add_argument("--emoji-run", type=Path,
+                   help="a finished `bld demo --dataset emoji` folder to publish")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a README table differs from the JSON files; change nothing")
     args = p.parse_args()
+    if args.check and (args.run or args.emoji_run):
+        raise SystemExit("--check and --run / --emoji-run exclude each other")
     if args.run is not None:
-        if args.check:
-            raise SystemExit("--check and --run exclude each other")
-        report_path = args.run / "report.json"
-        if not report_path.exists():
-            raise SystemExit(f"{report_path} is missing: is {args.run} a finished `bld demo` run?")
-        report = json.loads(report_path.read_text())
-        if report["figures"].get("eval_n", 0) < 1000:
-            raise SystemExit("the demo run was evaluated on fewer than 1000 samples; the "
-                             "headline figures need N >= 1000")
-        DOCS.mkdir(exist_ok=True)
-        shutil.copyfile(report_path, DOCS / "demo_report.json")
-        for src, dst in [("samples.png", "demo_samples.png"),
-                         ("reconstructions.png", "demo_reconstructions.png"),
-                         ("loss_prior.png", "demo_loss_prior.png")]:
-            if (args.run / src).exists():
-                shutil.copyfile(args.run / src, DOCS / dst)
-        head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
-        stamp = f"benchmarks/publish.py --run, {time.strftime('%Y-%m-%d %H:%M')}"
-        for k, v in demo_headline(report).items():
-            head[k], head[f"{k}__source"] = v, stamp
-        HEADLINE.parent.mkdir(parents=True, exist_ok=True)
-        HEADLINE.write_text(json.dumps(dict(sorted(head.items())), indent=2) + "\n")
+        _publish_run(args.run, "demo", "demo")
+    if args.emoji_run is not None:
+        _publish_run(args.emoji_run, "emoji_demo", "emoji_demo")
     report = json.loads((DOCS / "demo_report.json").read_text())
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
     blocks = [(ROOT / "README.md", "demo-table", demo_table(report)),
-              (ROOT / "benchmarks" / "README.md", "headline", headline_table(head))]
+              (ROOT / "README.md", "highres", highres_table()),
+              (ROOT / "benchmarks" / "README.md", "headline", headline_table(head)),
+              (ROOT / "benchmarks" / "README.md", "scale", scale_table())]
+    emoji = DOCS / "emoji_demo_report.json"
+    blocks.append((ROOT / "README.md", "emoji-demo-table",
+                   demo_table(json.loads(emoji.read_text()), EMOJI_TARGETS, "emoji_demo")
+                   if emoji.exists() else "Not run yet: `bld demo --dataset emoji`, then "
+                   "`python benchmarks/publish.py --emoji-run runs/demo-emoji`."))
     abl = ROOT / "benchmarks" / "results" / "ablations.json"
     if abl.exists():
         saved = json.loads(abl.read_text())

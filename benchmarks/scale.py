@@ -248,8 +248,9 @@ def _report(bench, rows: list[dict]) -> None:
                 f"{px['seconds']:.2f} / {px['flops'] / 1e9:.3g}" if px.get("seconds") is not None
                 else f"not run / {px['flops'] / 1e9:.3g}"),
         })
+    bench.results["table_md"] = common.markdown_table(table)  # benchmarks/publish.py shows it
     sections = ["## Cost per image, batch 1, CPU (bf16 autocast)", "",
-                common.markdown_table(table), "",
+                bench.results["table_md"], "",
                 "Prior widths x depths: " + ", ".join(f"{r['px']} px {r['prior_shape']}" for r in rows)
                 + ". Peak MB is the measuring process's peak resident memory (model, optimizer-free"
                 " step, Python and torch included).", ""]
