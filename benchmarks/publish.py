@@ -111,7 +111,13 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
     for name, value, key, target in rows:
         verdict = _verdict(h[key], targets[key]) if key in targets else ""
         lines.append(f"| {name} | {value} | {target} | {verdict} |")
-    times = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items() if k != "total_s")
+    times = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items()
+                      if k not in ("total_s", "cpu_s"))
+    if "cpu_s" in t:  # older reports lack it
+        load = report.get("load_average_1min_start_end") or [None, None]
+        times += (f" (the process used {t['cpu_s'] / 60:.1f} CPU-minutes; 1-minute load average "
+                  f"{load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
+                  f"{report['machine'].split(', ')[1]})") if None not in load else ""
     a, p = report["autoencoder"], report["prior"]
     lines += ["", f"Models: a {a['params_M']:.2f}M-parameter autoencoder ({a['latent_shape'][1]}"
               f"x{a['latent_shape'][2]} grid of {a['latent_shape'][0]} bits, {a['steps']} steps x "

@@ -69,6 +69,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def _stage_done(run_dir: Path) -> bool:
     from .checkpoint import find_latest
     if not (run_dir / "done.json").exists():
@@ -110,7 +124,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                           "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
-    t_start = time.perf_counter()
+    t_start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), _load_average()
     common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}"]
     if s.data_dir:
         common.append(f"data.data_dir={s.data_dir}")
@@ -173,9 +187,12 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     if s.eval_samples > 0:
         figures.update(_evaluate(prior, ae, xt, yt, rec.recon, s, out, device))
     s.timings["total_s"] = time.perf_counter() - t_start
+    s.timings["cpu_s"] = _cpu_seconds() - cpu_start
     report = {
         "bld_version": __version__, "torch": torch.__version__,
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
+        # other work on the machine stretches the wall time: the load average says how much
+        "load_average_1min_start_end": [load_start, _load_average()],
         "device": str(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
                      if k != "timings"},
