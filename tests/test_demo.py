@@ -24,6 +24,10 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
         assert (out / name).exists(), name
     for name in ("trajectory.png", "class_rows.png"):
         assert f"]({name})" in (out / "report.md").read_text()
+    # the demo folder loads as one pipeline (autoencoder/ and prior/ inside)
+    from bld import BinaryLatentDiffusionPipeline
+    pipe = BinaryLatentDiffusionPipeline.from_run(out)
+    assert len(pipe(class_labels="Bag", n=2, steps=4).images) == 2
     # the prior's snapshot grids are listed in a page beside them
     index = (out / "prior" / "samples" / "index.html").read_text()
     grids = sorted(p.name for p in (out / "prior" / "samples").glob("samples_*.png"))

@@ -129,16 +129,29 @@ def paint(page, selector: str, strokes: list[tuple[float, float, float, float]])
         page.mouse.up()
 
 
+ERROR_TOAST = '[data-testid="toast-body"].error'
+
+
 def click_and_time(page, button: str, output: str, timeout_ms: float = 120_000
                    ) -> tuple[Image.Image, float]:
-    """Click a button and wait for a new image in the output; (image, seconds)."""
+    """Click a button and wait for a new image in the output; (image, seconds). An error
+    message on the page instead raises PageError with its text."""
     img = page.locator(f"{output} img")
     before = img.first.get_attribute("src") if img.count() else None
+    errors = page.locator(ERROR_TOAST).count()
     t0 = time.perf_counter()
     page.click(button)
     page.wait_for_function(
-        """([sel, before]) => { const i = document.querySelector(sel + ' img');
-               return i && i.complete && i.naturalWidth > 0 && i.src !== before; }""",
-        arg=[output, before], timeout=timeout_ms)
+        """([sel, before, toast, errors]) => {
+               const i = document.querySelector(sel + ' img');
+               return (i && i.complete && i.naturalWidth > 0 && i.src !== before)
+                   || document.querySelectorAll(toast).length > errors; }""",
+        arg=[output, before, ERROR_TOAST, errors], timeout=timeout_ms)
     seconds = time.perf_counter() - t0
+    if page.locator(ERROR_TOAST).count() > errors:
+        raise PageError(page.locator(ERROR_TOAST).last.inner_text())
     return output_image(page, output), seconds
+
+
+class PageError(AssertionError):
+    """The page answered with an error message (its text)."""
