@@ -61,3 +61,27 @@ def test_readme_commands_exist():
     assert commands and commands <= set(sub.choices)
     for name in re.findall(r"`([a-z0-9-]+)` \(\d+ px", text):
         assert name in preset_names("autoencoder") and name in preset_names("prior")
+
+
+def test_every_preset_loads_and_builds():
+    """The README's four presets (and any other), for both models: each YAML parses into a
+    valid config and builds its model (on the meta device: shapes only, no memory)."""
+    import torch
+
+    from bld.autoencoder import BinaryAutoencoder
+    from bld.config import load_config_dict
+    from bld.denoiser import Denoiser
+    from bld.train import resolve_prior_config
+    from bld.train_config import config_from_dict
+    names = preset_names("autoencoder")
+    assert names == preset_names("prior")
+    assert {"fashion-mnist", "emoji64", "256px", "1024px"} <= set(names)
+    for name in names:
+        ae = config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
+        prior = resolve_prior_config(
+            config_from_dict("prior", load_config_dict("prior", name, [])), ae.model, 10)
+        with torch.device("meta"):
+            ae_params = sum(p.numel() for p in BinaryAutoencoder(ae.model).parameters())
+            prior_params = sum(p.numel() for p in Denoiser(prior.model).parameters())
+        assert ae_params > 10_000 and prior_params > 10_000, name
+        assert prior.model.bits == ae.model.bits and prior.model.grid == ae.model.grid, name

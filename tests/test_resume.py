@@ -72,7 +72,7 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("variant", ["autoencoder", "prior", "prior-bf16",
                                      "autoencoder-shards-accum", "prior-accum"])
-def test_killed_and_resumed_run_is_bitwise_equal(variant, request, tmp_path, monkeypatch,
+def test_killed_and_resumed_run_is_bitwise_equal(variant, request, tmp_path, monkeypatch, fashion_mnist,
                                                  tiny_ae_args, tiny_prior_args):
     argv = _argv(variant, request, tiny_ae_args, tiny_prior_args)
     kind = variant

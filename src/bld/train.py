@@ -409,6 +409,14 @@ def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema:
           metadata: dict[str, Any] | None = None) -> None:
     """Rank 0 writes an atomic checkpoint folder and moves `latest` to it (never of weights
     holding NaN / inf: `latest` then stays at the last good checkpoint)."""
+    if ctx.distributed:  # every rank must hold the weights rank 0 is about to write
+        total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+        sums = [torch.zeros_like(total) for _ in range(ctx.world)]
+        dist.all_gather(sums, total)
+        if any(not torch.equal(x, sums[0]) for x in sums):
+            raise TrainingError(f"step {step}: the processes' weights differ "
+                                f"({[f'{x.item():.6g}' for x in sums]}); gradients were not "
+                                "averaged across ranks. Not checkpointed.")
     if ctx.is_main:
         bad = [n for n, t in [*model.state_dict().items(), *ema.model.state_dict().items()]
                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
