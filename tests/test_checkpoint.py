@@ -233,3 +233,23 @@ def test_save_rejects_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="kind"):
         save_checkpoint(tmp_path / "x", kind="", config={}, model=_model())
     assert not (tmp_path / "x").exists()
+
+
+class _Payload:
+    """Pickles to a call of os.system: what a malicious trainer_state.pt could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_trainer_state_is_read_without_unpickling_objects(tmp_path):
+    path, _ = _save(tmp_path / "ck", trainer_state={"optimizer": {"lr": 1e-3}})
+    assert load_checkpoint(path).trainer_state()["optimizer"] == {"lr": 1e-3}  # plain data loads
+    marker = tmp_path / "ran"
+    torch.save({"optimizer": _Payload(marker)}, path / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="trainer_state.pt"):
+        load_checkpoint(path).trainer_state()
+    assert not marker.exists(), "torch.load ran code from the file"

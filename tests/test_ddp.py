@@ -25,8 +25,9 @@ pytestmark = [
 ]
 
 
-def torchrun(*argv, cwd: Path) -> None:
-    """`torchrun --standalone --nproc_per_node=2 -m bld.cli ARGV`; fails with its output."""
+def torchrun(*argv, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m bld.cli ARGV`; fails with its output
+    (unless ``check`` is False)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "bld.cli", *map(str, argv)]
     env = {k: v for k, v in os.environ.items()
@@ -34,9 +35,12 @@ def torchrun(*argv, cwd: Path) -> None:
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240,
                          check=False)
+    if not check:
+        return res
     assert res.returncode == 0, (f"torchrun exited {res.returncode}\n"
                                  f"--- stdout\n{res.stdout[-4000:]}\n"
                                  f"--- stderr\n{res.stderr[-8000:]}")
+    return res
 
 
 def check_run_folder(run_dir: Path, kind: str) -> None:
@@ -152,3 +156,15 @@ def test_ddp_averages_gradients_over_ranks_that_see_different_batches(fashion_mn
     diff = sum((a.model_state[k] - b.model_state[k]).float().pow(2).sum() for k in start) ** 0.5
     moved = sum((b.model_state[k] - start[k]).float().pow(2).sum() for k in start) ** 0.5
     assert diff < 0.05 * moved, (float(diff), float(moved))
+
+
+def test_ddp_run_into_a_locked_folder_is_refused_on_every_rank(fashion_mnist, tmp_path,
+                                                               tiny_ae_args):
+    """Rank 0 alone takes run.lock; when another run holds it, every rank stops with the
+    message (none waits at a collective for rank 0), and nothing is written."""
+    out = tmp_path / "ae"
+    with ckpt.RunLock(out):
+        res = torchrun("train-ae", "--out", out, *tiny_ae_args, cwd=tmp_path, check=False)
+    assert res.returncode != 0
+    assert res.stderr.count("is in use by another run") == 2, res.stderr[-3000:]  # both ranks
+    assert not (out / "checkpoints").exists()

@@ -89,10 +89,14 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
     tiles = torch.stack([grid[2 + r * 30:2 + r * 30 + 28, 2 + c * 30:2 + c * 30 + 28]
                          for r in range(6) for c in range(10)])[:, None]
     labels = torch.arange(60) % 10  # --class not given: the classes cycled
-    again = evaluate_images(clf, reference, floor, tiles, labels)
-    assert s["fd_floor_real_vs_real"] == pytest.approx(again["fd_floor_real_vs_real"])
-    assert s["fd"] == pytest.approx(again["fd"], rel=0.05)
-    assert s["class_accuracy"] == pytest.approx(again["class_accuracy"], abs=2 / 60)
+    ref_f = extract_features(clf, reference)  # not through evaluate_images: independent
+    assert s["fd_floor_real_vs_real"] == pytest.approx(
+        fd_from_features(ref_f, extract_features(clf, floor)), rel=1e-6)
+    assert s["fd"] == pytest.approx(fd_from_features(ref_f, extract_features(clf, tiles)),
+                                    rel=0.05)
+    with torch.no_grad():
+        accuracy = (clf(tiles).argmax(1) == labels).float().mean().item()
+    assert s["class_accuracy"] == pytest.approx(accuracy, abs=2 / 60)
     assert {"psnr", "ssim", "fd_recon", "dead_bit_fraction"} <= set(rep["autoencoder"])
     assert rep["seconds_per_image"] > 0
     assert (out / "samples.png").exists() and "fd_floor_real_vs_real" in (out / "eval.md").read_text()
