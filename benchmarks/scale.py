@@ -13,9 +13,10 @@ that size (``bld prepare-openmoji --size N``), batch 1, bf16 autocast as the tra
 * latent bits / bytes per image next to the image's bytes (uint8 RGB).
 
 Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its
-own; the table gives the peak and the peak minus the resident size once the model and input
-are built (the step's working memory). FLOPs are counted by torch's FlopCounterMode during
-the warm-up run. Nothing is asserted; timings depend on the machine and on its load.
+own (the JSON also keeps the resident size once the model and input were built).
+Activation checkpointing is off in every row, also where a preset turns it on; with
+``--grad-checkpointing`` the largest autoencoder is measured with it too. FLOPs are counted
+by torch's FlopCounterMode during the warm-up run. Nothing is asserted; timings depend on the machine and on its load.
 
     python benchmarks/scale.py            # ~15-25 min on a 2-core CPU
     python benchmarks/scale.py --quick    # tiny widths, a smoke test
@@ -113,10 +114,14 @@ def worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     size, what, quick = spec["size"], spec["what"], spec["quick"]
-    extra = ["model.grad_checkpointing=true"] if spec.get("grad_checkpointing") else []
-    ae_cfg, pr_cfg = _configs(size, quick, extra)
+    # the 1024px preset turns checkpointing on; the table's rows are without it (the
+    # `ae_ckpt` row with it), so the two are compared on the same model
+    ckpt = bool(spec.get("grad_checkpointing"))
+    ae_cfg, pr_cfg = _configs(size, quick, [f"model.grad_checkpointing={str(ckpt).lower()}"])
+    import dataclasses
+    pr_cfg = dataclasses.replace(pr_cfg, model=dataclasses.replace(pr_cfg.model, grad_checkpointing=False))
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-    res: dict = {"size": size, "what": what, "grad_checkpointing": bool(extra)}
+    res: dict = {"size": size, "what": what, "grad_checkpointing": ckpt}
     x, res["image"] = _image(size, quick)
     C, h, w = ae_cfg.model.latent_shape
     if what == "ae":
