@@ -33,11 +33,12 @@ import torch
 
 log = logging.getLogger("bench")
 
-# size -> autoencoder overrides, AE steps x batch, prior preset, prior steps x batch
+# size -> autoencoder overrides, AE steps x batch, latents encoded for the prior (0 = the
+# whole training split), prior preset, prior steps x batch
 BUDGETS = {
-    256: {"ae": ["model.channels=16", "model.hidden=64"], "ae_steps": 250, "ae_batch": 8,
+    256: {"ae": ["model.channels=16", "model.hidden=64"], "ae_steps": 250, "ae_batch": 8, "encode_limit": 0,
           "prior_preset": "small", "prior_steps": 400, "prior_batch": 16},
-    1024: {"ae": ["model.channels=8", "model.hidden=32"], "ae_steps": 120, "ae_batch": 2,
+    1024: {"ae": ["model.channels=8", "model.hidden=32"], "ae_steps": 120, "ae_batch": 2, "encode_limit": 512,
            "prior_preset": "small", "prior_steps": 150, "prior_batch": 8},
 }
 CPU_LOSS = ["loss.l1_weight=0", "loss.mse_weight=1", "loss.disc_weight=0",
@@ -115,7 +116,7 @@ def main() -> None:
     latents = work / "latents.safetensors"
     rec["encode"] = _stage(work, "encode", lambda: _bld([
         "encode", "--autoencoder", str(work / "autoencoder"), "--out", str(latents),
-        "--batch-size", "8"]))
+        "--batch-size", "8", "--limit", str(b.get("encode_limit", 0))]))
 
     rec["prior"] = _stage(work, "prior", lambda: _train("prior", work, [
         "train-prior", "--config", f"{size}px", *data, "--autoencoder", str(work / "autoencoder"),
@@ -147,7 +148,9 @@ def main() -> None:
         f"{r['latent_shape'][0] * r['latent_shape'][1] * r['latent_shape'][2] // 8} bytes per image.", "",
         f"Reconstruction PSNR over the {r['test_images']} OpenMoji-{size} test images: "
         f"{r['psnr_db']:.2f} dB.", "",
-        f"Prior: denoiser preset `{b['prior_preset']}`, {b['prior_steps']} steps x batch "
+        f"Prior: denoiser preset `{b['prior_preset']}` on "
+        f"{'all training latents' if not b.get('encode_limit') else str(b['encode_limit']) + ' training latents'}"
+        f", {b['prior_steps']} steps x batch "
         f"{b['prior_batch']} in {p['seconds'] / 60:.1f} min. Samples: 16 at 16 steps, "
         f"{rec['sample']['image_size'][0]} x {rec['sample']['image_size'][1]} px each.", "",
         f"![reconstructions]({bench.path('_reconstructions.png').name})", "",
