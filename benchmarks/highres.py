@@ -38,8 +38,8 @@ log = logging.getLogger("bench")
 BUDGETS = {
     256: {"ae": ["model.channels=16", "model.hidden=64"], "ae_steps": 250, "ae_batch": 8, "encode_limit": 0,
           "prior_preset": "small", "prior_steps": 400, "prior_batch": 16},
-    1024: {"ae": ["model.channels=8", "model.hidden=32"], "ae_steps": 120, "ae_batch": 2, "encode_limit": 512,
-           "prior_preset": "small", "prior_steps": 150, "prior_batch": 8},
+    1024: {"ae": ["model.channels=8", "model.hidden=32"], "ae_steps": 40, "ae_batch": 1, "encode_limit": 64,
+           "prior_preset": "tiny", "prior_steps": 60, "prior_batch": 4},
 }
 CPU_LOSS = ["loss.l1_weight=0", "loss.mse_weight=1", "loss.disc_weight=0",
             "model.train_bits=threshold", "optim.lr=0.002", "optim.warmup=50",
