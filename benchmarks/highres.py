@@ -133,7 +133,12 @@ def main() -> None:
     rec["sample"] = _stage(work, "sample", samples)
 
     for name in ("reconstructions.png", "samples.png"):
-        shutil.copyfile(work / name, bench.path(f"_{name}"))
+        if size <= 256:
+            shutil.copyfile(work / name, bench.path(f"_{name}"))
+        else:  # a 1024 px grid is ~10 MB of PNG: the published copy is at a quarter scale
+            from PIL import Image
+            with Image.open(work / name) as im:
+                im.resize((im.width // 4, im.height // 4), Image.LANCZOS).save(bench.path(f"_{name}"))
     for kind in ("autoencoder", "prior"):
         m = work / kind / "metrics.csv"
         if m.exists():
@@ -154,6 +159,8 @@ def main() -> None:
         f"{b['prior_batch']} in {p['seconds'] / 60:.1f} min. Samples: 16 at 16 steps, "
         f"{rec['sample']['image_size'][0]} x {rec['sample']['image_size'][1]} px each.", "",
         f"![reconstructions]({bench.path('_reconstructions.png').name})", "",
+        *(["Grids shown at a quarter of their size; the run folder holds them at full size.", ""]
+          if size > 256 else []),
         f"![samples]({bench.path('_samples.png').name})", ""]
     common.write_report(bench, f"{size} px on OpenMoji: a short CPU run", lines)
 
