@@ -235,6 +235,31 @@ def update_headline(bench: Bench, values: dict[str, Any]) -> Path:
     return path
 
 
+def run_bld(argv: list[str]) -> None:
+    """Run one `bld` command in this process; a non-zero exit stops the benchmark."""
+    from bld.cli import main as bld
+    log.info("bld %s", " ".join(argv))
+    rc = bld(argv)
+    if rc:
+        raise SystemExit(f"`bld {' '.join(argv)}` failed with exit code {rc}")
+
+
+def resumable_stage(work: Path, name: str, fn: Callable[[], dict | None]) -> dict:
+    """Run fn() once and keep its record (plus ``seconds``) in work/name.json, written
+    atomically; a rerun returns the record and skips the finished stage."""
+    done = work / f"{name}.json"
+    if done.exists():
+        log.info("%s: done earlier (%s)", name, done)
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    rec = fn() or {}
+    rec["seconds"] = time.perf_counter() - t0
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    tmp.replace(done)
+    return rec
+
+
 def _save_figure(fig, path: Path) -> Path:
     """Lay out, write and close a matplotlib figure."""
     import matplotlib.pyplot as plt

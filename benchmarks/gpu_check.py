@@ -21,7 +21,6 @@ RGB, stands in so the check runs anywhere.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import resource
 import statistics
@@ -77,21 +76,7 @@ def _median_images_per_s(run_dir: Path) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def _stage(work: Path, name: str, fn) -> dict:
-    """Run fn() once; its figures are kept in work/name.json so a rerun skips it."""
-    done = work / f"{name}.json"
-    if done.exists():
-        log.info("%s: done earlier (%s)", name, done)
-        return json.loads(done.read_text())
-    res = fn()
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(done)
-    return res
-
-
 def check_size(size: int, args, plan: dict) -> dict:
-    from bld.cli import main as bld
     from bld.config import load_config_dict
     from bld.train import train_autoencoder, train_prior
     from bld.train_config import config_from_dict
@@ -99,7 +84,7 @@ def check_size(size: int, args, plan: dict) -> dict:
     work = args.work / str(size)
     work.mkdir(parents=True, exist_ok=True)
     preset = f"{size}px"
-    data = ([f"data.source=fashion-mnist", f"data.image_size={size}", "data.channels=3"]
+    data = (["data.source=fashion-mnist", f"data.image_size={size}", "data.channels=3"]
             if args.tiny else ["data.source=openmoji", f"data.image_size={size}"])
     common_over = data + [f"run.device={args.device}", "run.bf16=true", f"run.seed={args.seed}"]
     out: dict = {"size": size, "preset": preset}
@@ -118,24 +103,21 @@ def check_size(size: int, args, plan: dict) -> dict:
                 "peak_mb": _peak_mb(args.device)}
 
     ae_over = TINY_AE if args.tiny else []
-    out["autoencoder"] = _stage(work, "autoencoder", lambda: train(
+    out["autoencoder"] = common.resumable_stage(work, "autoencoder", lambda: train(
         "autoencoder", ae_over, plan["ae_steps"][size], plan["ae_batch"][size], train_autoencoder))
 
     latents = work / "latents.safetensors"
 
     def encode() -> dict:
-        t0 = time.perf_counter()
-        rc = bld(["encode", "--autoencoder", str(work / "autoencoder"), "--out", str(latents),
-                  "--limit", str(plan["encode_limit"]), "--device", args.device,
-                  "--batch-size", "16"])
-        if rc:
-            raise SystemExit(f"bld encode failed ({rc})")
-        return {"images": plan["encode_limit"], "wall_s": time.perf_counter() - t0}
-    out["encode"] = _stage(work, "encode", encode)
+        common.run_bld(["encode", "--autoencoder", str(work / "autoencoder"), "--out", str(latents),
+                        "--limit", str(plan["encode_limit"]), "--device", args.device,
+                        "--batch-size", "16"])
+        return {"images": plan["encode_limit"]}
+    out["encode"] = common.resumable_stage(work, "encode", encode)
 
     pr_over = (TINY_PRIOR if args.tiny else []) + [f"autoencoder={work / 'autoencoder'}",
                                                    f"latents={latents}"]
-    out["prior"] = _stage(work, "prior", lambda: train(
+    out["prior"] = common.resumable_stage(work, "prior", lambda: train(
         "prior", pr_over, plan["prior_steps"][size], plan["prior_batch"][size], train_prior))
 
     def sample() -> dict:
@@ -145,14 +127,12 @@ def check_size(size: int, args, plan: dict) -> dict:
         # one warm-up call, then the timed one
         for path in (work / "warmup.png", grid):
             t0 = time.perf_counter()
-            rc = bld(["sample", "--prior", str(work / "prior"), "-n", str(n), "--steps", "16",
-                      "--out", str(path), "--device", args.device])
-            if rc:
-                raise SystemExit(f"bld sample failed ({rc})")
+            common.run_bld(["sample", "--prior", str(work / "prior"), "-n", str(n), "--steps", "16",
+                            "--out", str(path), "--device", args.device])
             wall = time.perf_counter() - t0
         return {"images": n, "steps": 16, "wall_s": wall, "images_per_s": n / wall,
                 "peak_mb": _peak_mb(args.device), "grid": str(grid)}
-    out["sample"] = _stage(work, "sample", sample)
+    out["sample"] = common.resumable_stage(work, "sample", sample)
     return out
 
 

@@ -21,10 +21,8 @@ Writes ``<out>/highres_<size>.json`` / ``.md`` and the two grids next to them.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import common  # noqa: F401  (sys.path set-up; imported before bld on purpose)
@@ -54,29 +52,9 @@ def parse_args():
     return p.parse_args()
 
 
-def _bld(argv: list[str]) -> None:
-    from bld.cli import main as bld
-    log.info("bld %s", " ".join(argv))
-    rc = bld(argv)
-    if rc:
-        raise SystemExit(f"`bld {' '.join(argv)}` failed with exit code {rc}")
-
-
-def _stage(work: Path, name: str, fn) -> dict:
-    """Run fn() once; its record is kept in work/name.json, so a rerun skips a finished stage."""
-    done = work / f"{name}.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.perf_counter()
-    rec = fn() or {}
-    rec["seconds"] = time.perf_counter() - t0
-    done.write_text(json.dumps(rec, indent=2))
-    return rec
-
-
 def _train(kind: str, work: Path, argv: list[str]) -> dict:
     run = work / kind
-    _bld(argv + ["--out", str(run)] + (["--resume"] if (run / "latest").exists() else []))
+    common.run_bld(argv + ["--out", str(run)] + (["--resume"] if (run / "latest").exists() else []))
     return {}
 
 
@@ -94,7 +72,7 @@ def main() -> None:
               for a in ("--set", o)]
     rec: dict = {"size": size, "budget": b, "cpu_loss": CPU_LOSS}
 
-    rec["autoencoder"] = _stage(work, "autoencoder", lambda: _train("autoencoder", work, [
+    rec["autoencoder"] = common.resumable_stage(work, "autoencoder", lambda: _train("autoencoder", work, [
         "train-ae", "--config", f"{size}px", *data, "--steps", str(b["ae_steps"]),
         "--batch-size", str(b["ae_batch"]), *ae_set]))
 
@@ -111,14 +89,14 @@ def main() -> None:
         return {"test_images": len(test), "psnr_db": res.psnr, "l1": res.l1,
                 "latent_shape": list(ae.config.latent_shape),
                 "params_M": sum(p.numel() for p in ae.parameters()) / 1e6}
-    rec["reconstruction"] = _stage(work, "reconstruction", recon)
+    rec["reconstruction"] = common.resumable_stage(work, "reconstruction", recon)
 
     latents = work / "latents.safetensors"
-    rec["encode"] = _stage(work, "encode", lambda: _bld([
+    rec["encode"] = common.resumable_stage(work, "encode", lambda: common.run_bld([
         "encode", "--autoencoder", str(work / "autoencoder"), "--out", str(latents),
         "--batch-size", "8", "--limit", str(b.get("encode_limit", 0))]))
 
-    rec["prior"] = _stage(work, "prior", lambda: _train("prior", work, [
+    rec["prior"] = common.resumable_stage(work, "prior", lambda: _train("prior", work, [
         "train-prior", "--config", f"{size}px", *data, "--autoencoder", str(work / "autoencoder"),
         "--latents", str(latents), "--preset", b["prior_preset"], "--steps", str(b["prior_steps"]),
         "--batch-size", str(b["prior_batch"]), "--set", "optim.lr=0.001", "--set", "optim.warmup=100",
@@ -126,11 +104,11 @@ def main() -> None:
 
     def samples() -> dict:
         from PIL import Image
-        _bld(["sample", "--prior", str(work / "prior"), "-n", "16", "--steps", "16", "--nrow", "8",
+        common.run_bld(["sample", "--prior", str(work / "prior"), "-n", "16", "--steps", "16", "--nrow", "8",
               "--out", str(work / "samples.png"), "--individual", str(work / "samples")])
         first = sorted((work / "samples").glob("*.png"))[0]
         return {"images": 16, "steps": 16, "image_size": list(Image.open(first).size)}
-    rec["sample"] = _stage(work, "sample", samples)
+    rec["sample"] = common.resumable_stage(work, "sample", samples)
 
     for name in ("reconstructions.png", "samples.png"):
         if size <= 256:

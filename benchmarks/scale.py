@@ -24,6 +24,7 @@ by torch's FlopCounterMode during the warm-up run. Nothing is asserted; timings 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import subprocess
@@ -52,13 +53,8 @@ def parse_args():
                    help="run the pixel-space step only below this many TFLOPs")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="also time the 1024 px autoencoder with activation checkpointing")
-    p.add_argument("--worker", help=argparse_hidden())
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement, run by main()
     return p.parse_args()
-
-
-def argparse_hidden() -> str:
-    import argparse
-    return argparse.SUPPRESS
 
 
 # ------------------------------------------------------------------------------ worker
@@ -67,17 +63,25 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _configs(size: int, quick: bool, extra_ae: list[str]):
+def _configs(size: int, quick: bool, ae_checkpointing: bool = False):
+    """The size's presets (tiny widths when quick); activation checkpointing off in the prior
+    and as asked in the autoencoder, whatever the preset says."""
     from bld.config import load_config_dict
     from bld.train import resolve_prior_config
     from bld.train_config import config_from_dict
     preset = PRESETS[size]
-    ae_cfg = config_from_dict("autoencoder", load_config_dict(
-        "autoencoder", preset, (QUICK_AE if quick else []) + extra_ae))
-    pr_over = [f"preset={QUICK_PRIOR_PRESET}"] if quick else []
+    ae_over = (QUICK_AE if quick else []) + [f"model.grad_checkpointing={str(ae_checkpointing).lower()}"]
+    ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", preset, ae_over))
+    pr_over = ([f"preset={QUICK_PRIOR_PRESET}"] if quick else []) + ["model.grad_checkpointing=false"]
     pr_cfg = config_from_dict("prior", load_config_dict("prior", preset, pr_over))
     pr_cfg = resolve_prior_config(pr_cfg, ae_cfg.model, 10)
     return ae_cfg, pr_cfg
+
+
+def _pixel_model(prior_model, size: int):
+    """The prior's transformer over the image's PATCH x PATCH RGB pixel patches."""
+    import dataclasses
+    return dataclasses.replace(prior_model, bits=3 * PATCH * PATCH, grid=size // PATCH)
 
 
 def _image(size: int, quick: bool) -> tuple[torch.Tensor, str]:
@@ -117,9 +121,7 @@ def worker(spec: dict) -> dict:
     # the 1024px preset turns checkpointing on; the table's rows are without it (the
     # `ae_ckpt` row with it), so the two are compared on the same model
     ckpt = bool(spec.get("grad_checkpointing"))
-    ae_cfg, pr_cfg = _configs(size, quick, [f"model.grad_checkpointing={str(ckpt).lower()}"])
-    import dataclasses
-    pr_cfg = dataclasses.replace(pr_cfg, model=dataclasses.replace(pr_cfg.model, grad_checkpointing=False))
+    ae_cfg, pr_cfg = _configs(size, quick, ae_checkpointing=ckpt)
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     res: dict = {"size": size, "what": what, "grad_checkpointing": ckpt}
     x, res["image"] = _image(size, quick)
@@ -135,10 +137,7 @@ def worker(spec: dict) -> dict:
             r = out.recon.float()
             ((r - x).abs().mean() + ((r - x) ** 2).mean()).backward()
     elif what in ("prior", "pixel"):
-        import dataclasses
-        mcfg = pr_cfg.model
-        if what == "pixel":
-            mcfg = dataclasses.replace(mcfg, bits=3 * PATCH * PATCH, grid=size // PATCH)
+        mcfg = _pixel_model(pr_cfg.model, size) if what == "pixel" else pr_cfg.model
         model = Denoiser(mcfg).train()
         diffusion = BernoulliDiffusion(pr_cfg.diffusion)
         res["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -189,12 +188,10 @@ def run_worker(spec: dict, timeout: float = 1800) -> dict:
 
 def pixel_flops(size: int, quick: bool) -> int:
     """Forward+backward FLOPs (3 x forward) of the pixel-space transformer, from the model's count."""
-    import dataclasses
     from bld.denoiser import Denoiser
-    _, pr_cfg = _configs(size, quick, [])
-    m = dataclasses.replace(pr_cfg.model, bits=3 * PATCH * PATCH, grid=size // PATCH)
+    _, pr_cfg = _configs(size, quick)
     with torch.device("meta"):
-        return 3 * Denoiser(m).flops_per_forward()
+        return 3 * Denoiser(_pixel_model(pr_cfg.model, size)).flops_per_forward()
 
 
 def main() -> None:
@@ -206,7 +203,7 @@ def main() -> None:
     base = {"quick": args.quick, "threads": args.threads, "repeats": 1 if args.quick else args.repeats}
     rows = []
     for size in args.sizes:
-        ae_cfg, pr_cfg = _configs(size, args.quick, [])
+        ae_cfg, pr_cfg = _configs(size, args.quick)
         C, h, w = ae_cfg.model.latent_shape
         row = {"px": size, "preset": PRESETS[size],
                "latent": f"{h}x{w}x{C}", "latent_bits": C * h * w, "latent_bytes": C * h * w // 8,
