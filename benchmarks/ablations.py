@@ -43,12 +43,12 @@ BASE_PRIOR = ["model.width=256", "model.depth=6", "model.heads=4", "model.condit
               "model.mlp_ratio=4.0", "diffusion.timesteps=64", "diffusion.schedule=cosine",
               "diffusion.loss_type=mean", "cond_drop=0.1", "optim.steps=1000",
               "optim.batch_size=128", "optim.lr=0.0015", "optim.warmup=100",
-              "optim.weight_decay=0.0", "optim.ema_decay=0.995", "run.bf16=true"]
+              "optim.weight_decay=0.0", "optim.ema_decay=0.995", "run.precision=auto"]
 BASE_AUTOENCODER = ["model.channels=32", "model.channel_mult=[1,2,2]", "model.num_res_blocks=1",
                     "model.attention=true", "model.hidden=64", "model.bits=16",
                     "loss.l1_weight=1.0", "loss.mse_weight=1.0", "loss.disc_weight=0.0",
                     "optim.steps=1500", "optim.batch_size=64", "optim.lr=0.002",
-                    "optim.warmup=50", "optim.ema_decay=0.995", "run.bf16=true"]
+                    "optim.warmup=50", "optim.ema_decay=0.995", "run.precision=auto"]
 
 # sampler settings measured for every prior arm: (evidence weight lambda, guidance w)
 DEFAULT_SAMPLERS = [(0.0, 1.0), (1.0, 1.0)]

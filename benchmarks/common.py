@@ -413,14 +413,27 @@ class TrainResult:
     batch_size: int
 
 
+def autocast(precision: str = "auto"):
+    """bf16 autocast on the CPU where ``precision`` (auto | fp32 | bf16) resolves to bf16."""
+    from bld.precision import resolve_precision
+    return resolve_precision(precision, "cpu").autocast("cpu")
+
+
+def precision_name(precision: str = "auto") -> str:
+    """What ``precision`` resolves to on this CPU (fp32 / bf16), for the tables' captions."""
+    from bld.precision import resolve_precision
+    return resolve_precision(precision, "cpu").name
+
+
 def train_model(model: torch.nn.Module,
                 loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, n_items: int, steps: int, batch_size: int, lr: float, seed: int, desc: str,
                 warmup: int | None = None, weight_decay: float = 0.0, ema_decay: float = 0.0,
-                bf16: bool = True, grad_clip: float = 1.0) -> TrainResult:
+                precision: str = "auto", grad_clip: float = 1.0) -> TrainResult:
     """A short training loop shared by the in-script baselines, identical for every model so
     that budgets (steps x batch) and optimiser settings match: AdamW (betas 0.9, 0.99), linear
     warm-up then cosine decay to 0.1 x lr (`bld.train.lr_at`), gradient clipping, optional
-    EMA (`bld.train.EMA`), bf16 autocast.
+    EMA (`bld.train.EMA`), the given precision (`bld.precision`; auto: bf16 autocast only
+    where this CPU runs it natively and faster).
 
     ``loss_fn(idx, generator)`` gets the indices (batch_size,) of this step's items (epochs
     of a seeded permutation of range(n_items)) and returns the scalar loss.
@@ -445,7 +458,7 @@ def train_model(model: torch.nn.Module,
         pos += batch_size
         for g in opt.param_groups:
             g["lr"] = lr_at(step, optim)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(precision):
             loss = loss_fn(idx, gen)
         opt.zero_grad(set_to_none=True)
         loss.float().backward()

@@ -1,4 +1,4 @@
-"""Fault matrix: kill -9 `bld train-ae` (GAN on, fp32), `bld train-prior` (bf16, the default;
+"""Fault matrix: kill -9 `bld train-ae` (GAN on, fp32), `bld train-prior` (bf16
 and fp32) and `bld encode` at random moments, resume each time, and compare the end result with
 an unbroken run.
 
@@ -258,7 +258,8 @@ def make_jobs(work: Path, steps_ae: int, steps_prior: int) -> tuple[list[Job], l
         Job("train-ae (fp32, GAN on)", ["train-ae", *TINY_AE, *COMMON, "--steps", str(steps_ae)],
             "autoencoder", "bitwise equal (fp32)"),
         Job("train-prior (bf16)", ["train-prior", "--autoencoder", ae, "--latents", latents,
-                                   *TINY_PRIOR, *COMMON, "--steps", str(steps_prior)],
+                                   *TINY_PRIOR, *COMMON, "--precision", "bf16",
+                                   "--steps", str(steps_prior)],
             "prior", "bitwise equal (CPU, same thread count)"),
         Job("train-prior (fp32)", ["train-prior", "--autoencoder", ae, "--latents", latents,
                                    *TINY_PRIOR, *COMMON, "--no-bf16", "--steps", str(steps_prior)],

@@ -109,7 +109,7 @@ def make_ddim(num_steps: int):
 def encode_all(encode, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     out = []
     for i in tqdm(range(0, len(x), batch), desc="encode", mininterval=2.0):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with common.autocast():
             out.append(encode(x[i:i + batch]).float())
     return torch.cat(out)
 
@@ -118,7 +118,7 @@ def encode_all(encode, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
 def decode_all(decode, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
     out = []
     for i in range(0, len(z), batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with common.autocast():
             out.append(decode(z[i:i + batch]).float().clamp(-1, 1))
     return torch.cat(out)
 
@@ -141,7 +141,7 @@ def sample_gaussian(model, sched_steps: int, n: int, shape, labels, guidance: fl
         y_null = torch.full_like(y, model.null_label)
         for t in sched.timesteps:
             tt = torch.full((b,), float(t) / 1000.0)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with common.autocast():
                 if guidance:
                     eps_c, eps_u = model(torch.cat([x, x]), torch.cat([tt, tt]),
                                          torch.cat([y, y_null])).float().chunk(2)
@@ -160,7 +160,7 @@ def sample_bld(model, diffusion, steps: int, n: int, shape, labels, guidance: fl
     g = torch.Generator().manual_seed(seed)
     out = []
     for start, b in common.batches(n, batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with common.autocast():
             out.append(sample(model, diffusion, (b, *shape), steps=steps,
                               y=labels[start:start + b], guidance=guidance,
                               null_label=model.null_label, generator=g).z0)
@@ -384,7 +384,7 @@ def main() -> None:
         f"label dropout), sampled with classifier-free guidance w = {guidance}. FD: project "
         f"classifier (test accuracy {common.fmt(clf_meta.get('test_accuracy'))}), N = {n} "
         f"against half the test set; the floor is {n} other real test images. Seconds per "
-        f"image: sampling + decoding, bf16 autocast, batch {args.batch_size}, "
+        f"image: sampling + decoding, {common.precision_name()}, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads.", "",
         "## Training", "", common.markdown_table(train_rows), "",
         "## Autoencoder bound (reconstructions of the floor images)", "",

@@ -1,4 +1,4 @@
-"""GPU check: train the 256 px and 1024 px presets briefly (bf16) and record what they cost.
+"""GPU check: train the 256 px and 1024 px presets briefly (precision auto: bf16 on CUDA) and record what they cost.
 
 For each size: the preset's autoencoder trains for a few hundred steps on OpenMoji at that
 size, encodes a subset to packed bits, the preset's prior trains on them, and `bld sample`
@@ -86,7 +86,7 @@ def check_size(size: int, args, plan: dict) -> dict:
     preset = f"{size}px"
     data = (["data.source=fashion-mnist", f"data.image_size={size}", "data.channels=3"]
             if args.tiny else ["data.source=openmoji", f"data.image_size={size}"])
-    common_over = data + [f"run.device={args.device}", "run.bf16=true", f"run.seed={args.seed}"]
+    common_over = data + [f"run.device={args.device}", "run.precision=auto", f"run.seed={args.seed}"]
     out: dict = {"size": size, "preset": preset}
 
     def train(kind: str, over: list[str], steps: int, batch: int, fn) -> dict:

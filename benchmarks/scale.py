@@ -2,7 +2,7 @@
 
 For each resolution and its presets (64 px: ``emoji64``; 256 px: ``256px``; 1024 px:
 ``1024px``, the last two at their full published widths), on one real OpenMoji image at
-that size (``bld prepare-openmoji --size N``), batch 1, bf16 autocast as the trainers use:
+that size (``bld prepare-openmoji --size N``), batch 1, in the precision the trainers' `auto` picks on this CPU:
 
 * autoencoder training step: forward, reconstruction loss (L1 + MSE), backward;
 * prior training step: the Bernoulli-diffusion loss on the image's latent shape, backward;
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (sys.path set-up; imported before bld on purpose)
+import common  # (sys.path set-up; imported before bld on purpose)
 
 import torch
 
@@ -122,7 +122,7 @@ def worker(spec: dict) -> dict:
     # `ae_ckpt` row with it), so the two are compared on the same model
     ckpt = bool(spec.get("grad_checkpointing"))
     ae_cfg, pr_cfg = _configs(size, quick, ae_checkpointing=ckpt)
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    amp = common.autocast()
     res: dict = {"size": size, "what": what, "grad_checkpointing": ckpt}
     x, res["image"] = _image(size, quick)
     C, h, w = ae_cfg.model.latent_shape
@@ -132,7 +132,7 @@ def worker(spec: dict) -> dict:
 
         def step():
             model.zero_grad(set_to_none=True)
-            with bf16:
+            with amp:
                 out = model(x)
             r = out.recon.float()
             ((r - x).abs().mean() + ((r - x) ** 2).mean()).backward()
@@ -151,7 +151,7 @@ def worker(spec: dict) -> dict:
 
         def step():
             model.zero_grad(set_to_none=True)
-            with bf16:
+            with amp:
                 loss = diffusion.training_losses(model, z0, y).loss
             loss.float().backward()
     elif what == "sample":
@@ -162,7 +162,7 @@ def worker(spec: dict) -> dict:
 
         @torch.no_grad()
         def step():
-            with bf16:
+            with amp:
                 z = sample(model, diffusion, (1, C, h, w), steps=16, y=y,
                            generator=torch.Generator().manual_seed(0)).z0
                 img = ae.decode(z)
@@ -251,7 +251,7 @@ def _report(bench, rows: list[dict]) -> None:
                 else f"not run / {px['flops'] / 1e9:.3g}"),
         })
     bench.results["table_md"] = common.markdown_table(table)  # benchmarks/publish.py shows it
-    sections = ["## Cost per image, batch 1, CPU (bf16 autocast)", "",
+    sections = [f"## Cost per image, batch 1, CPU ({common.precision_name()})", "",
                 bench.results["table_md"], "",
                 "Prior widths x depths: " + ", ".join(f"{r['px']} px {r['prior_shape']}" for r in rows)
                 + ". Peak MB is the measuring process's peak resident memory (model, optimizer-free"
@@ -271,7 +271,7 @@ def _report(bench, rows: list[dict]) -> None:
         series_t["same transformer on pixel patches"] = ([p for p, _ in pix], [s for _, s in pix])
     common.plot_lines(bench.path("_seconds.png"), series_t, xlabel="resolution (px)",
                       ylabel="seconds per image (batch 1)", logx=True, logy=True,
-                      title="Cost growth on this CPU (bf16 autocast)")
+                      title=f"Cost growth on this CPU ({common.precision_name()})")
     common.plot_lines(bench.path("_bytes.png"),
                       {"binary latent": (xs, [r["latent_bytes"] for r in rows]),
                        "pixels (uint8 RGB)": (xs, [r["pixel_bytes"] for r in rows])},

@@ -26,12 +26,26 @@ and on other load (the load average is recorded in the report).
 
     python benchmarks/speed.py            # ~8-12 min on 1 thread of a 2-core CPU
     python benchmarks/speed.py --quick
+
+``--cpu-kinds`` measures instead one table per CPU capability this machine can present
+(AVX2; AVX-512 without bf16; AVX-512-BF16; AMX where the CPU has it; each by restricting
+oneDNN / ATen / MKL with their environment variables, in a fresh process) x precision: the
+1024^2 matmul rate on 1 thread, the demo presets' autoencoder training images/s and prior
+training latents/s, and sampling images/s at 16 steps with guidance, with what precision
+`auto` picks there and why (results/speed_cpu_kinds.md; ~5 min).
+
+    python benchmarks/speed.py --cpu-kinds
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -54,7 +68,168 @@ def parse_args():
                    help="skip large / original where their measurement would take longer")
     p.add_argument("--sample-steps", type=int, default=16)
     p.add_argument("--matmul-size", type=int, default=2048, help="peak matmul size n (n x n)")
+    p.add_argument("--cpu-kinds", action="store_true",
+                   help="the table per CPU capability x precision instead (see above)")
+    p.add_argument("--cpu-kind-worker", default=None, help=argparse_hidden())
     return p.parse_args()
+
+
+def argparse_hidden() -> str:
+    import argparse
+    return argparse.SUPPRESS
+
+
+# CPU capability -> the restriction that presents it (None: this CPU as it is)
+CPU_KINDS = {
+    "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "AVX-512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "AVX-512-BF16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512"},
+    "AMX": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "avx512"},
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def kinds_present() -> list[str]:
+    """The capabilities this CPU can present: each needs its instructions."""
+    f = _cpu_flags()
+    have = {"AVX2": "avx2" in f, "AVX-512": "avx512f" in f,
+            "AVX-512-BF16": "avx512_bf16" in f, "AMX": "amx_bf16" in f}
+    return [k for k in CPU_KINDS if have[k]]
+
+
+def kind_worker(quick: bool) -> dict:
+    """In a process restricted to one capability: rates of the demo presets per precision."""
+    from bld.autoencoder import AutoencoderLoss, BinaryAutoencoder
+    from bld.config import load_config_dict
+    from bld.denoiser import Denoiser
+    from bld.diffusion import BernoulliDiffusion
+    from bld.precision import Precision, cpu_bf16_facts, resolve_precision
+    from bld.sampling import sample
+    from bld.train import resolve_prior_config
+    from bld.train_config import config_from_dict
+    cap, native = cpu_bf16_facts()
+    auto = resolve_precision("auto", "cpu")
+    ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist", []))
+    pr_cfg = resolve_prior_config(config_from_dict("prior", load_config_dict(
+        "prior", "fashion-mnist", [])), ae_cfg.model, 10)
+    m = pr_cfg.model
+    g = torch.Generator().manual_seed(0)
+    out = {"capability": cap, "native_bf16": native, "auto": auto.name, "auto_reason": auto.reason,
+           "threads": torch.get_num_threads(), "rows": []}
+    x = torch.rand(ae_cfg.optim.batch_size, 1, 28, 28, generator=g) * 2 - 1
+    z0 = (torch.rand(pr_cfg.optim.batch_size, m.bits, m.grid, m.grid, generator=g) < 0.5).float()
+    y = torch.randint(0, 10, (pr_cfg.optim.batch_size,), generator=g)
+    n_sample = 8 if quick else 50
+    for name in ("fp32", "bf16"):
+        p = Precision(name, name)
+        slow = name == "bf16" and not native  # minutes per measurement: time it once
+        reps = dict(warmup=1, repeats=1) if (slow or quick) else dict(warmup=2, repeats=3)
+        torch.set_num_threads(1)
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        with p.autocast("cpu"):
+            mm = common.time_fn(lambda: a @ b, **reps)
+        torch.set_num_threads(out["threads"])
+        torch.manual_seed(0)
+        ae = BinaryAutoencoder(ae_cfg.model)
+        loss_fn = AutoencoderLoss(ae_cfg.loss, 1)
+        opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
+
+        def ae_step():
+            with p.autocast("cpu"):
+                o = ae(x)
+            loss = loss_fn.generator_loss(x, o, 0, ae.last_layer).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        t_ae = common.time_fn(ae_step, **reps)
+        prior = Denoiser(m)
+        diffusion = BernoulliDiffusion(pr_cfg.diffusion)
+        popt = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+
+        def prior_step():
+            with p.autocast("cpu"):
+                loss = diffusion.training_losses(prior, z0, y, generator=g).loss
+            popt.zero_grad(set_to_none=True)
+            loss.backward()
+            popt.step()
+        t_pr = common.time_fn(prior_step, **reps)
+        prior.eval()
+        ys = torch.arange(n_sample) % 10
+
+        @torch.no_grad()
+        def two_steps():  # 2 of the 16 steps, guided; the rate per step is the same
+            with p.autocast("cpu"):
+                sample(prior, diffusion, (n_sample, m.bits, m.grid, m.grid), steps=2, y=ys,
+                       guidance=pr_cfg.sample_guidance, null_label=prior.null_label,
+                       generator=torch.Generator().manual_seed(0))
+        t_s = common.time_fn(two_steps, **reps)
+        out["rows"].append({
+            "precision": name, "matmul_1024_gflop_s_1thread": 2 * 1024 ** 3 / mm.best / 1e9,
+            "ae_train_images_s": ae_cfg.optim.batch_size / t_ae.best,
+            "prior_train_latents_s": pr_cfg.optim.batch_size / t_pr.best,
+            "sample16_guided_images_s": n_sample / (t_s.best * 8)})
+        log.info("%s %s: %s", cap, name, out["rows"][-1])
+    return out
+
+
+def cpu_kinds(args) -> None:
+    bench = common.setup("speed_cpu_kinds", args, expected_full="~5 min (bf16 on a CPU without "
+                         "native bf16 is most of it)")
+    present = kinds_present()
+    rows, facts = [], {}
+    for kind in present:
+        env = {**os.environ, **CPU_KINDS[kind]}
+        for k in [k for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                              "MKL_ENABLE_INSTRUCTIONS") if k not in CPU_KINDS[kind]]:
+            env.pop(k, None)
+        cmd = [sys.executable, __file__, "--cpu-kind-worker", kind, "--threads",
+               str(args.threads), *(["--quick"] if args.quick else []), "--out", str(bench.out)]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"the {kind} worker failed:\n{res.stderr[-2000:]}")
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        facts[kind] = {k: v for k, v in got.items() if k != "rows"}
+        rows += [{"cpu kind": kind, "torch capability": got["capability"],
+                  "native bf16": got["native_bf16"], **r,
+                  "auto picks": "yes" if r["precision"] == got["auto"] else ""}
+                 for r in got["rows"]]
+    bench.results = {"kinds": facts, "rows": rows}
+    sections = [
+        "Each CPU kind is this machine restricted by environment variables (`ONEDNN_MAX_CPU_ISA`, "
+        "`ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`) in a fresh process: the instruction "
+        "set is the kind's, the clock and caches stay this CPU's, so compare the ratios between "
+        "precisions more than the raw rates with another machine of that kind.", "",
+        "Models: the `fashion-mnist` presets as `bld demo` trains them (autoencoder batch, prior "
+        "batch); sampling: the demo prior, 16 steps with guidance (both passes in one batch), "
+        "batches of 50. `auto picks`: the precision `--precision auto` resolves to on that "
+        "kind.", "",
+        common.markdown_table(rows), "",
+        "Why `auto` picked what it did:", "",
+        *[f"- {k}: {v['auto_reason']}" for k, v in facts.items()], ""]
+    common.write_report(bench, "Speed per CPU kind and precision", sections)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.cpu_kind_worker:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(kind_worker(args.quick)))
+        return
+    if args.cpu_kinds:
+        return cpu_kinds(args)
+    _presets(args)
 
 
 def matmul_peak(n: int, dtype: torch.dtype, repeats: int = 5) -> float:
@@ -107,8 +282,7 @@ def time_sampling(model, diffusion, batch: int, bits: int, grid: int, bf16: bool
     return common.time_fn(lambda: run(steps), warmup=0, repeats=repeats, min_time=min_time)
 
 
-def main() -> None:
-    args = parse_args()
+def _presets(args) -> None:
     q = args.quick
     if q:
         args.presets = ["tiny", "small", "large"]

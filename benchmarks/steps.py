@@ -55,9 +55,9 @@ def parse_args():
     p.add_argument("--spread-steps", type=int, nargs="+", default=[8, 16, 64],
                    help="settings re-run with seed+1 to show the run-to-run spread")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--fp32", action="store_true",
-                   help="sample in fp32 (default: bf16 autocast, as `bld sample`; on CPUs "
-                        "without bf16 matmul units fp32 can be faster)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="sampling precision (default auto, as `bld sample`: bf16 only where the "
+                        "CPU runs it natively and faster)")
     return p.parse_args()
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     t0 = time.perf_counter()
     generate(prior, ae, 50, steps=min(4, T), temperature=1.0, guidance=w_base,
              labels=common.cycled_labels(50, nc) if nc else None, seed=0, batch_size=50,
-             bf16=not args.fp32)
+             precision=args.precision)
     per_eval = (time.perf_counter() - t0) / (50 * min(4, T) * (2 if w_base else 1))
     evals = sum(s * (2 if w else 1) for s, _, w, _, _ in settings)
     log.info("%d settings, N = %d each: ~%.0f network evaluations per image in all; "
@@ -138,7 +138,7 @@ def main() -> None:
     for s, tau, w, lam, seed in tqdm(settings, desc="settings"):
         res = generate(prior, ae, n, steps=s, temperature=tau, guidance=w, labels=labels,
                        evidence_weight=lam, seed=seed, batch_size=args.batch_size,
-                       bf16=not args.fp32)
+                       precision=args.precision)
         m = ref.evaluate(res.images, labels)
         row = {"steps": s, "temperature": tau, "guidance": w, "evidence_weight": lam,
                "seed": seed, "n": n,
@@ -212,7 +212,7 @@ def main() -> None:
                      "base_temperature": args.temperature, "classifier": clf_meta,
                      "autoencoder_at_n": ae_fig, "rows": list(rows.values()),
                      "claims": claims, "verdict": verdict,
-                     "run": str(args.run), "bf16": not args.fp32, "batch_size": args.batch_size}
+                     "run": str(args.run), "precision": common.precision_name(args.precision), "batch_size": args.batch_size}
 
     xs = [r["steps"] for r in steps_rows]
     series = {f"seed {args.seed}": (xs, [r["fd"] for r in steps_rows])}
@@ -240,7 +240,7 @@ def main() -> None:
         f"same reference. FD in the feature space of the project classifier "
         f"(`{clf_meta['path']}`, test accuracy {common.fmt(clf_meta.get('test_accuracy'))}): "
         "not comparable to Inception FID. Seconds per image include decoding; batch "
-        f"{args.batch_size}, {'fp32' if args.fp32 else 'bf16 autocast'}, "
+        f"{args.batch_size}, {common.precision_name(args.precision)}, "
         f"{torch.get_num_threads()} threads; guidance doubles the network evaluations.", "",
         f"Autoencoder bound at N = {n}: reconstruction FD {ae_fig['fd_recon']:.4g}, PSNR "
         f"{ae_fig['psnr']:.3g} dB (a prior cannot beat its decoder).", "",

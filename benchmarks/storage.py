@@ -15,7 +15,7 @@ prior training.
      - on the fly: `BinaryAutoencoder.encode` of each image batch (as `bld train-prior`
        without --latents),
    each followed by the same prior training step (demo preset: width 256, depth 6,
-   class-conditional, bf16 autocast). The data-only time (no training step) is listed too.
+   class-conditional, in the precision `auto` picks). The data-only time (no training step) is listed too.
 
 With --run RUN_DIR the trained autoencoder of a demo run is used; without it an UNTRAINED
 autoencoder of the demo architecture (its timings are the same; its bits are not
@@ -157,12 +157,12 @@ def main() -> None:
     @torch.no_grad()
     def get_fly(i):
         s = batch_idx(i)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with common.autocast():
             z = ae.encode(x_all[s], deterministic=True).float()
         return z, cache_labels[s]
 
     def train_step(z0, y):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with common.autocast():
             loss = diffusion.training_losses(prior, z0, y, generator=g).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -171,7 +171,7 @@ def main() -> None:
     modes = {"packed cache, unpack per batch": get_packed,
              "packed cache, LatentDataset + DataLoader (unpack per item)": get_loader,
              "float32 cache": get_float,
-             "encode on the fly (autoencoder, bf16)": get_fly}
+             "encode on the fly (autoencoder)": get_fly}
     epoch_batches = math.ceil(EPOCH / bs)
     time_rows = []
     for name, get in tqdm(modes.items(), desc="modes"):
@@ -208,7 +208,7 @@ def main() -> None:
     sections = [
         "## Settings", "",
         f"Autoencoder: {ae_note}; latent {shape[1]}x{shape[2]}x{shape[0]} = {n_el} bits per "
-        f"image. Prior for the timing: {prior_text}, class-conditional, bf16 "
+        f"image. Prior for the timing: {prior_text}, class-conditional, {common.precision_name()} "
         f"autocast, batch {bs}. Epoch times are EXTRAPOLATED from {k} timed batches per mode "
         f"(after one warm-up batch) to {epoch_batches} batches = {EPOCH} images.", "",
         "## Bytes per image", "", common.markdown_table(size_rows), "",

@@ -6,7 +6,7 @@ widths, 7 x 7 grid, reconstruction loss, steps x batch, learning rate, warm-up, 
 ``--preset`` or the flags below change them) and the same seed; only the quantizer between
 the encoder's 1x1 head (D channels) and the decoder's bias-free 1x1 input projection
 changes. The decoder sees code / sqrt(D) (for bits: (2z - 1) / sqrt(D), exactly what
-`BinaryAutoencoder` feeds it). Quantizers run in fp32, the networks in bf16 autocast. Every
+`BinaryAutoencoder` feeds it). Quantizers run in fp32, the networks in the precision `auto` picks (bld.precision). Every
 tokenizer is trained with two seeds (``--seeds``).
 
 Tokenizers (``make_specs``), at the preset's B bits per position and at 12 (log2 of the
@@ -247,7 +247,7 @@ def reconstruct(model: Tokenizer, x: torch.Tensor, batch: int = 500):
     model.eval()
     rec, idx, bits, probs = [], [], [], []
     for i in range(0, len(x), batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with common.autocast():
             r, q = model(x[i:i + batch])
         rec.append(r.float().clamp(-1, 1))
         idx.append(q.index)

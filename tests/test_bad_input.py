@@ -237,7 +237,7 @@ def test_the_table_covers_every_command():
 
 # ------------------------------------------------------------------------- property tests
 KEYS = ["optim.steps", "optim.lr", "optim.batch_size", "optim.warmup", "optim.ema_decay",
-        "optim.grad_accum", "run.seed", "run.device", "run.bf16", "run.ckpt_every",
+        "optim.grad_accum", "run.seed", "run.device", "run.precision", "run.ckpt_every",
         "run.keep_checkpoints", "run.max_bad_steps", "model.bits", "model.channels",
         "model.hidden", "data.limit", "data.image_size", "data.source", "loss.disc_weight"]
 yaml_scalars = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True),

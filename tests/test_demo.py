@@ -50,6 +50,19 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
         "sample_guidance"]
     assert set(rep["times"]) >= {"autoencoder_s", "prior_s", "classifier_s", "evaluation_s"}
     assert len(rep["classes"]) == 10 and "Sandal" in (out / "report.md").read_text()
+    # the precision and the time plan (--minutes 15, calibrated here) are in the report; the
+    # steps given on the command line are kept, not scaled
+    assert rep["precision"] in ("fp32", "bf16") and rep["precision_reason"].startswith(
+        rep["precision"])
+    plan = rep["plan"]
+    assert (plan["minutes"], plan["ae_steps"], plan["prior_steps"]) == (15, 3, 3)
+    assert plan["preset_ae_steps"] == load_config_dict("autoencoder", "fashion-mnist", [])[
+        "optim"]["steps"]
+    assert all(v > 0 for v in plan["rates"].values())
+    assert plan["predicted_s"]["total"] == pytest.approx(sum(
+        v for k, v in plan["predicted_s"].items() if k != "total"))
+    assert json.loads((out / "plan.json").read_text()) == plan
+    assert "Time plan: plan for 15 min" in (out / "report.md").read_text()
 
     # a second run into the same folder refuses; --resume reuses both trained stages
     assert main(args) == 2
@@ -88,8 +101,9 @@ def test_demo_on_colour_emoji(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--dataset", "emoji", "--data-dir", str(data), "--out", str(out),
                  "--ae-steps", "2", "--prior-steps", "2", "--eval-samples", "0",
-                 "--device", "cpu"]) == 0
+                 "--minutes", "0", "--device", "cpu"]) == 0
     rep = json.loads((out / "report.json").read_text())
+    assert rep["plan"] is None  # --minutes 0: no plan
     assert rep["dataset"] == "emoji" and rep["source"] == "emoji-twitter"
     assert rep["classes"] == ["bars", "circles", "squares"]
     assert rep["autoencoder"]["latent_shape"] == [32, 8, 8]

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from bld.cli import main
+from bld.precision import resolve_precision
 from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation import (evaluate_images, extract_features, fd_from_features,
                             load_classifier, real_reference)
@@ -74,7 +75,8 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
     assert rep["settings"] == {"n": 60, "steps": 4, "temperature": 1.0, "guidance": 1.0,
                                "evidence_weight": DEFAULT_EVIDENCE_WEIGHT,
                                "guidance_interval": [0.0, 1.0], "seed": 0,
-                               "conditional": True, "batch_size": 250, "bf16": True}
+                               "conditional": True, "batch_size": 250,
+                               "precision": resolve_precision("auto", "cpu").name}
     s = rep["samples"]
     assert s["n"] == 60 and 0 <= s["class_accuracy"] <= 1 and 0 <= s["precision"] <= 1
     # The figures are those of the images the command wrote: FD, precision and class accuracy

@@ -79,13 +79,13 @@ def test_images(fashion_mnist):
 def test_pipeline_samples_pil_images_reproducibly(pipe):
     import torch
     from PIL import Image
-    out = pipe(class_labels=["Sneaker", 0], n=3, steps=4, seed=1, return_bits=True, bf16=False)
+    out = pipe(class_labels=["Sneaker", 0], n=3, steps=4, seed=1, return_bits=True, precision="fp32")
     assert len(out.images) == 3 and all(isinstance(im, Image.Image) for im in out.images)
     assert out.images[0].size == (28, 28) and out.images[0].mode == "L"
     assert out.labels.tolist() == [7, 0, 7]  # names or ids, cycled over n
     assert out.bits.shape == (3, 8, 7, 7) and set(out.bits.unique().tolist()) <= {0.0, 1.0}
     again = pipe(class_labels=["Sneaker", 0], n=3, steps=4,
-                 generator=torch.Generator().manual_seed(1), return_bits=True, bf16=False)
+                 generator=torch.Generator().manual_seed(1), return_bits=True, precision="fp32")
     assert torch.equal(again.bits, out.bits)
     other = pipe(class_labels=["Sneaker", 0], n=3, steps=4, seed=2, return_bits=True)
     assert not torch.equal(other.bits, out.bits)

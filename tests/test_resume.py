@@ -1,7 +1,7 @@
 """A run killed after its step-4 checkpoint and resumed to step 8 ends bitwise equal to one
 that ran 8 steps without a break (CPU, fixed seed): model, EMA and optimizer state. Promised
-for fp32 and, on CPU with the same thread count, for bf16 autocast too (the prior's default;
-benchmarks/faults.py measures it under kill -9).
+for fp32 and, on CPU with the same thread count, for bf16 autocast too (what precision auto
+picks on a CPU with native bf16; benchmarks/faults.py measures it under kill -9).
 
 The kill is a KeyboardInterrupt raised right after the step-4 checkpoint is written, so the
 process keeps nothing of the first half but what is on disk. Also with gradient accumulation,
@@ -35,7 +35,7 @@ def run(*argv) -> int:
 
 
 def _argv(kind: str, request, tiny_ae_args, tiny_prior_args) -> list:
-    precision = ["--bf16"] if kind.endswith("bf16") else ["--no-bf16"]
+    precision = ["--precision", "bf16" if kind.endswith("bf16") else "fp32"]
     if kind == "autoencoder":
         return ["train-ae", *tiny_ae_args, *COMMON, *precision]
     if kind == "autoencoder-shards-accum":

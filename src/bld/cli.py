@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config_dict, preset_names
+from .precision import PRECISIONS
 from .sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
@@ -37,6 +38,28 @@ _positive = _int_at_least(1, "at least 1")
 _count = _int_at_least(0, "0 or more")
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (no plan) or more, got {text}")
+    return value
+
+
+def _precision_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """--precision auto|fp32|bf16, with --bf16 / --no-bf16 kept as its aliases."""
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
+                   help="bf16 autocast or fp32; auto (the default) picks bf16 only where the "
+                        "device runs it natively and faster (CUDA with bf16; a CPU with "
+                        "AVX-512-BF16 / AMX), else fp32")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                   help="same as --precision bf16")
+    p.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
+                   help="same as --precision fp32")
+
+
 def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--config", default=None,
                    help=f"a preset ({', '.join(preset_names(kind))}) or a YAML file "
@@ -56,8 +79,7 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--grad-accum", type=_positive, metavar="K", help="shortcut for --set "
                    "optim.grad_accum=K: K micro-batches per optimizer step")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (CPU and CUDA)")
+    _precision_flag(p, default=None)
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="dataset: fashion-mnist, emoji-twitter, emoji-google, "
                                   "a folder of images (class labels from subfolders), or a "
@@ -69,7 +91,7 @@ def _shortcut_overrides(args) -> list[str]:
     out = list(args.overrides)
     for flag, key in [("steps", "optim.steps"), ("batch_size", "optim.batch_size"),
                       ("grad_accum", "optim.grad_accum"),
-                      ("device", "run.device"), ("bf16", "run.bf16"), ("seed", "run.seed"),
+                      ("device", "run.device"), ("precision", "run.precision"), ("seed", "run.seed"),
                       ("data", "data.source"), ("data_dir", "data.data_dir")]:
         v = getattr(args, flag, None)
         if v is not None:
@@ -90,7 +112,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="class to sample (repeatable; cycles over samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    _precision_flag(p)
     p.add_argument("--batch-size", type=_positive, default=256)
 
 
@@ -122,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance w of the samples and the report "
                         "(default: the prior preset's sample_guidance)")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    p.add_argument("--minutes", type=_minutes, default=15.0,
+                   help="time budget: a few seconds of calibration, then both models' training "
+                        "steps are scaled down (never up) from the presets' so that the whole "
+                        "demo fits (default %(default)g; 0 = the presets' steps, no plan)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _precision_flag(p)
     p.add_argument("--data-dir", help="the dataset's folder if not in its default place (Debian's Fashion-MNIST, ~/.cache/bld/emoji-twitter)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -142,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    _precision_flag(p)
     p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--limit", type=_count, default=0, help="encode only the first N images (0 = all)")
 
@@ -183,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=_positive, default=16)
     p.add_argument("--out", required=True, help="grid PNG: originals above reconstructions")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _precision_flag(p, default="fp32")
 
     p = sub.add_parser("train-classifier", help="train the classifier whose features FD uses")
     p.add_argument("--data", default="fashion-mnist", help="dataset with class labels")
@@ -211,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unconditional", action="store_true", help="sample without labels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    _precision_flag(p)
     p.add_argument("--out", required=True, help="folder for eval.json, eval.md and a grid")
 
     p = sub.add_parser("serve", help="a browser app over a trained run: sample, inpaint, "
@@ -222,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-images", type=_positive, default=64, help="most images one click makes")
+    _precision_flag(p)
 
     p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
     p.add_argument("--vendor", choices=["twitter", "google"], default="twitter")
@@ -262,13 +291,13 @@ def _device(name: str):
 def _load_pipeline(args):
     from .pipeline import BinaryLatentDiffusionPipeline
     return BinaryLatentDiffusionPipeline.from_run(args.prior, autoencoder=args.autoencoder,
-                                                  device=args.device)
+                                                  device=args.device, precision=args.precision)
 
 
 def _sampling_kwargs(args) -> dict:
     return dict(class_labels=args.classes, n=args.num, steps=args.steps,
                 temperature=args.temperature, evidence_weight=args.evidence_weight,
-                guidance=args.guidance, seed=args.seed, bf16=args.bf16, output_type="pt")
+                guidance=args.guidance, seed=args.seed, output_type="pt")
 
 
 def cmd_sample(args) -> None:
@@ -331,7 +360,7 @@ def cmd_reconstruct(args) -> None:
         ds = build_dataset(source, split="test", image_size=c.image_size, channels=c.in_channels,
                            data_dir=args.data_dir)
         images = torch.stack([ds[i][0] for i in range(min(args.num, len(ds)))])
-    res = reconstruct(ae, images)
+    res = reconstruct(ae, images, precision=args.precision)
     save_image(image_grid(torch.cat([images, res.recon]), nrow=len(images)), args.out)
     print(f"L1 {res.l1:.4f}  MSE {res.mse:.5f}  PSNR {res.psnr:.2f} dB  ({len(images)} images)")
 
@@ -354,8 +383,9 @@ def cmd_encode(args) -> None:
     if 0 < args.limit < len(ds):
         ds = LimitedDataset(ds, args.limit)
     path = encode_dataset(ae, ds, args.out, batch_size=args.batch_size, device=device,
-                          bf16=args.bf16, metadata={"source": source, "split": args.split,
-                                                    "autoencoder": args.autoencoder})
+                          precision=args.precision,
+                          metadata={"source": source, "split": args.split,
+                                    "autoencoder": args.autoencoder})
     log.info("wrote %s (%d latents of shape %s, %d bytes each)", path, len(ds),
              ae.config.latent_shape, (ae.config.bits * ae.config.grid ** 2 + 7) // 8)
 
@@ -429,7 +459,8 @@ def cmd_eval(args) -> None:
         ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
                             temperature=args.temperature,
                             evidence_weight=args.evidence_weight, guidance=args.guidance,
-                            seed=args.seed, conditional=not args.unconditional, bf16=args.bf16)
+                            seed=args.seed, conditional=not args.unconditional,
+                            precision=args.precision)
         save_image(image_grid(ev.pop("images")[:100], nrow=10), out / "samples.png")
         ev.pop("labels")
         _eval_figures(prior, ae, ae_data, test, xt, out, args)
@@ -456,7 +487,7 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
     from .evaluation import dataset_tensors
     from .figures import class_rows_figure, trajectory_figure
     from .pipeline import BinaryLatentDiffusionPipeline
-    pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data))
+    pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data), args.precision)
     sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance)
     trajectory_figure(pipe, out / "trajectory.png", **sampling)
@@ -474,14 +505,16 @@ def cmd_serve(args) -> None:
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
     serve(args.run_dir, host=args.host, port=args.port, device=args.device,
-          limits=Limits(max_images=max(1, args.max_images)))
+          precision=args.precision, limits=Limits(max_images=max(1, args.max_images)))
 
 
 def cmd_demo(args) -> None:
     from .demo import DemoSettings, run_demo
     from .demo import DEMO_DATASETS
     out = args.out or DEMO_DATASETS[args.dataset][2]
-    s = DemoSettings(out=Path(out), dataset=args.dataset, device=args.device, seed=args.seed, limit=args.limit,
+    s = DemoSettings(out=Path(out), dataset=args.dataset, device=args.device,
+                     precision=args.precision, minutes=args.minutes, seed=args.seed,
+                     limit=args.limit,
                      eval_samples=args.eval_samples, resume=args.resume,
                      classifier_steps=args.classifier_steps,
                      evidence_weight=args.evidence_weight, guidance=args.guidance,

@@ -24,6 +24,7 @@ from . import __version__
 from .config import ConfigError, load_config_dict
 from .data import build_dataset
 from .plots import image_grid, save_image
+from .precision import resolve_precision
 from .sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
@@ -42,6 +43,8 @@ class DemoSettings:
     out: Path = Path("runs/demo")
     dataset: str = "fashion-mnist"  # a key of DEMO_DATASETS
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (bld.precision)
+    minutes: float = 15.0  # time budget the plan fits the training steps to (0: no plan)
     seed: int = 0
     limit: int = 0
     data_dir: str = ""
@@ -57,6 +60,7 @@ class DemoSettings:
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     reused_s: float = 0.0  # recorded seconds of stages a --resume reused (counted in total_s)
+    plan: dict[str, Any] | None = None  # the time plan (bld.budget), kept in plan.json
 
 
 def cpu_name() -> str:
@@ -95,12 +99,15 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
     (run_dir / "done.json").write_text(json.dumps(info, indent=2))
 
 
+def _config(kind: str, s: DemoSettings, overrides: list[str]):
+    from .train_config import config_from_dict
+    return config_from_dict(kind, load_config_dict(kind, DEMO_DATASETS[s.dataset][1], overrides))
+
+
 def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, what: str,
                  train_fn) -> tuple[Any, Path]:
     """Train one model from the demo dataset's preset unless a finished run is there."""
-    from .train_config import config_from_dict
-    preset = DEMO_DATASETS[s.dataset][1]
-    cfg = config_from_dict(kind, load_config_dict(kind, preset, overrides))
+    cfg = _config(kind, s, overrides)
     run_dir = out / kind
     t0 = time.perf_counter()
     reused = _stage_done(run_dir)
@@ -111,6 +118,62 @@ def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, wh
     s.timings[f"{kind}_s"] = json.loads((run_dir / "done.json").read_text())["seconds"]
     s.reused_s += s.timings[f"{kind}_s"] if reused else 0.0
     return cfg, run_dir
+
+
+def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test: int,
+                device, precision) -> None:
+    """Fit the training steps to ``s.minutes`` (bld.budget): calibrate and plan. The plan
+    is kept in ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
+    from .budget import calibrate, make_plan
+    from .train import resolve_prior_config
+    record = out / "plan.json"
+    if s.resume and record.exists():
+        s.plan = json.loads(record.read_text())
+    elif s.minutes > 0:
+        ae_cfg, pr_cfg = _config("autoencoder", s, common), _config("prior", s, common)
+        classes = len(getattr(train_set, "classes", ()))
+        pr_cfg = resolve_prior_config(pr_cfg, ae_cfg.model, classes)
+        log.info("calibrating: timing each stage's work on this machine (%s)", precision.reason)
+        rates = calibrate(ae_cfg, pr_cfg, train_set, pr_cfg.model.num_classes, device, precision)
+        clf_steps = s.classifier_steps or CLASSIFIER_STEPS[s.dataset]
+        n_eval = min(s.eval_samples, n_test // 2)
+        nc = max(pr_cfg.model.num_classes, 1)
+        plan = make_plan(rates, s.minutes, preset_ae_steps=ae_cfg.optim.steps,
+                         preset_prior_steps=pr_cfg.optim.steps, precision=precision.name,
+                         ae_steps=s.ae_steps, prior_steps=s.prior_steps,
+                         n_train=len(train_set), n_test=n_test, eval_samples=n_eval,
+                         figure_samples=(s.samples_per_class + 6) * nc + 4,
+                         snapshot_samples=8 * min(nc, 10) * (1 + pr_cfg.optim.steps //
+                                                            max(pr_cfg.run.sample_every, 1)),
+                         sample_steps=s.sample_steps,
+                         classifier_steps=clf_steps if s.eval_samples > 0 else 0)
+        s.plan = plan.as_dict()
+        record.write_text(json.dumps(s.plan, indent=2))
+    if s.plan is not None:
+        log.info("%s", _describe(s.plan))
+
+
+def _replan_prior(s: DemoSettings, out: Path, elapsed_s: float) -> None:
+    """Fit the prior's steps again to what is left of the budget (once, before it trains)."""
+    from .budget import Plan, replan_prior
+    if s.plan is None or s.plan.get("replanned_after_s") is not None or \
+            s.prior_steps is not None or (out / "prior" / "latest").exists():
+        return
+    s.plan = replan_prior(Plan.from_dict(s.plan), elapsed_s).as_dict()
+    (out / "plan.json").write_text(json.dumps(s.plan, indent=2))
+    log.info("%s", _describe(s.plan))
+
+
+def _steps(s: DemoSettings, kind: str) -> list[str]:
+    """The step-count override of ``kind`` (autoencoder | prior): the user's, else the plan's."""
+    key = "ae_steps" if kind == "autoencoder" else "prior_steps"
+    steps = getattr(s, key) or (s.plan or {}).get(key)
+    return [f"optim.steps={steps}"] if steps else []
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    from .budget import Plan
+    return Plan.from_dict(plan).describe()
 
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
@@ -127,14 +190,20 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                           "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
+    precision = resolve_precision(s.precision, device)
     t_start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), _load_average()
-    common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}"]
+    common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}",
+              f"run.precision={s.precision}"]
     if s.data_dir:
         common.append(f"data.data_dir={s.data_dir}")
-    build_dataset(source, split="test", data_dir=s.data_dir or None)  # fail early
+    test_set = build_dataset(source, split="test", data_dir=s.data_dir or None)  # fail early
+    train_set = build_dataset(source, split="train", data_dir=s.data_dir or None)
+    if s.limit:
+        train_set = LimitedDataset(train_set, s.limit)
+    _plan_steps(s, out, common, train_set, len(test_set), device, precision)
 
     # 1. binary autoencoder
-    ae_over = common + ([f"optim.steps={s.ae_steps}"] if s.ae_steps else [])
+    ae_over = common + _steps(s, "autoencoder")
     ae_cfg, ae_dir = _train_stage("autoencoder", ae_over, out, s, "[1/4] training the binary "
                                   "autoencoder", train_autoencoder)
     ae = load_autoencoder(ae_dir, device)
@@ -142,22 +211,20 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 2. latent cache
     cache = out / "latents_train.safetensors"
     t0 = time.perf_counter()
-    train_set = build_dataset(source, split="train", data_dir=s.data_dir or None)
-    if s.limit:
-        train_set = LimitedDataset(train_set, s.limit)
     encode_record = out / "encode.json"
     if cache.exists() and encode_record.exists():
         s.timings["encode_s"] = json.loads(encode_record.read_text())["seconds"]
         s.reused_s += s.timings["encode_s"]
     else:
         log.info("[2/4] encoding %d training images to packed bits", len(train_set))
-        encode_dataset(ae, train_set, cache, device=device, metadata={"source": source})
+        encode_dataset(ae, train_set, cache, device=device, precision=s.precision,
+                       metadata={"source": source})
         s.timings["encode_s"] = time.perf_counter() - t0
         encode_record.write_text(json.dumps({"seconds": s.timings["encode_s"]}))
 
     # 3. class-conditional prior
-    pr_over = common + [f"autoencoder={ae_dir}", f"latents={cache}"]
-    pr_over += [f"optim.steps={s.prior_steps}"] if s.prior_steps else []
+    _replan_prior(s, out, time.perf_counter() - t_start + s.reused_s)
+    pr_over = common + [f"autoencoder={ae_dir}", f"latents={cache}"] + _steps(s, "prior")
     pr_cfg, pr_dir = _train_stage("prior", pr_over, out, s, "[3/4] training the "
                                   "class-conditional prior", train_prior)
     prior = load_prior(pr_dir, device)
@@ -166,14 +233,13 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     # 4. figures
     log.info("[4/4] sampling and writing the report")
-    pipe = BinaryLatentDiffusionPipeline(ae, prior, asdict(ae_cfg.data))
+    pipe = BinaryLatentDiffusionPipeline(ae, prior, asdict(ae_cfg.data), s.precision)
     nc = prior.config.model.num_classes
     k = s.samples_per_class
     sampling = dict(steps=s.sample_steps, guidance=s.guidance, temperature=s.temperature,
                     evidence_weight=s.evidence_weight, seed=s.seed)
     res = pipe(class_labels=torch.arange(nc).repeat_interleave(k), output_type="pt", **sampling)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
-    test_set = build_dataset(source, split="test", data_dir=s.data_dir or None)
     from .evaluation import dataset_tensors
     from .figures import class_rows_figure, trajectory_figure
     xt, yt = dataset_tensors(test_set)
@@ -205,8 +271,10 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         # other work on the machine stretches the wall time: the load average says how much
         "load_average_1min_start_end": [load_start, _load_average()],
         "device": str(device),
+        **precision.as_dict(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
-                     if k not in ("timings", "reused_s")},
+                     if k not in ("timings", "reused_s", "plan")},
+        "plan": s.plan,
         "resumed_stages_s": s.reused_s,
         "autoencoder": {"params_M": sum(p.numel() for p in ae.parameters()) / 1e6,
                         "latent_shape": list(ae.config.latent_shape),
@@ -254,7 +322,7 @@ def _evaluate(prior, ae, xt, yt, recon, s: DemoSettings, out: Path, device) -> d
     t0 = time.perf_counter()
     ev = evaluate_prior(prior, ae, clf, xt, n=n, steps=s.sample_steps,
                         temperature=s.temperature, guidance=s.guidance, seed=s.seed,
-                        evidence_weight=s.evidence_weight)
+                        evidence_weight=s.evidence_weight, precision=s.precision)
     s.timings["evaluation_s"] = time.perf_counter() - t0
     smp, rec = ev["samples"], ev["autoencoder"]
     return {"classifier_test_accuracy": meta["test_accuracy"],
@@ -274,6 +342,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = [
         "# bld demo report", "",
         f"bld {r['bld_version']}, torch {r['torch']}, {r['machine']}, device {r['device']}", "",
+        f"Precision: {r['precision_reason']}.", "",
+        *([f"Time plan: {_describe(r['plan'])}.", ""] if r.get("plan") else []),
         "![samples](samples.png)", "",
         f"Samples: one row per class ({', '.join(r['classes'])}), "
         f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}, "

@@ -31,6 +31,10 @@ class DenoiserConfig:
     depth: int = 6
     heads: int = 4
     mlp_ratio: float = 4.0
+    # positions per token side: each token holds a patch x patch square of the grid (DiT's
+    # patch size; the grid is padded with "no evidence" zeros to a multiple), so the
+    # transformer sees ceil(grid / patch)^2 tokens of bits * patch^2 bits each
+    patch: int = 1
     num_classes: int = 0  # 0 = unconditional; else a learned null label is added
     dropout: float = 0.0
     conditioning: str = "tokens"  # "adaln" (adaLN-Zero, as DiT) or "tokens"
@@ -45,6 +49,13 @@ class DenoiserConfig:
             raise ValueError(f"conditioning must be 'adaln' or 'tokens', got {self.conditioning!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if not 1 <= self.patch <= self.grid:
+            raise ValueError(f"patch must be in 1..grid ({self.grid}), got {self.patch}")
+
+    @property
+    def token_grid(self) -> int:
+        """Tokens per side: ceil(grid / patch)."""
+        return -(-self.grid // self.patch)
 
 
 # name -> (width, depth, heads). 'tiny' trains in seconds on a CPU; 'original' is the
@@ -148,11 +159,12 @@ class Denoiser(nn.Module):
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.n_pos = c.grid * c.grid
-        self.embed = nn.Linear(c.bits, c.width, bias=False)
+        self.n_pos = c.token_grid ** 2  # tokens
+        token_bits = c.bits * c.patch ** 2
+        self.embed = nn.Linear(token_bits, c.width, bias=False)
         # self-conditioning: the earlier estimate enters as (2 p - 1) @ W_prev (0 = none)
-        self.embed_prev = nn.Linear(c.bits, c.width, bias=False) if c.self_condition else None
-        self.pos = nn.Parameter(sincos_2d(c.grid, c.width)[None])  # (1, N, D), learned
+        self.embed_prev = nn.Linear(token_bits, c.width, bias=False) if c.self_condition else None
+        self.pos = nn.Parameter(sincos_2d(c.token_grid, c.width)[None])  # (1, N, D), learned
         self.time_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(),
                                       nn.Linear(c.width, c.width))
         # class embedding with one extra row: the learned null condition for CFG
@@ -162,7 +174,7 @@ class Denoiser(nn.Module):
                                     for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.width, elementwise_affine=not adaln)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.width, 2 * c.width)) if adaln else None
-        self.head = nn.Linear(c.width, c.bits)
+        self.head = nn.Linear(c.width, token_bits)
         self.apply(self._init)
         nn.init.zeros_(self.head.weight)  # start by predicting "no flip" at 50%
         nn.init.zeros_(self.head.bias)
@@ -199,10 +211,9 @@ class Denoiser(nn.Module):
         if C != c.bits or H != c.grid or W != c.grid:
             raise ValueError(f"denoiser expects latents (B, {c.bits}, {c.grid}, {c.grid}), "
                              f"got {tuple(z.shape)}")
-        x = self.embed(rearrange(2 * z - 1, "b c h w -> b (h w) c").to(self.embed.weight.dtype))
+        x = self.embed(self._tokens(2 * z - 1).to(self.embed.weight.dtype))  # (B, N, C p p)
         if self.embed_prev is not None and z0_prev is not None:
-            x = x + self.embed_prev(rearrange(2 * z0_prev - 1, "b c h w -> b (h w) c")
-                                    .to(self.embed_prev.weight.dtype))
+            x = x + self.embed_prev(self._tokens(2 * z0_prev - 1).to(self.embed_prev.weight.dtype))
         x = x + self.pos  # (B, N, D)
         conds = [self.time_mlp(timestep_embedding(t, c.width).to(x.dtype))]  # (B, D)
         if self.class_embed is not None:
@@ -220,7 +231,18 @@ class Denoiser(nn.Module):
             for blk in self.blocks:
                 x = self._block(blk, x)
             out = self.head(self.norm(x[:, len(conds):]))  # (B, N, C)
-        return rearrange(out, "b (h w) c -> b c h w", h=H, w=W)
+        p, g = c.patch, c.token_grid
+        out = rearrange(out, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, p1=p, p2=p)
+        return out[:, :, :H, :W]  # (B, C, H, W): the padding's outputs are dropped
+
+    def _tokens(self, signs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) values in [-1, 1] -> (B, N, C p p) tokens; the grid is padded with
+        0 (neither bit value: no evidence) up to a multiple of the patch."""
+        p, g = self.config.patch, self.config.token_grid
+        pad = g * p - signs.shape[-1]
+        if pad:
+            signs = F.pad(signs, (0, pad, 0, pad))
+        return rearrange(signs, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
 
     def _block(self, blk: Block, *args: torch.Tensor) -> torch.Tensor:
         if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -235,5 +257,6 @@ class Denoiser(nn.Module):
         d, hidden = c.width, int(c.width * c.mlp_ratio)
         per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * n * n * d
         per_block += 2 * d * 6 * d if adaln else 0  # the modulation regression, once per sample
-        return (c.depth * per_block + 2 * self.n_pos * (c.bits * d + d * c.bits)
+        token_bits = c.bits * c.patch ** 2
+        return (c.depth * per_block + 2 * self.n_pos * (token_bits * d + d * token_bits)
                 + (2 * d * 2 * d if adaln else 0))

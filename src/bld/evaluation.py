@@ -491,7 +491,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
                    guidance: float = 0.0, seed: int = 0, conditional: bool = True,
                    evidence_weight: float | None = None,
                    guidance_interval: tuple[float, float] = (0.0, 1.0),
-                   batch_size: int = 250, bf16: bool = True) -> dict[str, Any]:
+                   batch_size: int = 250, precision: str = "auto") -> dict[str, Any]:
     """Sample n images (classes cycled when conditional) and measure them on the test set.
 
     Returns the sample figures (FD, its real-vs-real floor at the same n, precision/recall,
@@ -499,7 +499,9 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     a prior cannot beat its decoder) and the settings and wall time per image.
     """
     from .pipeline import generate
+    from .precision import resolve_precision
     from .sampling import DEFAULT_EVIDENCE_WEIGHT
+    device = next(prior.model.parameters()).device
     if evidence_weight is None:
         evidence_weight = DEFAULT_EVIDENCE_WEIGHT
     reference, floor = real_reference(test_images, n, seed=seed)
@@ -508,7 +510,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     res = generate(prior, ae, n, steps=steps, temperature=temperature,
                    evidence_weight=evidence_weight, guidance_interval=guidance_interval,
                    guidance=guidance if labels is not None else 0.0, labels=labels, seed=seed,
-                   batch_size=batch_size, bf16=bf16)
+                   batch_size=batch_size, precision=precision)
     samples = evaluate_images(classifier, reference, floor, res.images, labels)
     recon = evaluate_autoencoder(ae, floor, classifier, reference)
     return {
@@ -516,7 +518,8 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
                      "evidence_weight": evidence_weight,
                      "guidance_interval": list(guidance_interval),
                      "guidance": guidance if labels is not None else 0.0, "seed": seed,
-                     "conditional": labels is not None, "batch_size": batch_size, "bf16": bf16},
+                     "conditional": labels is not None, "batch_size": batch_size,
+                     "precision": resolve_precision(precision, device).name},
         "samples": samples, "autoencoder": recon,
         "fd_ratio_to_recon": samples["fd"] / max(recon["fd_recon"], 1e-12),
         "seconds_per_image": res.seconds / n,

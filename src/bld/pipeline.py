@@ -5,7 +5,6 @@ The CLI calls these; they hold the short loops (as diffusers pipelines do).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -22,19 +21,21 @@ from .autoencoder import BinaryAutoencoder
 from .evaluation import psnr_from_mse
 from .packing import pack_bits
 from .plots import to_pil
+from .precision import check_precision, resolve_precision
 from .sampling import DEFAULT_EVIDENCE_WEIGHT, sample
 from .loading import LoadedPrior
 
 
-def autocast(device: torch.device | str, enabled: bool):
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+def autocast(device: torch.device | str, precision: str):
+    """bf16 autocast on ``device`` when ``precision`` (auto | fp32 | bf16) resolves to bf16."""
+    return resolve_precision(precision, device).autocast(device)
 
 
 @torch.no_grad()
 def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path, *,
-                   batch_size: int = 256, device: torch.device | str = "cpu", bf16: bool = True,
-                   metadata: dict | None = None, progress: bool = True) -> Path:
+                   batch_size: int = 256, device: torch.device | str = "cpu",
+                   precision: str = "auto", metadata: dict | None = None,
+                   progress: bool = True) -> Path:
     """Encode every image deterministically; write packed bits (1 bit per element) + labels.
 
     The file is safetensors: ``packed`` (N, ceil(C h w / 8)) uint8 and ``labels`` (N,) int64,
@@ -49,7 +50,7 @@ def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     packed, labels = [], []
     for x, y in tqdm(loader, desc="encode", disable=not progress, mininterval=1.0):
-        with autocast(device, bf16):
+        with autocast(device, precision):
             bits = ae.encode(x.to(device), deterministic=True)
         packed.append(pack_bits(bits).cpu())
         labels.append(torch.as_tensor(y).long())
@@ -107,7 +108,7 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
              evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
              guidance_interval: tuple[float, float] = (0.0, 1.0),
              labels: torch.Tensor | None = None, seed: int = 0, batch_size: int = 256,
-             bf16: bool = True, known: torch.Tensor | None = None,
+             precision: str = "auto", known: torch.Tensor | None = None,
              mask: torch.Tensor | None = None, progress: bool = False,
              generator: torch.Generator | None = None,
              callback: Callable[[int, int], None] | None = None,
@@ -137,7 +138,7 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
         mk = mask[i:i + b] if mask is not None else None
         step_cb = None if callback is None else (
             lambda j, s, k=k: callback(k * s + j, len(batches) * s))
-        with autocast(device, bf16):
+        with autocast(device, precision):
             out = sample(prior.model, prior.diffusion, (b, *shape), steps=steps, y=y,
                          guidance=guidance, temperature=temperature,
                          evidence_weight=evidence_weight, guidance_interval=guidance_interval,
@@ -187,12 +188,13 @@ class ReconstructResult:
 
 @torch.no_grad()
 def reconstruct(ae: BinaryAutoencoder, images: torch.Tensor, batch_size: int = 256,
-                bf16: bool = False) -> ReconstructResult:
-    """Images through encode -> deterministic bits -> decode, with the errors (range [-1, 1])."""
+                precision: str = "fp32") -> ReconstructResult:
+    """Images through encode -> deterministic bits -> decode, with the errors (range [-1, 1]).
+    In fp32 unless ``precision`` says otherwise: the errors are measured figures."""
     device = next(ae.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        with autocast(device, bf16):
+        with autocast(device, precision):
             out.append(ae(images[i:i + batch_size].to(device), deterministic=True)
                        .recon.float().clamp(-1, 1).cpu())
     recon = torch.cat(out)
@@ -244,26 +246,31 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
     """
 
     def __init__(self, autoencoder: BinaryAutoencoder, prior: LoadedPrior,
-                 data: dict | None = None) -> None:
+                 data: dict | None = None, precision: str = "auto") -> None:
         self.autoencoder = autoencoder.eval()
         self.prior = prior
         self.data = dict(data or {})  # the autoencoder's dataset (source, data_dir, ...)
+        # auto | fp32 | bf16 (bld.precision); a call's own ``precision`` overrides it
+        self.precision = check_precision(precision)
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
     def from_run(cls, run_dir: str | Path | None = None, *, prior: str | Path | None = None,
                  autoencoder: str | Path | None = None, device: torch.device | str = "cpu",
-                 use_ema: bool = True) -> "BinaryLatentDiffusionPipeline":
+                 use_ema: bool = True, precision: str = "auto") -> "BinaryLatentDiffusionPipeline":
         """Load a trained run: a `bld demo` folder (autoencoder/ and prior/ inside), a prior
         run or checkpoint folder (its autoencoder is the one it was trained on, unless
-        ``autoencoder`` is given), or a folder written by `save_pretrained`."""
+        ``autoencoder`` is given), or a folder written by `save_pretrained`. ``precision``
+        (auto | fp32 | bf16) is the default of every sampling call (bld.precision)."""
         from .config import ConfigError, to_dict
         from .loading import load_autoencoder_with_config, load_prior, resolve_device
         device = resolve_device(str(device))
         if run_dir is not None:
             run_dir = Path(run_dir)
             if _is_pretrained_folder(run_dir):
-                return cls.from_pretrained(run_dir, device=device)
+                pipe = cls.from_pretrained(run_dir, device=device)
+                pipe.precision = check_precision(precision)
+                return pipe
             if (run_dir / "prior").is_dir():
                 prior = prior or run_dir / "prior"
                 if autoencoder is None and (run_dir / "autoencoder").is_dir():
@@ -278,7 +285,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             raise ConfigError(f"the prior in {prior} does not name its autoencoder; "
                               "pass autoencoder=PATH (--autoencoder)")
         ae, ae_cfg = load_autoencoder_with_config(ae_path, device, use_ema)
-        return cls(ae, loaded, to_dict(ae_cfg.data))
+        return cls(ae, loaded, to_dict(ae_cfg.data), precision)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
@@ -391,7 +398,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                  evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
                  generator: torch.Generator | int | None = None, seed: int = 0,
                  return_bits: bool = False, return_trajectory: bool = False,
-                 output_type: str = "pil", batch_size: int = 256, bf16: bool = True,
+                 output_type: str = "pil", batch_size: int = 256, precision: str | None = None,
                  callback: Callable[[int, int], None] | None = None,
                  progress: bool = False) -> PipelineOutput:
         """Sample n images in ``steps`` steps.
@@ -410,7 +417,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         res = generate(self.prior, self.autoencoder, n, steps=steps, temperature=temperature,
                        guidance=guidance, evidence_weight=evidence_weight, labels=labels,
                        generator=self._generator(generator, seed), batch_size=batch_size,
-                       bf16=bf16, callback=callback, progress=progress,
+                       precision=precision or self.precision, callback=callback, progress=progress,
                        return_trajectory=return_trajectory)
         return self._output(res, output_type, return_bits)
 
@@ -426,8 +433,8 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                 evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
                 generator: torch.Generator | int | None = None, seed: int = 0,
                 paste: bool = False, return_bits: bool = False, output_type: str = "pil",
-                bf16: bool = True, callback: Callable[[int, int], None] | None = None
-                ) -> PipelineOutput:
+                precision: str | None = None,
+                callback: Callable[[int, int], None] | None = None) -> PipelineOutput:
         """n completions of ``image`` where ``mask`` is white (True, nonzero): those pixels
         are regenerated, the rest is known. Latent positions whose pixel patch is wholly
         known keep the image's bits. ``paste`` puts the known pixels back over the decoder's
@@ -443,7 +450,8 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         res = inpaint(self.prior, self.autoencoder, x, (~fill).float(), n=n, paste=paste,
                       steps=steps, temperature=temperature, guidance=guidance,
                       evidence_weight=evidence_weight, labels=labels,
-                      generator=self._generator(generator, seed), bf16=bf16, callback=callback)
+                      generator=self._generator(generator, seed),
+                      precision=precision or self.precision, callback=callback)
         return self._output(res, output_type, return_bits)
 
     # ------------------------------------------------------------------- bits <-> images

@@ -39,10 +39,12 @@ from .diffusion import BernoulliDiffusion
 # they are imported back here for the loops (and for callers of bld.train's old names).
 from .loading import (LatentDataset, LoadedPrior, load_autoencoder, load_latent_cache,  # noqa: F401
                       load_prior, resolve_device)
+from .precision import Precision, resolve_precision
 from .sampling import sample
 from .shards import ShardDataset
 from .train_config import (CONFIG_KINDS, AutoencoderTrainConfig, DataConfig,  # noqa: F401
-                           OptimConfig, PriorTrainConfig, RunConfig, config_from_dict)
+                           OptimConfig, PriorTrainConfig, RunConfig, config_from_dict,
+                           upgrade_config_dict)
 
 log = logging.getLogger("bld")
 
@@ -58,6 +60,7 @@ class Context:
     world: int = 1
     local_rank: int = 0
     lock: ckpt.RunLock | None = None  # rank 0's lock on the run folder
+    precision: Precision = Precision("fp32", "fp32: not resolved yet")
 
     @property
     def is_main(self) -> bool:
@@ -67,10 +70,9 @@ class Context:
     def distributed(self) -> bool:
         return self.world > 1
 
-    def autocast(self, enabled: bool):
-        if not enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    def autocast(self):
+        """bf16 autocast where the run's resolved precision is bf16, else a no-op."""
+        return self.precision.autocast(self.device)
 
     def barrier(self) -> None:
         if self.distributed:
@@ -90,8 +92,16 @@ def setup_context(run: RunConfig) -> Context:
             device = torch.device("cuda", local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return Context(device, rank, world, local_rank)
-    return Context(device)
+        return Context(device, rank, world, local_rank, precision=_agreed_precision(run, device))
+    return Context(device, precision=resolve_precision(run.precision, device))
+
+
+def _agreed_precision(run: RunConfig, device: torch.device) -> Precision:
+    """Rank 0's resolution of ``run.precision``, taken by every rank (a timing at start could
+    otherwise differ between processes, and DDP needs them to compute alike)."""
+    box = [resolve_precision(run.precision, device) if int(os.environ["RANK"]) == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def teardown(ctx: Context) -> None:
@@ -387,7 +397,7 @@ class NonFiniteGuard:
             raise TrainingError(
                 f"stopped at step {step + 1}: the last {self.in_a_row} steps had a non-finite "
                 f"{what} (NaN or inf) and were skipped; no weights or checkpoint were changed by "
-                "them. Lower optim.lr or use --no-bf16, then continue from the last good "
+                "them. Lower optim.lr or use --precision fp32, then continue from the last good "
                 "checkpoint with --resume (or raise run.max_bad_steps).")
         return False
 
@@ -425,6 +435,7 @@ def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema:
                                 f"not checkpointed, {ckpt.find_latest(run_dir)} stays the latest. "
                                 "Lower optim.lr and continue from it with --resume.")
         d = ckpt.checkpoint_dir(run_dir, step)
+        metadata = {**(metadata or {}), **ctx.precision.as_dict()}
         ckpt.save_checkpoint(d, kind=kind, config=to_dict(cfg), model=model, ema=ema.model,
                              trainer_state=trainer_state, step=step, metadata=metadata)
         ckpt.write_latest(run_dir, d)
@@ -492,7 +503,7 @@ def _resume(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
     if errors:
         log.warning("--resume: resuming from %s (step %d), the newest readable checkpoint",
                     ck.path, ck.step)
-    diffs = config_differences(ck.config, to_dict(cfg))
+    diffs = config_differences(upgrade_config_dict(ck.config), to_dict(cfg))
     if diffs and not allow_config_change:
         raise ckpt.CheckpointError(
             f"--resume: the config differs from the checkpoint's ({ck.path}/config.json): "
@@ -500,6 +511,12 @@ def _resume(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
             "accept the differences, or start a new --out folder")
     if diffs:
         log.warning("--resume with a changed config (--allow-config-change): %s", "; ".join(diffs))
+    before = ck.metadata.get("precision")
+    if before is not None and before != ctx.precision.name and ctx.is_main:
+        log.warning("--resume: steps up to %d ran in %s (%s); this machine continues in %s (%s), "
+                    "so the weights will not be bitwise those of an unbroken run", ck.step,
+                    before, ck.metadata.get("precision_reason", "?"), ctx.precision.name,
+                    ctx.precision.reason)
     ckpt.load_state_strict(model, ck.model_state, "model")
     ckpt.load_state_strict(ema.model, ck.ema_state, "ema")
     ckpt.restore_rng_state(state["rng"])
@@ -639,7 +656,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
             step_losses, probs, recons = [], [], []
             for k, rows in enumerate(parts):  # gradient accumulation: losses are means
                 with sync_gradients(net, last=k == len(parts) - 1):
-                    with ctx.autocast(cfg.run.bf16):
+                    with ctx.autocast():
                         out = net(x[rows], generator=gen)  # bits as model.train_bits says
                     losses = loss_fn.generator_loss(x[rows], out, step, model.last_layer,
                                                     adaptive=not gan_apart)
@@ -669,7 +686,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, run_dir: str | Path, resume: 
                 d_parts = []
                 for k, rows in enumerate(parts):
                     with sync_gradients(disc, last=k == len(parts) - 1):
-                        with ctx.autocast(cfg.run.bf16):
+                        with ctx.autocast():
                             d_loss = loss_fn.discriminator_loss(x[rows], recons[k])
                         (d_loss / len(parts)).backward()
                     d_parts.append(d_loss.detach())
@@ -791,7 +808,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             y = (torch.arange(n_rows, device=ctx.device).repeat_interleave(8)
                  if null is not None else None)
             g = torch.Generator(ctx.device).manual_seed(1234)
-            with ctx.autocast(cfg.run.bf16):
+            with ctx.autocast():
                 z = sample(ema.model, diffusion, (8 * n_rows, *ae.config.latent_shape),
                            steps=min(cfg.sample_steps, diffusion.T), y=y,
                            guidance=cfg.sample_guidance if null is not None else 0.0,
@@ -806,7 +823,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             labels = labels.to(ctx.device)
             parts = micro_batches(batch.shape[0], cfg.optim)
             if encode_on_the_fly:
-                with torch.no_grad(), ctx.autocast(cfg.run.bf16):
+                with torch.no_grad(), ctx.autocast():
                     z0 = torch.cat([ae.encode(batch[rows], deterministic=True).float()
                                     for rows in parts])
             else:
@@ -828,7 +845,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir: str | Path, resume: bool = False
             step_out = []
             for k, rows in enumerate(parts):
                 with sync_gradients(net, last=k == len(parts) - 1):
-                    with ctx.autocast(cfg.run.bf16):
+                    with ctx.autocast():
                         out = diffusion.training_losses(
                             net, z0[rows], None if y is None else y[rows], draw=draw.part(rows),
                             weight_sum=None if norm is None else norm / len(parts))

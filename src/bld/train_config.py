@@ -14,6 +14,7 @@ from .autoencoder import AutoencoderConfig, AutoencoderLossConfig
 from .config import ConfigError, from_dict
 from .denoiser import DenoiserConfig
 from .diffusion import DiffusionConfig
+from .precision import check_precision
 
 
 @dataclass
@@ -63,7 +64,9 @@ class OptimConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bf16 autocast (CPU and CUDA)
+    # auto | fp32 | bf16: bf16 autocast only where the device runs it natively and faster
+    # (bld.precision); resolved once at start and written into the checkpoint metadata
+    precision: str = "auto"
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 25
     sample_every: int = 500  # 0 = only at the end
@@ -74,6 +77,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_precision(self.precision)
         _check(self, threads=(0, None), log_every=(1, None), sample_every=(0, None),
                ckpt_every=(0, None), keep_checkpoints=(1, None), max_bad_steps=(1, None))
 
@@ -122,7 +126,19 @@ def _check(obj: Any, strict: bool = False, **ranges: tuple[float, float | None])
 CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig}
 
 
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A config written by an earlier bld, in today's keys: ``run.bf16: true / false`` (before
+    ``run.precision``) becomes ``run.precision: bf16 / fp32``, what those runs computed in."""
+    run = data.get("run")
+    if isinstance(run, dict) and "bf16" in run:
+        run = {k: v for k, v in run.items() if k != "bf16"}
+        if "precision" not in run:
+            run["precision"] = "bf16" if data["run"]["bf16"] else "fp32"
+        data = {**data, "run": run}
+    return data
+
+
 def config_from_dict(kind: str, data: dict[str, Any]):
     if kind not in CONFIG_KINDS:
         raise ConfigError(f"unknown config kind {kind!r}; choose one of {sorted(CONFIG_KINDS)}")
-    return from_dict(CONFIG_KINDS[kind], data)
+    return from_dict(CONFIG_KINDS[kind], upgrade_config_dict(data))

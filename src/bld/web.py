@@ -379,9 +379,10 @@ def build_app(app: App):
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860,
-          device: str = "auto", limits: Limits | None = None, block: bool = True):
+          device: str = "auto", precision: str = "auto", limits: Limits | None = None,
+          block: bool = True):
     """Load the run and start the app (one sampling at a time, a queue of 16)."""
-    pipe = BinaryLatentDiffusionPipeline.from_run(run_dir, device=device)
+    pipe = BinaryLatentDiffusionPipeline.from_run(run_dir, device=device, precision=precision)
     app = App(pipe, limits)
     demo = build_app(app)
     demo.queue(default_concurrency_limit=1, max_size=16)

@@ -1,0 +1,259 @@
+"""The demo's time plan: a few seconds of calibration, then step counts that fit the budget.
+
+`bld demo --minutes M` times, on this machine and in the precision the run will use, one
+training step of each model at its preset's batch, the autoencoder's encoding and
+reconstruction per image, one sampling step of the prior and one classifier step. From
+these it predicts every stage's seconds (training, encoding, the FD classifier, the
+evaluation's samples, the figures) and scales both models' training steps by one factor,
+at most the presets' own counts, so that the predicted total stays inside
+``SAFETY x M`` minutes. A slower CPU gets a smaller run that still finishes; a faster one
+runs the presets as they are. The plan and what it predicted are written into the demo
+report beside the figures the run reached.
+
+Imports the models and the noise process, not the training loops.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .autoencoder import AutoencoderLoss, BinaryAutoencoder
+from .classifier import Classifier, ClassifierConfig
+from .denoiser import Denoiser
+from .diffusion import BernoulliDiffusion
+from .loading import LatentDataset
+from .precision import Precision
+from .sampling import sample
+
+log = logging.getLogger("bld")
+
+# the plan aims at this share of the budget: the rest absorbs calibration error and a
+# shared machine's noise
+SAFETY = 0.85
+# seconds the demo spends outside the timed work (loading data, checkpoints, plots)
+OVERHEAD_S = 25.0
+# the plan never trains a model for fewer steps than this share of its preset's
+MIN_SCALE = 0.05
+
+
+@dataclass
+class Rates:
+    """Seconds per unit of work on this machine, measured by `calibrate`."""
+    ae_step_s: float  # one autoencoder training step at its batch
+    prior_step_s: float  # one prior training step at its batch
+    encode_image_s: float  # encoding one image (run precision)
+    recon_image_s: float  # one image through the autoencoder in fp32 (reconstruction figures)
+    sample_image_step_s: float  # one guided sampling step of one image, in batches of 250
+    classifier_step_s: float  # one FD-classifier training step (batch 128, fp32)
+    calibration_s: float = 0.0
+
+
+@dataclass
+class Plan:
+    minutes: float
+    scale: float  # share of the presets' training steps that fits
+    ae_steps: int
+    prior_steps: int
+    preset_ae_steps: int
+    preset_prior_steps: int
+    precision: str
+    rates: Rates
+    predicted_s: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    work: dict[str, int] = field(default_factory=dict)  # the amounts `predict` was given
+    replanned_after_s: float | None = None  # when the prior's steps were fitted again
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        return cls(**{**d, "rates": Rates(**d["rates"])})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        p = self.predicted_s
+        return (f"plan for {self.minutes:g} min ({self.precision}): autoencoder {self.ae_steps} of "
+                f"{self.preset_ae_steps} steps, prior {self.prior_steps} of "
+                f"{self.preset_prior_steps} (scale {self.scale:.2f}"
+                + (f", the prior's refitted after {self.replanned_after_s:.0f} s"
+                   if self.replanned_after_s is not None else "") + "); predicted "
+                f"{p['total'] / 60:.1f} min = " + ", ".join(
+                    f"{k} {v:.0f} s" for k, v in p.items() if k != "total") +
+                (f". {self.note}" if self.note else ""))
+
+
+def _seconds_per_call(fn: Callable[[], Any], warmup: int = 2, repeats: int = 4) -> float:
+    """Median wall seconds of ``fn()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _optimizer_step(model: torch.nn.Module, ema: torch.nn.Module, opt) -> None:
+    """What the training loops do after the backward pass: clip, step, EMA."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 0.005)
+
+
+def calibrate(ae_cfg, prior_cfg, train_set: Dataset, num_classes: int,
+              device: torch.device, precision: Precision) -> Rates:
+    """Time the demo's units of work: ``ae_cfg`` / ``prior_cfg`` are the training configs
+    (the prior's already resolved to the autoencoder's latent shape), ``train_set`` the
+    training images. Each training step includes reading its batch item by item, as the
+    loader does, and the optimizer's clip / step / EMA."""
+    t_start = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    amp = precision.autocast(device)
+    images = torch.stack([train_set[i][0] for i in range(min(256, len(train_set)))])
+
+    ae = BinaryAutoencoder(ae_cfg.model).to(device)
+    ae_ema = copy.deepcopy(ae).requires_grad_(False)
+    loss_fn = AutoencoderLoss(ae_cfg.loss, ae_cfg.model.in_channels).to(device)
+    opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
+    b = min(ae_cfg.optim.batch_size, len(train_set))
+
+    def ae_step():
+        xb = torch.stack([train_set[i][0] for i in range(b)]).to(device)
+        with amp:
+            out = ae(xb)
+        losses = loss_fn.generator_loss(xb, out, 0, ae.last_layer, adaptive=True)
+        opt.zero_grad(set_to_none=True)
+        losses.loss.backward()
+        _optimizer_step(ae, ae_ema, opt)
+
+    ae_step_s = _seconds_per_call(ae_step)
+    ae.eval()
+    xe = images[:256].to(device)
+    with torch.no_grad():
+        def encode():
+            with amp:
+                ae.encode(xe, deterministic=True)
+        encode_image_s = _seconds_per_call(encode, 1, 2) / len(xe)
+        recon_image_s = _seconds_per_call(lambda: ae(xe, deterministic=True), 1, 2) / len(xe)
+
+    m = prior_cfg.model
+    prior = Denoiser(m).to(device)
+    prior_ema = copy.deepcopy(prior).requires_grad_(False)
+    diffusion = BernoulliDiffusion(prior_cfg.diffusion).to(device)
+    popt = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+    b = prior_cfg.optim.batch_size
+    shape = (m.bits, m.grid, m.grid)
+    # latents as the prior reads them: packed bits, unpacked item by item
+    latents = LatentDataset(torch.randint(0, 256, (b, (math.prod(shape) + 7) // 8),
+                                          dtype=torch.uint8, generator=g),
+                            torch.randint(0, max(num_classes, 1), (b,), generator=g), shape)
+
+    def prior_step():
+        items = [latents[i] for i in range(b)]
+        z0 = torch.stack([z for z, _ in items]).float().to(device)
+        y = torch.tensor([c for _, c in items], device=device) if num_classes else None
+        with amp:
+            out = diffusion.training_losses(prior, z0, y, generator=g)
+        popt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        _optimizer_step(prior, prior_ema, popt)
+
+    prior_step_s = _seconds_per_call(prior_step)
+    prior.eval()
+    n = 250
+    ys = torch.arange(n, device=device) % num_classes if num_classes else None
+
+    def sample_two_steps():
+        with amp:
+            sample(prior, diffusion, (n, m.bits, m.grid, m.grid), steps=2, y=ys,
+                   guidance=1.0 if ys is not None else 0.0, null_label=prior.null_label,
+                   generator=torch.Generator(device).manual_seed(0), device=device)
+    sample_image_step_s = _seconds_per_call(sample_two_steps, 1, 2) / (2 * n)
+
+    clf = Classifier(ClassifierConfig(in_channels=images.shape[1], image_size=images.shape[-1],
+                                      num_classes=max(num_classes, 2))).to(device)
+    copt = torch.optim.AdamW(clf.parameters(), lr=1e-4)
+    xc = images[:128].to(device)
+    yc = torch.randint(0, max(num_classes, 2), (len(xc),), generator=g).to(device)
+
+    def clf_step():
+        loss = torch.nn.functional.cross_entropy(clf(xc), yc)
+        copt.zero_grad(set_to_none=True)
+        loss.backward()
+        copt.step()
+    classifier_step_s = _seconds_per_call(clf_step)
+    return Rates(ae_step_s, prior_step_s, encode_image_s, recon_image_s, sample_image_step_s,
+                 classifier_step_s, time.perf_counter() - t_start)
+
+
+def predict(rates: Rates, *, ae_steps: int, prior_steps: int, n_train: int, n_test: int,
+            eval_samples: int, figure_samples: int, sample_steps: int, snapshot_samples: int,
+            classifier_steps: int) -> dict[str, float]:
+    """Seconds of each demo stage at these step counts."""
+    sampled = eval_samples + figure_samples + snapshot_samples
+    p = {
+        "autoencoder": ae_steps * rates.ae_step_s,
+        "encode": n_train * rates.encode_image_s,
+        "prior": prior_steps * rates.prior_step_s,
+        "classifier": classifier_steps * rates.classifier_step_s,
+        # samples (and decoding them), the test set's reconstructions for the figures and FD
+        "evaluation": sampled * sample_steps * rates.sample_image_step_s
+        + (n_test + sampled) * rates.recon_image_s,
+        "overhead": OVERHEAD_S + rates.calibration_s,
+    }
+    p["total"] = sum(p.values())
+    return p
+
+
+def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prior_steps: int,
+              precision: str, ae_steps: int | None = None, prior_steps: int | None = None,
+              **work: int) -> Plan:
+    """Scale the presets' training steps by the largest factor <= 1 whose predicted total
+    fits ``SAFETY * minutes``. A model whose steps are given (``ae_steps`` / ``prior_steps``:
+    the user's) keeps them; the factor applies to the other."""
+    fixed = predict(rates, ae_steps=ae_steps or 0, prior_steps=prior_steps or 0, **work)["total"]
+    training = ((ae_steps is None) * preset_ae_steps * rates.ae_step_s
+                + (prior_steps is None) * preset_prior_steps * rates.prior_step_s)
+    room = SAFETY * minutes * 60 - fixed
+    scale = min(1.0, room / training) if training > 0 else 1.0
+    note = ""
+    if scale < MIN_SCALE:
+        note = (f"the budget is too small for this machine: even {MIN_SCALE:.0%} of the "
+                f"presets' steps overruns it; expect a longer run and weak figures")
+        scale = MIN_SCALE
+    if ae_steps is None:
+        ae_steps = max(1, math.floor(preset_ae_steps * scale))
+    if prior_steps is None:
+        prior_steps = max(1, math.floor(preset_prior_steps * scale))
+    if scale < 1 and not note:
+        note = "a slower machine than the presets assume: fewer training steps"
+    return Plan(minutes, scale, ae_steps, prior_steps, preset_ae_steps, preset_prior_steps,
+                precision, rates,
+                predict(rates, ae_steps=ae_steps, prior_steps=prior_steps, **work), note, work)
+
+
+def replan_prior(plan: Plan, elapsed_s: float) -> Plan:
+    """After the autoencoder and the encoding: the prior's steps that fit what is left of
+    the budget, given the seconds already spent (between ``MIN_SCALE`` of its preset's and
+    the preset's). A machine that ran slower or faster than calibrated is caught up here."""
+    rest = predict(plan.rates, ae_steps=0, prior_steps=0, **plan.work)
+    after = rest["classifier"] + rest["evaluation"] + OVERHEAD_S
+    room = SAFETY * plan.minutes * 60 - elapsed_s - after
+    low = max(1, math.floor(MIN_SCALE * plan.preset_prior_steps))
+    steps = min(plan.preset_prior_steps, max(low, math.floor(room / plan.rates.prior_step_s)))
+    predicted = {**plan.predicted_s, "prior": steps * plan.rates.prior_step_s}
+    predicted["total"] = sum(v for k, v in predicted.items() if k != "total")
+    return replace(plan, prior_steps=steps, predicted_s=predicted, replanned_after_s=elapsed_s)

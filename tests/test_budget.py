@@ -1,0 +1,93 @@
+"""The demo's time plan (bld.budget): the steps it picks fit the budget, never exceed the
+presets, keep the user's own counts, and the prior's are refitted to the time really spent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bld.budget import MIN_SCALE, SAFETY, Plan, Rates, calibrate, make_plan, predict, replan_prior
+from bld.config import load_config_dict
+from bld.data import TensorImageDataset
+from bld.precision import Precision
+from bld.train import resolve_prior_config
+from bld.train_config import config_from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORK = dict(n_train=60000, n_test=10000, eval_samples=1000, figure_samples=164,
+            snapshot_samples=160, sample_steps=16, classifier_steps=1200)
+PRESETS = dict(preset_ae_steps=2500, preset_prior_steps=2800)
+
+
+def rates(speed: float) -> Rates:
+    """Rates of a machine ``speed`` times as fast as the slow one below (an AVX2 CPU in fp32)."""
+    slow = Rates(ae_step_s=0.19, prior_step_s=0.31, encode_image_s=3e-4, recon_image_s=1.2e-3,
+                 sample_image_step_s=7.3e-3, classifier_step_s=0.043, calibration_s=16.0)
+    return Rates(*(v / speed for v in vars(slow).values()))
+
+
+def test_a_fast_machine_runs_the_presets_as_they_are():
+    plan = make_plan(rates(3.0), 15, precision="bf16", **PRESETS, **WORK)
+    assert (plan.scale, plan.ae_steps, plan.prior_steps) == (1.0, 2500, 2800)
+    assert plan.predicted_s["total"] < SAFETY * 15 * 60 and plan.note == ""
+
+
+@pytest.mark.parametrize("minutes", [10, 15, 30])
+def test_a_slow_machine_gets_fewer_steps_that_fit_the_budget(minutes):
+    r = rates(1.0)
+    plan = make_plan(r, minutes, precision="fp32", **PRESETS, **WORK)
+    assert MIN_SCALE < plan.scale < 1 and "fewer training steps" in plan.note
+    assert plan.ae_steps == math.floor(2500 * plan.scale)
+    assert plan.prior_steps == math.floor(2800 * plan.scale)
+    total = predict(r, ae_steps=plan.ae_steps, prior_steps=plan.prior_steps, **WORK)["total"]
+    assert total == pytest.approx(plan.predicted_s["total"])
+    # the largest steps that fit: one step more of each would overrun the aim
+    assert total <= SAFETY * minutes * 60
+    assert total + r.ae_step_s + r.prior_step_s > SAFETY * minutes * 60 - 1e-6
+
+
+def test_a_budget_too_small_says_so_and_keeps_a_floor():
+    plan = make_plan(rates(0.2), 5, precision="fp32", **PRESETS, **WORK)
+    assert plan.scale == MIN_SCALE and "too small" in plan.note
+    assert plan.ae_steps == math.floor(2500 * MIN_SCALE)
+
+
+def test_steps_the_user_gave_are_kept_and_the_rest_fills_the_budget():
+    r = rates(1.0)
+    plan = make_plan(r, 15, precision="fp32", ae_steps=300, **PRESETS, **WORK)
+    assert plan.ae_steps == 300
+    free = make_plan(r, 15, precision="fp32", **PRESETS, **WORK)
+    assert plan.prior_steps > free.prior_steps  # the time the autoencoder does not take
+
+
+def test_the_prior_is_refitted_to_the_time_really_spent():
+    r = rates(1.0)
+    plan = make_plan(r, 15, precision="fp32", **PRESETS, **WORK)
+    planned_before_prior = plan.predicted_s["autoencoder"] + plan.predicted_s["encode"] + \
+        r.calibration_s
+    slower = replan_prior(plan, planned_before_prior + 120)  # the autoencoder took 2 min more
+    assert slower.prior_steps < plan.prior_steps and slower.replanned_after_s is not None
+    assert plan.prior_steps - slower.prior_steps == pytest.approx(120 / r.prior_step_s, abs=2)
+    faster = replan_prior(plan, planned_before_prior - 10_000)
+    assert faster.prior_steps == 2800  # never above the preset
+    again = Plan.from_dict(slower.as_dict())
+    assert again == slower and "refitted" in again.describe()
+
+
+def test_calibration_times_the_real_steps(fashion_mnist):
+    ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", None, [
+        "model.channels=8", "model.hidden=16", "model.bits=8", "optim.batch_size=16"]))
+    pr_cfg = config_from_dict("prior", load_config_dict("prior", None, [
+        "model.width=64", "model.depth=2", "model.heads=2", "optim.batch_size=16"]))
+    pr_cfg = resolve_prior_config(pr_cfg, ae_cfg.model, 10)
+    from bld.data import load_fashion_mnist
+    x, y = load_fashion_mnist("train")
+    data = TensorImageDataset(x[:300], y[:300], classes=tuple(str(i) for i in range(10)))
+    r = calibrate(ae_cfg, pr_cfg, data, 10, torch.device("cpu"), Precision("fp32", "test"))
+    values = vars(r)
+    assert all(math.isfinite(v) and v > 0 for v in values.values()), values
+    # a step costs more than one image's forward pass
+    assert r.ae_step_s > r.recon_image_s and r.prior_step_s > r.sample_image_step_s
