@@ -5,7 +5,9 @@ Figures in the READMEs are never typed by hand. This script
 * with ``--run RUN_DIR``: copies the demo run's ``report.json`` to ``docs/demo_report.json``
   and its sample grid, reconstructions and prior loss curve to ``docs/``, and writes the
   ``demo_*`` keys of ``benchmarks/results/headline.json``; ``--emoji-run`` does the same for
-  a ``bld demo --dataset emoji`` run (``docs/emoji_demo_*``, ``emoji_demo_*`` keys);
+  a ``bld demo --dataset emoji`` run (``docs/emoji_demo_*``, ``emoji_demo_*`` keys) and
+  ``--avx2-run`` for the demo run on an AVX2-only CPU (or this one restricted to AVX2;
+  ``docs/demo_avx2_*``, ``demo_*_avx2`` keys such as ``demo_minutes_avx2``);
 * renders the OpenMoji 256 / 1024 px runs (``benchmarks/results/highres_*.json``) into
   README.md and the cost-growth table (``scale.json``) into benchmarks/README.md;
 * always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
@@ -43,9 +45,10 @@ DEMO_TARGETS = {"demo_minutes": ("<=", 15.0), "demo_class_accuracy": (">=", 0.85
 EMOJI_TARGETS = {"emoji_demo_minutes": ("<=", 20.0)}
 
 
-def demo_headline(report: dict[str, Any], prefix: str = "demo") -> dict[str, Any]:
-    """The <prefix>_* headline keys (demo_*, emoji_demo_*) from a demo run's report.json."""
-    return {k.replace("demo_", f"{prefix}_", 1): v for k, v in _demo_keys(report).items()}
+def demo_headline(report: dict[str, Any], prefix: str = "demo", suffix: str = "") -> dict[str, Any]:
+    """The <prefix>_*<suffix> headline keys (demo_*, emoji_demo_*, demo_*_avx2) from a demo
+    run's report.json."""
+    return {k.replace("demo_", f"{prefix}_", 1) + suffix: v for k, v in _demo_keys(report).items()}
 
 
 def _demo_keys(report: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +80,8 @@ def _target(targets: dict[str, tuple[str, float]], key: str, unit: str = "",
 
 def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = DEMO_TARGETS,
                prefix: str = "demo") -> str:
+    """The README's table of a demo run: figures, targets, verdicts, then the models, stage
+    times, precision, time plan and machine (with any instruction-set restriction)."""
     f, t, s = report["figures"], report["times"], report["settings"]
     h = _demo_keys(report)
     targets = {k.replace(f"{prefix}_", "demo_", 1): v for k, v in targets.items()}
@@ -127,8 +132,23 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
               f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
               f"{s['guidance']}, evidence weight {s['evidence_weight']}, temperature "
               f"{s['temperature']}, seed {s['seed']}. Machine: {report['machine']}, torch "
-              f"{report['torch']}."]
+              f"{report['torch']}" + _cpu_note(report) + "."]
+    if report.get("precision_reason"):
+        lines[-1] += f" Precision: {report['precision_reason']}."
+    if report.get("plan"):
+        from bld.budget import Plan
+        lines[-1] += f" Time plan: {Plan.from_dict(report['plan']).describe()}."
     return "\n".join(lines)
+
+
+def _cpu_note(report: dict[str, Any]) -> str:
+    cpu = report.get("cpu")
+    if not cpu:
+        return ""
+    limits = ", ".join(f"{k}={v}" for k, v in cpu["restricted_by"].items())
+    return (f", CPU capability {cpu['capability']}, native bf16 "
+            f"{'yes' if cpu['native_bf16'] else 'no'}"
+            + (f" (EMULATED: this CPU restricted by {limits})" if limits else ""))
 
 
 # headline.json keys shown in benchmarks/README.md: (key, label, format, target, op, bound)
@@ -144,6 +164,11 @@ HEADLINE_ROWS = [
      ">=", 25.0),
     ("demo_recon_class_accuracy", "demo reconstructions classified right", "{:.3f}", ">= 0.87",
      ">=", 0.87),
+    ("demo_minutes_avx2", "demo wall time on an AVX2-only CPU (fp32)", "{:.1f} min", "<= 15 min",
+     "<=", 15.0),
+    ("demo_class_accuracy_avx2", "AVX2 demo samples classified as the asked class", "{:.3f}",
+     ">= 0.85", ">=", 0.85),
+    ("demo_recall_avx2", "AVX2 demo sample recall", "{:.3f}", ">= 0.25", ">=", 0.25),
     ("bld_fd_s16", "BLD FD at S = 16, matched compute (mean of 2 training seeds)", "{:.1f}",
      "<= Gaussian", None, None),
     ("gaussian_fd_s16", "Gaussian + DDIM FD at S = 16, matched compute", "{:.1f}", "-", None, None),
@@ -273,7 +298,7 @@ def _replace_block(text: str, name: str, body: str, path: Path) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def _publish_run(run: Path, name: str, prefix: str) -> None:
+def _publish_run(run: Path, name: str, prefix: str, suffix: str = "") -> None:
     """Copy a demo run's report and pictures into docs/<name>_*; write its headline keys."""
     report_path = run / "report.json"
     if not report_path.exists():
@@ -291,7 +316,7 @@ def _publish_run(run: Path, name: str, prefix: str) -> None:
             shutil.copyfile(run / src, DOCS / f"{name}_{src}")
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
     stamp = f"benchmarks/publish.py, {time.strftime('%Y-%m-%d %H:%M')}"
-    for k, v in demo_headline(report, prefix).items():
+    for k, v in demo_headline(report, prefix, suffix).items():
         head[k], head[f"{k}__source"] = v, stamp
     HEADLINE.parent.mkdir(parents=True, exist_ok=True)
     HEADLINE.write_text(json.dumps(dict(sorted(head.items())), indent=2) + "\n")
@@ -302,21 +327,36 @@ def main() -> int:
     p.add_argument("--run", type=Path, help="a finished `bld demo` folder to publish")
     p.add_argument("--emoji-run", type=Path,
                    help="a finished `bld demo --dataset emoji` folder to publish")
+    p.add_argument("--avx2-run", type=Path,
+                   help="a finished `bld demo` folder run on an AVX2-only CPU (or restricted to "
+                        "AVX2 with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 "
+                        "MKL_ENABLE_INSTRUCTIONS=AVX2)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a README table differs from the JSON files; change nothing")
     args = p.parse_args()
-    if args.check and (args.run or args.emoji_run):
-        raise SystemExit("--check and --run / --emoji-run exclude each other")
+    if args.check and (args.run or args.emoji_run or args.avx2_run):
+        raise SystemExit("--check and --run / --emoji-run / --avx2-run exclude each other")
     if args.run is not None:
         _publish_run(args.run, "demo", "demo")
     if args.emoji_run is not None:
         _publish_run(args.emoji_run, "emoji_demo", "emoji_demo")
+    if args.avx2_run is not None:
+        cpu = json.loads((args.avx2_run / "report.json").read_text()).get("cpu", {})
+        if cpu.get("capability") != "AVX2":
+            raise SystemExit(f"{args.avx2_run} was not run with the CPU capability AVX2 "
+                             f"(its report says {cpu.get('capability')})")
+        _publish_run(args.avx2_run, "demo_avx2", "demo", "_avx2")
     report = json.loads((DOCS / "demo_report.json").read_text())
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
     blocks = [(ROOT / "README.md", "demo-table", demo_table(report)),
               (ROOT / "README.md", "highres", highres_table()),
               (ROOT / "benchmarks" / "README.md", "headline", headline_table(head)),
               (ROOT / "benchmarks" / "README.md", "scale", scale_table())]
+    avx2 = DOCS / "demo_avx2_report.json"
+    blocks.append((ROOT / "README.md", "demo-avx2-table",
+                   demo_table(json.loads(avx2.read_text())) if avx2.exists() else
+                   "Not run yet: `bld demo --out runs/demo-avx2` on an AVX2-only CPU, then "
+                   "`python benchmarks/publish.py --avx2-run runs/demo-avx2`."))
     emoji = DOCS / "emoji_demo_report.json"
     blocks.append((ROOT / "README.md", "emoji-demo-table",
                    demo_table(json.loads(emoji.read_text()), EMOJI_TARGETS, "emoji_demo")

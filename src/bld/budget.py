@@ -71,6 +71,8 @@ class Plan:
     note: str = ""
     work: dict[str, int] = field(default_factory=dict)  # the amounts `predict` was given
     replanned_after_s: float | None = None  # when the prior's steps were fitted again
+    variant: str = "presets"  # or "compact": the presets with ``overrides``
+    overrides: dict[str, list[str]] = field(default_factory=dict)  # kind -> config overrides
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
@@ -81,7 +83,9 @@ class Plan:
 
     def describe(self) -> str:
         p = self.predicted_s
-        return (f"plan for {self.minutes:g} min ({self.precision}): autoencoder {self.ae_steps} of "
+        return (f"plan for {self.minutes:g} min ({self.precision}, {self.variant}"
+                + (f": {' '.join(sum(self.overrides.values(), []))}" if self.overrides else "")
+                + f"): autoencoder {self.ae_steps} of "
                 f"{self.preset_ae_steps} steps, prior {self.prior_steps} of "
                 f"{self.preset_prior_steps} (scale {self.scale:.2f}"
                 + (f", the prior's refitted after {self.replanned_after_s:.0f} s"
@@ -119,11 +123,29 @@ def calibrate(ae_cfg, prior_cfg, train_set: Dataset, num_classes: int,
     training images. Each training step includes reading its batch item by item, as the
     loader does, and the optimizer's clip / step / EMA."""
     t_start = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     amp = precision.autocast(device)
-    images = torch.stack([train_set[i][0] for i in range(min(256, len(train_set)))])
+    ae_step_s, encode_image_s, recon_image_s = _time_autoencoder(ae_cfg, train_set, device, amp)
+    prior_step_s, sample_image_step_s = _time_prior(prior_cfg, num_classes, device, amp)
+    images = torch.stack([train_set[i][0] for i in range(min(128, len(train_set)))])
+    classifier_step_s = _time_classifier(images, num_classes, device)
+    return Rates(ae_step_s, prior_step_s, encode_image_s, recon_image_s, sample_image_step_s,
+                 classifier_step_s, time.perf_counter() - t_start)
 
+
+def calibrate_prior(rates: Rates, prior_cfg, num_classes: int, device: torch.device,
+                    precision: Precision) -> Rates:
+    """``rates`` with the prior's step and sampling times measured again for ``prior_cfg``."""
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    step_s, sample_s = _time_prior(prior_cfg, num_classes, device, precision.autocast(device))
+    return replace(rates, prior_step_s=step_s, sample_image_step_s=sample_s,
+                   calibration_s=rates.calibration_s + time.perf_counter() - t_start)
+
+
+def _time_autoencoder(ae_cfg, train_set: Dataset, device: torch.device, amp
+                      ) -> tuple[float, float, float]:
+    """(training step s, encoding s per image, fp32 reconstruction s per image)."""
     ae = BinaryAutoencoder(ae_cfg.model).to(device)
     ae_ema = copy.deepcopy(ae).requires_grad_(False)
     loss_fn = AutoencoderLoss(ae_cfg.loss, ae_cfg.model.in_channels).to(device)
@@ -139,16 +161,21 @@ def calibrate(ae_cfg, prior_cfg, train_set: Dataset, num_classes: int,
         losses.loss.backward()
         _optimizer_step(ae, ae_ema, opt)
 
-    ae_step_s = _seconds_per_call(ae_step)
+    step_s = _seconds_per_call(ae_step)
     ae.eval()
-    xe = images[:256].to(device)
+    xe = torch.stack([train_set[i][0] for i in range(min(256, len(train_set)))]).to(device)
     with torch.no_grad():
         def encode():
             with amp:
                 ae.encode(xe, deterministic=True)
-        encode_image_s = _seconds_per_call(encode, 1, 2) / len(xe)
-        recon_image_s = _seconds_per_call(lambda: ae(xe, deterministic=True), 1, 2) / len(xe)
+        encode_s = _seconds_per_call(encode, 1, 2) / len(xe)
+        recon_s = _seconds_per_call(lambda: ae(xe, deterministic=True), 1, 2) / len(xe)
+    return step_s, encode_s, recon_s
 
+
+def _time_prior(prior_cfg, num_classes: int, device: torch.device, amp) -> tuple[float, float]:
+    """(training step s, one guided sampling step s per image in batches of 250)."""
+    g = torch.Generator().manual_seed(0)
     m = prior_cfg.model
     prior = Denoiser(m).to(device)
     prior_ema = copy.deepcopy(prior).requires_grad_(False)
@@ -171,18 +198,22 @@ def calibrate(ae_cfg, prior_cfg, train_set: Dataset, num_classes: int,
         out.loss.backward()
         _optimizer_step(prior, prior_ema, popt)
 
-    prior_step_s = _seconds_per_call(prior_step)
+    step_s = _seconds_per_call(prior_step)
     prior.eval()
     n = 250
     ys = torch.arange(n, device=device) % num_classes if num_classes else None
 
     def sample_two_steps():
         with amp:
-            sample(prior, diffusion, (n, m.bits, m.grid, m.grid), steps=2, y=ys,
+            sample(prior, diffusion, (n, *shape), steps=2, y=ys,
                    guidance=1.0 if ys is not None else 0.0, null_label=prior.null_label,
                    generator=torch.Generator(device).manual_seed(0), device=device)
-    sample_image_step_s = _seconds_per_call(sample_two_steps, 1, 2) / (2 * n)
+    return step_s, _seconds_per_call(sample_two_steps, 1, 2) / (2 * n)
 
+
+def _time_classifier(images: torch.Tensor, num_classes: int, device: torch.device) -> float:
+    """One FD-classifier training step (batch 128, fp32)."""
+    g = torch.Generator().manual_seed(0)
     clf = Classifier(ClassifierConfig(in_channels=images.shape[1], image_size=images.shape[-1],
                                       num_classes=max(num_classes, 2))).to(device)
     copt = torch.optim.AdamW(clf.parameters(), lr=1e-4)
@@ -194,9 +225,7 @@ def calibrate(ae_cfg, prior_cfg, train_set: Dataset, num_classes: int,
         copt.zero_grad(set_to_none=True)
         loss.backward()
         copt.step()
-    classifier_step_s = _seconds_per_call(clf_step)
-    return Rates(ae_step_s, prior_step_s, encode_image_s, recon_image_s, sample_image_step_s,
-                 classifier_step_s, time.perf_counter() - t_start)
+    return _seconds_per_call(clf_step)
 
 
 def predict(rates: Rates, *, ae_steps: int, prior_steps: int, n_train: int, n_test: int,

@@ -36,6 +36,18 @@ DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
 }
 # FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k)
 CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600}
+# Where the budget would cut the presets' steps below this share, the demo trains a compact
+# setting instead: at the same compute a smaller prior trained for its full steps learns more
+# than the preset's cut short (benchmarks/results/budget_sweep.md: 192 x 4 for 2800 steps
+# reached class accuracy 0.85 / recall 0.22 where 256 x 6 for 1000 steps, as much compute,
+# reached 0.78-0.81 / 0.13-0.18), and the prior gets the larger share of the time.
+COMPACT_BELOW = 0.75
+
+
+def compact_overrides(ae_steps: int) -> dict[str, list[str]]:
+    """The compact setting, as overrides on the presets (autoencoder: its preset's steps)."""
+    return {"autoencoder": [f"optim.steps={round(0.6 * ae_steps)}"],
+            "prior": ["model.width=192", "model.heads=3", "model.depth=4"]}
 
 
 @dataclass
@@ -72,6 +84,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# the environment variables that restrict the instruction sets oneDNN / ATen / MKL use (how
+# an AVX2-only CPU is emulated on a newer one)
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_facts() -> dict[str, Any]:
+    """torch's CPU capability, native bf16, and any instruction-set restriction in force."""
+    from .precision import cpu_bf16_facts
+    cap, native = cpu_bf16_facts()
+    return {"capability": cap, "native_bf16": native,
+            "restricted_by": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
 
 
 def _cpu_seconds() -> float:
@@ -124,7 +149,7 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                 device, precision) -> None:
     """Fit the training steps to ``s.minutes`` (bld.budget): calibrate and plan. The plan
     is kept in ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
-    from .budget import calibrate, make_plan
+    from .budget import calibrate, calibrate_prior, make_plan
     from .train import resolve_prior_config
     record = out / "plan.json"
     if s.resume and record.exists():
@@ -136,17 +161,29 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
         log.info("calibrating: timing each stage's work on this machine (%s)", precision.reason)
         rates = calibrate(ae_cfg, pr_cfg, train_set, pr_cfg.model.num_classes, device, precision)
         clf_steps = s.classifier_steps or CLASSIFIER_STEPS[s.dataset]
-        n_eval = min(s.eval_samples, n_test // 2)
         nc = max(pr_cfg.model.num_classes, 1)
+        work = dict(n_train=len(train_set), n_test=n_test,
+                    eval_samples=min(s.eval_samples, n_test // 2),
+                    figure_samples=(s.samples_per_class + 6) * nc + 4,
+                    snapshot_samples=8 * min(nc, 10) * (1 + pr_cfg.optim.steps //
+                                                       max(pr_cfg.run.sample_every, 1)),
+                    sample_steps=s.sample_steps,
+                    classifier_steps=clf_steps if s.eval_samples > 0 else 0)
         plan = make_plan(rates, s.minutes, preset_ae_steps=ae_cfg.optim.steps,
                          preset_prior_steps=pr_cfg.optim.steps, precision=precision.name,
-                         ae_steps=s.ae_steps, prior_steps=s.prior_steps,
-                         n_train=len(train_set), n_test=n_test, eval_samples=n_eval,
-                         figure_samples=(s.samples_per_class + 6) * nc + 4,
-                         snapshot_samples=8 * min(nc, 10) * (1 + pr_cfg.optim.steps //
-                                                            max(pr_cfg.run.sample_every, 1)),
-                         sample_steps=s.sample_steps,
-                         classifier_steps=clf_steps if s.eval_samples > 0 else 0)
+                         ae_steps=s.ae_steps, prior_steps=s.prior_steps, **work)
+        if plan.scale < COMPACT_BELOW and s.ae_steps is None and s.prior_steps is None:
+            over = compact_overrides(ae_cfg.optim.steps)
+            cut = plan.scale
+            pr_c = resolve_prior_config(_config("prior", s, common + over["prior"]),
+                                        ae_cfg.model, classes)
+            rates = calibrate_prior(rates, pr_c, pr_c.model.num_classes, device, precision)
+            plan = make_plan(rates, s.minutes, preset_ae_steps=round(0.6 * ae_cfg.optim.steps),
+                             preset_prior_steps=pr_c.optim.steps, precision=precision.name,
+                             **work)
+            plan.variant, plan.overrides = "compact", over
+            plan.note = (f"the presets would be cut to {cut:.0%} of their steps, so the compact "
+                         f"setting trains instead" + (f"; {plan.note}" if plan.note else ""))
         s.plan = plan.as_dict()
         record.write_text(json.dumps(s.plan, indent=2))
     if s.plan is not None:
@@ -164,11 +201,13 @@ def _replan_prior(s: DemoSettings, out: Path, elapsed_s: float) -> None:
     log.info("%s", _describe(s.plan))
 
 
-def _steps(s: DemoSettings, kind: str) -> list[str]:
-    """The step-count override of ``kind`` (autoencoder | prior): the user's, else the plan's."""
+def _planned(s: DemoSettings, kind: str) -> list[str]:
+    """The plan's overrides of ``kind`` (autoencoder | prior) and its step count (the
+    user's, where given)."""
     key = "ae_steps" if kind == "autoencoder" else "prior_steps"
     steps = getattr(s, key) or (s.plan or {}).get(key)
-    return [f"optim.steps={steps}"] if steps else []
+    return (s.plan or {}).get("overrides", {}).get(kind, []) + \
+        ([f"optim.steps={steps}"] if steps else [])
 
 
 def _describe(plan: dict[str, Any]) -> str:
@@ -203,7 +242,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     _plan_steps(s, out, common, train_set, len(test_set), device, precision)
 
     # 1. binary autoencoder
-    ae_over = common + _steps(s, "autoencoder")
+    ae_over = common + _planned(s, "autoencoder")
     ae_cfg, ae_dir = _train_stage("autoencoder", ae_over, out, s, "[1/4] training the binary "
                                   "autoencoder", train_autoencoder)
     ae = load_autoencoder(ae_dir, device)
@@ -224,7 +263,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     # 3. class-conditional prior
     _replan_prior(s, out, time.perf_counter() - t_start + s.reused_s)
-    pr_over = common + [f"autoencoder={ae_dir}", f"latents={cache}"] + _steps(s, "prior")
+    pr_over = common + [f"autoencoder={ae_dir}", f"latents={cache}"] + _planned(s, "prior")
     pr_cfg, pr_dir = _train_stage("prior", pr_over, out, s, "[3/4] training the "
                                   "class-conditional prior", train_prior)
     prior = load_prior(pr_dir, device)
@@ -271,6 +310,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         # other work on the machine stretches the wall time: the load average says how much
         "load_average_1min_start_end": [load_start, _load_average()],
         "device": str(device),
+        "cpu": cpu_facts(),
         **precision.as_dict(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
                      if k not in ("timings", "reused_s", "plan")},
