@@ -36,6 +36,7 @@ run "$HERE/tokenizers.py" "${CLF[@]}" "$@"
 run "$HERE/speed.py" "$@"
 run "$HERE/storage.py" --run "$RUN_DIR" "$@"
 run "$HERE/large_runs.py" "$@"
+run "$HERE/serve_load.py" "$@"
 case " $* " in
     *" --quick "*) ;;  # quick figures mean nothing: leave the READMEs alone
     *) run "$HERE/publish.py" --run "$RUN_DIR" ;;

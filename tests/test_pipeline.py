@@ -173,13 +173,71 @@ def test_pipeline_blend_walks_between_two_images(pipe, test_images):
     assert np.array_equal(np.asarray(out.images[2]), np.asarray(ends[1]))
 
 
-@pytest.mark.parametrize("call,message", [
+def _image(mode: str = "L", size=(28, 28)):
+    from PIL import Image
+    return Image.new(mode, size)
+
+
+def _mask(shape=(28, 28), dtype=bool):
+    m = np.zeros(shape, dtype)
+    m[..., 14:, :] = 1
+    return m
+
+
+# (call, a piece of the one-line message): every argument the pipeline object takes
+BAD_PIPELINE_INPUT = [
+    # n
+    (lambda p: p(n=0), "n must be at least 1, got 0"),
+    (lambda p: p(n=2.5), "n must be a whole number, got 2.5"),
+    (lambda p: p(n=True), "n must be a whole number, got True"),
+    (lambda p: p(n="4"), "n must be a whole number, got '4'"),
+    (lambda p: p.inpaint(_image(), _mask(), n=-1), "n must be at least 1, got -1"),
+    # steps
     (lambda p: p(class_labels=[0], steps=1), "steps must be in 2.."),
+    (lambda p: p(steps=0), "steps must be in 2..64 (the prior's T), got 0"),
+    (lambda p: p(steps=65), "steps must be in 2..64 (the prior's T), got 65"),
+    (lambda p: p(steps=4.5), "steps must be a whole number, got 4.5"),
+    (lambda p: p.inpaint(_image(), _mask(), steps=1), "steps must be in 2..64"),
+    # guidance and temperature
+    (lambda p: p(class_labels=[0], guidance=-1), "guidance must be >= 0 (0: no guidance), got -1"),
+    (lambda p: p(class_labels=[0], guidance=float("nan")), "guidance must be a finite number"),
+    (lambda p: p(guidance="strong"), "guidance must be a finite number, got 'strong'"),
+    (lambda p: p(temperature=0), "temperature must be > 0, got 0"),
+    (lambda p: p(temperature=float("inf")), "temperature must be a finite number, got inf"),
+    (lambda p: p.inpaint(_image(), _mask(), temperature=-1), "temperature must be > 0"),
+    # class names and ids
     (lambda p: p(class_labels=["Sock"]), "unknown class 'Sock'"),
-    (lambda p: p.inpaint(np.zeros((40, 30), np.uint8), np.zeros((28, 28))), "no pixel to fill in"),
+    (lambda p: p(class_labels="Sock"), "unknown class 'Sock'; classes are ['T-shirt/top'"),
+    (lambda p: p(class_labels=[10]), "class 10 out of range 0..9"),
+    (lambda p: p(class_labels=[1.5]), "a class id must be a whole number, got 1.5"),
+    (lambda p: p(class_labels=[None]), "a class id must be a whole number, got None"),
+    (lambda p: p.inpaint(_image(), _mask(), class_labels="Sock"), "unknown class 'Sock'"),
+    # masks: shape, dtype, size
+    (lambda p: p.inpaint(np.zeros((40, 30), np.uint8), np.zeros((40, 30))), "no pixel to fill in"),
+    (lambda p: p.inpaint(_image(), _mask((28, 28, 3))), "a mask must be 2-D (H, W), got shape (28, 28, 3)"),
+    (lambda p: p.inpaint(_image(), _mask((20, 28))), "the mask is 28x20 but the image is 28x28"),
+    (lambda p: p.inpaint(_image(size=(64, 64)), _image()), "the mask is 28x28 but the image is 64x64"),
+    (lambda p: p.inpaint(_image(), _mask(dtype=np.complex64)), "a mask must be boolean or numeric, got dtype complex64"),
+    (lambda p: p.inpaint(_image(), np.full((28, 28), "x")), "a mask must be boolean or numeric, got dtype <U1"),
+    (lambda p: p.inpaint(_image(), _mask(dtype=np.float32) * np.nan), "a mask must not hold NaN"),
+    (lambda p: p.inpaint(_image(), [[0, 1], [1, 0]]), "a mask must be a PIL image, an array or a tensor"),
+    # images: mode, array shape, tensor range, type
+    (lambda p: p.encode(_image("LAB")), "an image in mode LAB cannot be used; convert it to RGB"),
+    (lambda p: p.encode(np.zeros((28, 28, 2), np.uint8)), "a uint8 image array must be (H, W), (H, W, 3) or (H, W, 4), got shape (28, 28, 2)"),
+    (lambda p: p.encode(np.full((1, 1, 28, 28), 255.0)), "image tensors must hold values in [-1, 1] (x / 127.5 - 1"),
+    (lambda p: p.encode(np.zeros((1, 1, 28, 28), bool)), "image tensors must be float in [-1, 1], got dtype bool"),
+    (lambda p: p.encode("shirt.png"), "images must be PIL images, uint8 arrays or tensors in [-1, 1], got str"),
+    (lambda p: p.encode([_image(), "shirt.png"]), "got str (open files with PIL.Image.open)"),
+    (lambda p: p.inpaint("shirt.png", _mask()), "images must be PIL images, uint8 arrays or tensors"),
+    (lambda p: p.blend(_image(), _image("LAB")), "an image in mode LAB cannot be used"),
+    (lambda p: p.blend(_image(), _image(), fractions=[0, 2]), "blend fractions must be in [0, 1], got 2"),
     (lambda p: p.decode(np.zeros((8, 7))), "bits must be (N, 8, 7, 7)"),
-])
+]
+
+
+@pytest.mark.parametrize("call,message", BAD_PIPELINE_INPUT,
+                         ids=[m[:40] for _, m in BAD_PIPELINE_INPUT])
 def test_pipeline_bad_input_says_what_is_wrong(pipe, call, message):
     with pytest.raises(ValueError) as e:
         call(pipe)
-    assert message in str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value)

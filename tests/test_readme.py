@@ -11,16 +11,18 @@ from bld.cli import build_parser, preset_names
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _python_blocks() -> list[str]:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(blocks) >= 2, "README has lost its python examples"
-    return blocks
+def _python_block(marker: str) -> str:
+    """The README's python example that holds ``marker``."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+              if marker in b]
+    assert len(blocks) == 1, f"README has lost its python example with {marker!r}"
+    return blocks[0]
 
 
 def test_readme_pipeline_example_runs(runs, tmp_path, monkeypatch):
     # the pipeline example, on the tiny trained run in place of runs/demo
     from PIL import Image
-    code = _python_blocks()[0]
+    code = _python_block("BinaryLatentDiffusionPipeline.from_run")
     assert '"runs/demo"' in code
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
@@ -40,7 +42,7 @@ def test_readme_pipeline_example_runs(runs, tmp_path, monkeypatch):
 
 def test_readme_low_level_example_runs(fashion_mnist):
     ns: dict = {}
-    exec(compile(_python_blocks()[1], "README.md", "exec"), ns)
+    exec(compile(_python_block("from bld.denoiser import"), "README.md", "exec"), ns)
     assert ns["z"].shape == (8, 16, 7, 7) and set(ns["z"].unique().tolist()) <= {0.0, 1.0}
 
 

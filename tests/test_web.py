@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def app(runs):
     from bld import BinaryLatentDiffusionPipeline
     pipe = BinaryLatentDiffusionPipeline.from_run(runs.prior, device="cpu")
-    return App(pipe, Limits(max_images=12, max_upload_side=512))
+    app = App(pipe, Limits(max_images=12, max_upload_side=512))
+    yield app
+    app.files.remove()
 
 
 def test_sample_handler_returns_the_grid_and_the_time(app):

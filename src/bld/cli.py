@@ -246,10 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "and look inside the bits (needs the [web] extra: gradio)")
     p.add_argument("run_dir", help="a `bld demo` folder, a prior run or a save_pretrained folder")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+                   help="address to bind (default 127.0.0.1: this machine only; any other "
+                        "needs a login or --no-auth)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-images", type=_positive, default=64, help="most images one click makes")
+    p.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this login (default: "
+                   "$BLD_SERVE_AUTH, same form); required for a --host beyond loopback")
+    p.add_argument("--auth-file", metavar="FILE", help="ask for a login from this file's "
+                   "USER:PASSWORD lines (keeps the password off the command line)")
+    p.add_argument("--no-auth", action="store_true", help="serve a --host beyond loopback "
+                   "without a login (anyone who reaches the port can use the app)")
+    p.add_argument("--keep-files", type=_positive, default=256, help="temporary files kept "
+                   "(uploads, results); the oldest are deleted beyond this")
     _precision_flag(p)
 
     p = sub.add_parser("prepare-emoji", help="fetch the emoji images from npm into a folder")
@@ -496,16 +505,19 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
 
 
 def cmd_serve(args) -> None:
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise ConfigError("bld serve needs gradio: pip install 'binary-latent-diffusion[web]'") \
-            from None
-    from .web import Limits, serve
+    from .web import Limits, is_loopback, logins, serve
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
-    serve(args.run_dir, host=args.host, port=args.port, device=args.device,
-          precision=args.precision, limits=Limits(max_images=max(1, args.max_images)))
+    auth = logins(args.host, args.auth, args.auth_file, args.no_auth)
+    import importlib.util
+    if importlib.util.find_spec("gradio") is None:  # not imported yet: serve sets its folders
+        raise ConfigError("bld serve needs gradio: pip install 'binary-latent-diffusion[web]'")
+    if auth is None and not is_loopback(args.host):
+        print(f"bld serve: warning: serving {args.host}:{args.port} without a login "
+              "(--no-auth): anyone who can reach it can use the app", file=sys.stderr)
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device, auth=auth,
+          precision=args.precision,
+          limits=Limits(max_images=args.max_images, keep_files=args.keep_files))
 
 
 def cmd_demo(args) -> None:

@@ -13,9 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -38,14 +40,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Served(NamedTuple):
+    url: str  # http://127.0.0.1:PORT/
+    proc: subprocess.Popen  # the `bld serve` process
+
+
 @contextmanager
-def running_server(run_dir: str | Path, port: int | None = None, timeout: float = 180,
-                   log_path: str | Path | None = None, extra: list[str] | None = None):
-    """`bld serve RUN_DIR` in a child process on a free loopback port; yields its URL."""
+def served(run_dir: str | Path, port: int | None = None, timeout: float = 180,
+           log_path: str | Path | None = None, extra: list[str] | None = None,
+           env: dict[str, str] | None = None) -> Iterator[Served]:
+    """`bld serve RUN_DIR` in a child process on a free loopback port (``env`` added to its
+    environment), until it answers; stopped with SIGTERM (then SIGKILL after 20 s) at exit."""
     port = port or free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "GRADIO_ANALYTICS_ENABLED": "False"}
+        "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "bld.cli", "serve", str(run_dir),
                              "--port", str(port), "--device", "cpu", *(extra or [])],
@@ -61,12 +70,14 @@ def running_server(run_dir: str | Path, port: int | None = None, timeout: float 
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError:  # it answers (a login page, ...)
+                break
             except OSError:
                 pass
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"bld serve did not answer on {url} in {timeout:.0f} s")
             time.sleep(0.5)
-        yield url
+        yield Served(url, proc)
     finally:
         proc.terminate()
         try:
@@ -75,6 +86,14 @@ def running_server(run_dir: str | Path, port: int | None = None, timeout: float 
             proc.kill()
         if log_path:
             log.close()
+
+
+@contextmanager
+def running_server(run_dir: str | Path, port: int | None = None, timeout: float = 180,
+                   log_path: str | Path | None = None, extra: list[str] | None = None):
+    """`served`, yielding only the URL."""
+    with served(run_dir, port, timeout, log_path, extra) as s:
+        yield s.url
 
 
 @contextmanager
