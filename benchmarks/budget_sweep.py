@@ -40,7 +40,9 @@ AE_ARMS = {
     "ae12-2000": ["model.channels=12", "optim.steps=2000"],
     "ae12-1200": ["model.channels=12", "optim.steps=1200"],
     "ae16-1800": ["optim.steps=1800"],
+    "ae16-1500": ["optim.steps=1500"],
 }
+C = ["model.width=192", "model.heads=3", "model.depth=4"]  # the demo's compact prior
 P2 = ["model.patch=2"]  # 2 x 2 grid positions per token: 16 tokens instead of 49
 # prior arms: (autoencoder arm, overrides on the fashion-mnist prior preset, seed)
 PRIOR_ARMS = {
@@ -71,6 +73,10 @@ PRIOR_ARMS = {
     "p256x6p2-2800@ae16-1800": ("ae16-1800", P2, 0),
     "p384x6p2-4000-b64@ae16-1800": ("ae16-1800", P2 + ["model.width=384", "model.heads=6",
                                                        "optim.steps=4000", "optim.batch_size=64"], 0),
+    # round 3 (CPU): the demo's compact setting and its neighbours
+    "p192x4-2800@ae16-1500": ("ae16-1500", C, 0),
+    "p192x4-2800@ae16-2500": ("ae16-2500", C, 0),
+    "p192x4-2800-lr2.5e-3@ae16-1500": ("ae16-1500", C + ["optim.lr=0.0025"], 0),
 }
 GUIDANCE = 0.5  # the prior preset's sample_guidance, as the demo samples
 CLASSIFIER_STEPS = 1200

@@ -7,7 +7,10 @@ from bld.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from bld.data import DatasetNotFoundError, load_fashion_mnist, to_model_range
 from bld.denoiser import Denoiser, DenoiserConfig
 from bld.diffusion import BernoulliDiffusion, DiffusionConfig
+from bld.precision import resolve_precision
 from bld.sampling import sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def total_variation(samples: torch.Tensor, patterns: torch.Tensor, weights: torch.Tensor) -> float:
@@ -70,9 +73,9 @@ def test_tiny_autoencoder_reconstructs_real_fashion_mnist():
     ae = BinaryAutoencoder(cfg)
     opt = torch.optim.AdamW(ae.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(250):
+    for _ in range(150):
         idx = torch.randint(0, len(x), (64,), generator=g)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with resolve_precision("auto", "cpu").autocast("cpu"):  # as training runs it here
             out = ae(x[idx])
         loss = (out.recon.float() - x[idx]).abs().mean()
         opt.zero_grad()
@@ -84,7 +87,8 @@ def test_tiny_autoencoder_reconstructs_real_fashion_mnist():
     l1 = (recon - xt).abs().mean().item()
     # Baseline: predicting every test image by the mean training image (the best an
     # autoencoder that ignores its input can do under L1 is close to this). A working
-    # 16-bit x 8x8 binary code must at least halve it; measured 0.11-0.12 vs 0.46.
+    # 16-bit x 8x8 binary code must at least halve it; measured 0.13-0.14 vs 0.46 after
+    # 150 steps (0.11-0.12 after 250).
     mean_image_l1 = (xt - x.mean(0, keepdim=True)).abs().mean().item()
     print(f"test L1 {l1:.3f} vs mean-image L1 {mean_image_l1:.3f}")
     assert l1 < 0.5 * mean_image_l1
