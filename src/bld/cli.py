@@ -401,7 +401,7 @@ def cmd_encode(args) -> None:
 
 def cmd_shard(args) -> None:
     from .data import DATASET_SOURCES, build_dataset
-    from .shards import write_shards
+    from .data import write_shards
     if args.source not in DATASET_SOURCES and Path(args.source).is_dir() and not args.image_size:
         raise ConfigError(f"pass --image-size for the image folder {args.source}")
     ds = build_dataset(args.source, split=args.split, image_size=args.image_size,

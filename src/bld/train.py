@@ -41,7 +41,7 @@ from .loading import (LatentDataset, LoadedPrior, load_autoencoder, load_latent_
                       load_prior, resolve_device)
 from .precision import Precision, resolve_precision
 from .sampling import sample
-from .shards import ShardDataset
+from .data import ShardDataset
 from .train_config import (CONFIG_KINDS, AutoencoderTrainConfig, DataConfig,  # noqa: F401
                            OptimConfig, PriorTrainConfig, RunConfig, config_from_dict,
                            upgrade_config_dict)
