@@ -431,14 +431,14 @@ def train_model(model: torch.nn.Module,
                 precision: str = "auto", grad_clip: float = 1.0) -> TrainResult:
     """A short training loop shared by the in-script baselines, identical for every model so
     that budgets (steps x batch) and optimiser settings match: AdamW (betas 0.9, 0.99), linear
-    warm-up then cosine decay to 0.1 x lr (`bld.train.lr_at`), gradient clipping, optional
-    EMA (`bld.train.EMA`), the given precision (`bld.precision`; auto: bf16 autocast only
+    warm-up then cosine decay to 0.1 x lr (`bld.training.optim.lr_at`), gradient clipping, optional
+    EMA (`bld.training.optim.EMA`), the given precision (`bld.precision`; auto: bf16 autocast only
     where this CPU runs it natively and faster).
 
     ``loss_fn(idx, generator)`` gets the indices (batch_size,) of this step's items (epochs
     of a seeded permutation of range(n_items)) and returns the scalar loss.
     """
-    from bld.train import EMA, lr_at
+    from bld.training.optim import EMA, lr_at
     from bld.train_config import OptimConfig
     optim = OptimConfig(steps=steps, batch_size=batch_size, lr=lr,
                         warmup=max(1, steps // 20) if warmup is None else warmup,

@@ -144,7 +144,7 @@ def read_epoch(source: str, limit: int, batch_size: int) -> dict:
     from torch.utils.data import DataLoader
     from bld.data import build_dataset
     from bld.data import ShardDataset
-    from bld.train import ShardBatchSampler, StepBatchSampler
+    from bld.training.batches import ShardBatchSampler, StepBatchSampler
     start_rss = peak = rss_mib()
     t0 = time.perf_counter()
     ds = build_dataset(source, "train")

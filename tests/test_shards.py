@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from bld.cli import main
 from bld.data import build_dataset
 from bld.data import ShardDataset
-from bld.train import ShardBatchSampler
+from bld.training.batches import ShardBatchSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -379,7 +379,7 @@ def cmd_encode(args) -> None:
     from .data import build_dataset
     from .pipeline import encode_dataset
     from .loading import load_autoencoder
-    from .train import LimitedDataset
+    from .training.batches import LimitedDataset
     from .train_config import config_from_dict
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
