@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .autoencoder import BinaryAutoencoder
-from .evaluation import psnr_from_mse
+from .metrics import psnr_from_mse
 from .packing import pack_bits
 from .plots import to_pil
 from .precision import check_precision, resolve_precision
