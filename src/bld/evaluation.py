@@ -270,3 +270,22 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
         "seconds_per_image": res.seconds / n,
         "images": res.images, "labels": labels,
     }
+
+
+def write_report(report: dict[str, Any], out: Path) -> str:
+    """``out``/eval.json and ``out``/eval.md (a table per section) of a report; the markdown."""
+    import json
+    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
+    lines = ["# bld eval", ""]
+    for section, vals in report.items():
+        if isinstance(vals, dict):
+            lines += [f"## {section}", "", "| figure | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in vals.items()]
+            lines.append("")
+        else:
+            lines.append(f"- {section}: {vals:.4g}" if isinstance(vals, float) else
+                         f"- {section}: {vals}")
+    text = "\n".join(lines) + "\n"
+    (out / "eval.md").write_text(text)
+    return text
