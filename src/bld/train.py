@@ -47,7 +47,8 @@ from .training.task import Task
 # (the demo, benchmarks and tests); they still work from here.
 from .checkpoint import TrainingError
 from .train_config import config_from_dict
-from .training.batches import LimitedDataset, ShardBatchSampler, StepBatchSampler
+from .data import LimitedDataset
+from .training.batches import ShardBatchSampler, StepBatchSampler
 from .training.prior import resolve_prior_config
 
 __all__ = ["fit", "train_autoencoder", "train_prior", "CSVLogger", "RateMeter",

@@ -10,6 +10,8 @@ label, and exposes `.classes` and `.num_classes`.
     emoji.py          colour emoji from npm: emoji-datasource and OpenMoji
     shards.py         webdataset-style tar shards: write_shards, ShardDataset
 
+`LimitedDataset` (the first N items of any of them) is here, beside `build_dataset`.
+
 This module imports the source modules (and re-exports their public names, so
 ``from bld.data import X`` keeps working); they import only each other, never this module.
 """
@@ -46,7 +48,7 @@ __all__ = [
     "EMOJI_DATASOURCE_VERSION", "EMOJI_VENDORS", "OPENMOJI_SIZES", "OPENMOJI_VERSION",
     "default_emoji_dir", "default_openmoji_dir", "extract_emoji_tarball",
     "extract_openmoji_tarball", "prepare_emoji", "prepare_openmoji", "rasterise_svg",
-    "ShardDataset", "ShardWriteResult", "is_shard_folder", "write_shards",
+    "ShardDataset", "ShardWriteResult", "is_shard_folder", "write_shards", "LimitedDataset",
 ]
 
 DATASET_SOURCES = ("fashion-mnist", "emoji-twitter", "emoji-google", "openmoji")  # or any folder path
@@ -103,3 +105,20 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
     if image_size is None:
         raise ValueError(f"pass image_size for the image folder {source!r} (its images may differ in size)")
     return ImageFolderDataset(source, image_size, channels or 3, labels="subfolders", split=split)
+
+
+class LimitedDataset(Dataset):
+    """The first ``limit`` items of a dataset (keeps ``classes`` / ``num_classes``)."""
+
+    def __init__(self, base: Dataset, limit: int) -> None:
+        self.base, self.limit = base, limit
+        self.classes = getattr(base, "classes", ())
+        self.num_classes = getattr(base, "num_classes", 0)
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.limit:
+            raise IndexError(i)
+        return self.base[i]

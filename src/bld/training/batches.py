@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import ConfigError
-from ..data import DATASET_SOURCES, ShardDataset, build_dataset
+from ..data import DATASET_SOURCES, LimitedDataset, ShardDataset, build_dataset
 from ..train_config import DataConfig, OptimConfig, RunConfig
 from .context import Context
 
@@ -134,20 +134,3 @@ def load_data(cfg: DataConfig, split: str = "train", image_size: int = 0, channe
 def skipped_images(data: Dataset) -> int:
     """How many unreadable images an image folder skipped so far (0 for other datasets)."""
     return int(getattr(getattr(data, "base", data), "skipped", 0))
-
-
-class LimitedDataset(Dataset):
-    """The first ``limit`` items of a dataset (keeps ``classes`` / ``num_classes``)."""
-
-    def __init__(self, base: Dataset, limit: int) -> None:
-        self.base, self.limit = base, limit
-        self.classes = getattr(base, "classes", ())
-        self.num_classes = getattr(base, "num_classes", 0)
-
-    def __len__(self) -> int:
-        return self.limit
-
-    def __getitem__(self, i: int):
-        if not 0 <= i < self.limit:
-            raise IndexError(i)
-        return self.base[i]
