@@ -95,7 +95,7 @@ def cmd_inpaint(args) -> None:
 def cmd_reconstruct(args) -> None:
     import torch
     from .data import build_dataset, load_image
-    from .pipeline import reconstruct
+    from .inference import reconstruct
     from .plots import image_grid, save_image
     from .loading import load_autoencoder
     device = _device(args.device)
@@ -115,7 +115,7 @@ def cmd_reconstruct(args) -> None:
 
 def cmd_encode(args) -> None:
     from .data import LimitedDataset, build_dataset
-    from .pipeline import encode_dataset
+    from .inference import encode_dataset
     from .loading import load_autoencoder
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)

@@ -4,7 +4,7 @@
 `bld.metrics` (SPEC 5) in the feature space of the project's own classifier
 (`bld.classifier`, trained offline in a minute) or, when its weights file is on disk, the
 standard Inception network (`InceptionFeatures`). Imports bld's metrics, and on first use its
-checkpoint, classifier, config, data, pipeline, precision and sampling modules; nothing
+checkpoint, classifier, config, data, inference, precision and sampling modules; nothing
 imports this module back but the CLI, the web app and the demo.
 """
 
@@ -243,7 +243,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     class accuracy), the autoencoder's own figures at the same n (FD of reconstructions:
     a prior cannot beat its decoder) and the settings and wall time per image.
     """
-    from .pipeline import generate
+    from .inference import generate
     from .precision import resolve_precision
     from .sampling import DEFAULT_EVIDENCE_WEIGHT
     device = next(prior.model.parameters()).device
