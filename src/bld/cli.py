@@ -2,8 +2,8 @@
 
 Thin: it parses arguments, then calls the command's function in `bld.commands`, which calls
 library functions. Imports bld's config, precision and sampling modules (for choices and
-defaults); `bld.commands`, and through it everything else, only once a command runs, so
-``bld --help`` stays quick.
+defaults); `bld.commands` (and through it everything else) and the error classes of
+checkpoint and data only once a command runs, so ``bld --help`` stays quick.
 """
 
 from __future__ import annotations
