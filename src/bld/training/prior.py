@@ -1,7 +1,7 @@
 """`PriorTask`: one training step of the Bernoulli diffusion prior on binary latents.
 
 The latents come from a cache written by `bld encode`, or are encoded on the fly by the
-frozen autoencoder. Imports only torch, bld's checkpoint, config, denoiser, diffusion,
+frozen autoencoder. Imports only torch, bld's autoencoder, checkpoint, config, denoiser,
 loading, plots, sampling and train_config modules, and this package's context, batches and
 task modules.
 """
