@@ -12,8 +12,9 @@ function of (seed, step, rank) and every random draw goes through a per-rank
 ``torch.Generator`` whose state is checkpointed, so on CPU a run that is killed and resumed
 ends with the same weights as one that was not.
 
-Imports bld.training (the loop's parts and the tasks); nothing imports this module but the
-CLI and the demo, so sampling never loads training code.
+Imports bld.training (the loop's parts and the tasks) and bld's checkpoint, config, data,
+plots and train_config modules. Only the command line (`bld.commands`) and the demo import
+this module, so sampling never loads training code (tests/test_pipeline.py checks).
 """
 
 from __future__ import annotations
