@@ -176,7 +176,7 @@ def _ae_eval(ae, clf, ref: common.FDReference, test_x: torch.Tensor, test_y: tor
              ) -> dict[str, Any]:
     """The autoencoder's figures on the whole test set (PSNR over the dataset MSE)."""
     from bld.classifier import accuracy
-    from bld.evaluation import bit_usage, ssim
+    from bld.metrics import bit_usage, ssim
     from bld.pipeline import reconstruct
     rec = reconstruct(ae, test_x)
     with torch.no_grad():

@@ -1,13 +1,13 @@
-"""Shared helpers for the benchmark scripts: flags, timing, tables/JSON/plots, data, FD.
+"""Shared helpers for the benchmark scripts: flags, timing, tables/JSON/plots, running bld.
 
 Benchmarks are not tests: they print figures and write them to an output folder
 (``<out>/<name>.md``, ``<out>/<name>.json``, ``<out>/<name>_*.png``); they never assert a
 wall time. Every script takes ``--quick`` (tiny sizes, a smoke test of the code path, figures
 meaningless) and ``--threads`` (torch intra-op threads; default: torch's own default).
 
-FD here is measured in the feature space of the project's own Fashion-MNIST classifier
-(`bld.classifier`), so it is comparable only with figures from the same classifier and the
-same N, never with published Inception FID (SPEC 5).
+What several benchmarks measure alike (the data, the FD classifier and reference, a short
+training loop) is in `measures.py`; its names are re-exported here, so a benchmark imports
+only this module.
 """
 
 from __future__ import annotations
@@ -26,17 +26,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 log = logging.getLogger("bench")
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
+# the shared measurements, re-exported (imported while this folder is still on sys.path)
+from measures import (CLASSIFIER_STEPS, FDReference, TrainResult, autocast,  # noqa: F401
+                      batches, cycled_labels, fashion_mnist, get_classifier, precision_name,
+                      spread, train_model)
+
 # `python benchmarks/NAME.py` puts this folder first on sys.path; once `common` is imported,
 # drop it, so that a script's name (tokenizers.py) cannot shadow an installed package.
 if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == BENCH_DIR:
     sys.path.pop(0)
-CLASSIFIER_STEPS = 1200  # what `bld demo` trains; quick mode uses far fewer
 
 
 # ------------------------------------------------------------------------------- flags
@@ -321,155 +324,3 @@ def plot_bars(path: Path, labels: Sequence[str], series: dict[str, Sequence[floa
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8)
     return _save_figure(fig, path)
-
-
-# -------------------------------------------------------------------------------- data
-def fashion_mnist(split: str = "test", limit: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST as float images (N, 1, 28, 28) in [-1, 1] and int64 labels (N,)."""
-    from bld.data import load_fashion_mnist, to_model_range
-    images, labels = load_fashion_mnist(split)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return to_model_range(images), labels
-
-
-# --------------------------------------------------------------------------- FD and co.
-def get_classifier(bench: Bench, run_dir: Path | None = None) -> tuple[torch.nn.Module, dict]:
-    """The FD feature classifier: --classifier, else RUN_DIR/classifier, else
-    <out>/classifier (trained there on the Fashion-MNIST train split when missing;
-    ``CLASSIFIER_STEPS`` steps as in `bld demo`, 60 in quick mode)."""
-    from bld.evaluation import load_classifier, train_and_save_classifier
-    candidates = [bench.args.classifier] if bench.args.classifier else []
-    if run_dir is not None:
-        candidates.append(run_dir / "classifier")
-    candidates.append(bench.out / "classifier")
-    for c in candidates:
-        if c is not None and (c / "config.json").exists():
-            clf, meta = load_classifier(c)
-            log.info("FD classifier from %s (test accuracy %s)", c, meta.get("test_accuracy"))
-            return clf, {**meta, "path": str(c)}
-    if bench.args.classifier:
-        raise FileNotFoundError(f"--classifier {bench.args.classifier} holds no classifier "
-                                "checkpoint (config.json); drop the flag to train one")
-    steps = 60 if bench.args.quick else CLASSIFIER_STEPS
-    dest = bench.out / "classifier"
-    log.info("training the FD classifier (%d steps) into %s", steps, dest)
-    train_and_save_classifier("fashion-mnist", dest, steps=steps, seed=0)
-    clf, meta = load_classifier(dest)
-    return clf, {**meta, "path": str(dest)}
-
-
-class FDReference:
-    """The real side of FD on the test set: a reference half and a disjoint floor set of n
-    images (`bld.evaluation.real_reference`), so that every FD comes with its real-vs-real
-    floor at the same N (SPEC 5)."""
-
-    def __init__(self, classifier: torch.nn.Module, test_images: torch.Tensor,
-                 test_labels: torch.Tensor, n: int, seed: int = 0) -> None:
-        from bld.evaluation import real_reference
-        self.classifier, self.n = classifier, n
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(test_images), generator=g)
-        half = len(test_images) // 2
-        # the same split real_reference makes, kept with labels for reconstruction checks
-        self.reference, self.floor = real_reference(test_images, n, seed=seed)
-        self.floor_index = perm[half:half + n]  # (n,) test-set indices of the floor images
-        self.floor_labels = test_labels[self.floor_index]
-
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None
-                 ) -> dict[str, float]:
-        """FD (+ floor at the same N), precision/recall (+ class accuracy with labels)."""
-        from bld.evaluation import evaluate_images
-        if len(images) != self.n:
-            raise ValueError(f"FD compares sets of one size: got {len(images)} images, the "
-                             f"floor was made for n={self.n}")
-        return evaluate_images(self.classifier, self.reference, self.floor, images, labels)
-
-
-def spread(a: float, b: float) -> float:
-    """Relative difference |a - b| / mean(a, b)."""
-    m = 0.5 * (abs(a) + abs(b))
-    return abs(a - b) / m if m > 0 else 0.0
-
-
-def cycled_labels(n: int, num_classes: int) -> torch.Tensor:
-    """0, 1, ..., num_classes - 1, 0, 1, ... (n labels): balanced classes."""
-    return torch.arange(num_classes).repeat(n // num_classes + 1)[:n]
-
-
-def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, size) of each batch covering range(n)."""
-    return [(i, min(batch_size, n - i)) for i in range(0, n, batch_size)]
-
-
-# ---------------------------------------------------------------------------- training
-@dataclass
-class TrainResult:
-    model: torch.nn.Module  # the EMA copy when ema_decay > 0, else the trained model (eval mode)
-    losses: list[float]
-    seconds: float
-    steps: int
-    batch_size: int
-
-
-def autocast(precision: str = "auto"):
-    """bf16 autocast on the CPU where ``precision`` (auto | fp32 | bf16) resolves to bf16."""
-    from bld.precision import resolve_precision
-    return resolve_precision(precision, "cpu").autocast("cpu")
-
-
-def precision_name(precision: str = "auto") -> str:
-    """What ``precision`` resolves to on this CPU (fp32 / bf16), for the tables' captions."""
-    from bld.precision import resolve_precision
-    return resolve_precision(precision, "cpu").name
-
-
-def train_model(model: torch.nn.Module,
-                loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, n_items: int, steps: int, batch_size: int, lr: float, seed: int, desc: str,
-                warmup: int | None = None, weight_decay: float = 0.0, ema_decay: float = 0.0,
-                precision: str = "auto", grad_clip: float = 1.0) -> TrainResult:
-    """A short training loop shared by the in-script baselines, identical for every model so
-    that budgets (steps x batch) and optimiser settings match: AdamW (betas 0.9, 0.99), linear
-    warm-up then cosine decay to 0.1 x lr (`bld.train.lr_at`), gradient clipping, optional
-    EMA (`bld.train.EMA`), the given precision (`bld.precision`; auto: bf16 autocast only
-    where this CPU runs it natively and faster).
-
-    ``loss_fn(idx, generator)`` gets the indices (batch_size,) of this step's items (epochs
-    of a seeded permutation of range(n_items)) and returns the scalar loss.
-    """
-    from bld.train import EMA, lr_at
-    from bld.train_config import OptimConfig
-    optim = OptimConfig(steps=steps, batch_size=batch_size, lr=lr,
-                        warmup=max(1, steps // 20) if warmup is None else warmup,
-                        weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                            betas=(optim.beta1, optim.beta2), weight_decay=weight_decay)
-    ema = EMA(model, ema_decay) if ema_decay > 0 else None
-    perm, pos, losses = torch.randperm(n_items, generator=gen), 0, []
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, mininterval=2.0)
-    for step in bar:
-        if pos + batch_size > n_items:
-            perm, pos = torch.randperm(n_items, generator=gen), 0
-        idx = perm[pos:pos + batch_size]
-        pos += batch_size
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, optim)
-        with autocast(precision):
-            loss = loss_fn(idx, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        if ema is not None:
-            ema.update(model, step)
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    bar.close()
-    seconds = time.perf_counter() - t0
-    out = ema.model if ema is not None else model
-    return TrainResult(out.eval(), losses, seconds, steps, batch_size)

@@ -244,7 +244,7 @@ def main() -> None:
                          expected_full="~2 h with 1 thread for 3 pipelines x 2 training seeds "
                                        "(each: autoencoder ~8 min, prior ~8 min, sampling ~3 min)")
     from bld.config import load_config_dict
-    from bld.evaluation import psnr
+    from bld.metrics import psnr
     from bld.train import resolve_prior_config
     from bld.train_config import config_from_dict
 

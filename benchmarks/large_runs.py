@@ -143,8 +143,8 @@ def read_epoch(source: str, limit: int, batch_size: int) -> dict:
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader
     from bld.data import build_dataset
-    from bld.shards import ShardDataset
-    from bld.train import ShardBatchSampler, StepBatchSampler
+    from bld.data import ShardDataset
+    from bld.training.batches import ShardBatchSampler, StepBatchSampler
     start_rss = peak = rss_mib()
     t0 = time.perf_counter()
     ds = build_dataset(source, "train")
@@ -171,7 +171,7 @@ def in_fresh_process(source: str, limit: int, batch_size: int) -> dict:
 
 def shards(quick: bool, tmp: Path) -> list[dict]:
     from bld.data import build_dataset
-    from bld.shards import write_shards
+    from bld.data import write_shards
     n = 2000 if quick else 60000
     size = 200 if quick else 1000
     ds = build_dataset("fashion-mnist", "train")

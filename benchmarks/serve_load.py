@@ -30,6 +30,7 @@ import os
 import statistics
 import tempfile
 import threading
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -270,7 +271,8 @@ def tally_total(levels: list[Level]) -> int:
 
 def main() -> None:
     from bld.web import Limits
-    from bld.webcheck import served
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from webcheck import served  # the driver the serving tests use
     args = parse_args()
     clients = [int(c) for c in (args.clients or ("1,4" if args.quick else "1,4,16,32")).split(",")]
     requests = args.requests or (2 if args.quick else 20)

@@ -26,7 +26,7 @@ number of codes a position can name):
 
 VQ with 2^B codes for B >= 16 is left out: its distance matrix (3136 tokens x 65536 codes
 per step at B = 16) is impractical on a CPU, so VQ is compared at 12 bits. Reported on the
-Fashion-MNIST test set (10000 images): PSNR (over the whole set, `bld.evaluation.psnr`),
+Fashion-MNIST test set (10000 images): PSNR (over the whole set, `bld.metrics.psnr`),
 SSIM, L1, reconstruction FD (project classifier; 5000 reconstructions against the other
 half of the test set, with the real-vs-real floor at N = 5000), and code usage: for binary
 codes the bit entropy and dead-bit fraction, for every tokenizer the perplexity of its
@@ -226,8 +226,8 @@ class Tokenizer(nn.Module):
 def usage_stats(spec: Spec, index: torch.Tensor, bits: torch.Tensor | None,
                 probs: torch.Tensor | None) -> dict[str, float]:
     """Code usage over the test tokens: perplexity (log2 = effective bits), share of the
-    codebook used, and for binary codes the bit entropy / dead bits (`bld.evaluation`)."""
-    from bld.evaluation import bit_usage
+    codebook used, and for binary codes the bit entropy / dead bits (`bld.metrics`)."""
+    from bld.metrics import bit_usage
     counts = torch.unique(index.flatten(), return_counts=True)[1].double()
     p = counts / counts.sum()
     ent = float(-(p * p.log2()).sum())
@@ -281,7 +281,8 @@ def main() -> None:
                          expected_full=f"~{len(args.tokenizers) * args.seeds * 8} min with 1 "
                                        "thread on a shared 2-core CPU (~8 min per training at the "
                                        "demo's budget)")
-    from bld.evaluation import fd_from_features, extract_features, psnr, ssim
+    from bld.evaluation import extract_features
+    from bld.metrics import fd_from_features, psnr, ssim
 
     x_train, _ = common.fashion_mnist("train", n_train)
     xt, yt = common.fashion_mnist("test", n_test)

@@ -3,7 +3,7 @@
     python3 scripts/screenshots.py RUN_DIR [--out docs] [--clicks 3]
 
 Starts `bld serve RUN_DIR` on a free loopback port, drives Debian's chromium headless
-(bld.webcheck), clicks Generate at the page's defaults (10 images, 16 steps) --clicks
+(tests/webcheck.py), clicks Generate at the page's defaults (10 images, 16 steps) --clicks
 times, paints a mask and inpaints, runs the trajectory and a blend, and writes
 OUT/app_sample.png, OUT/app_inpaint.png, OUT/app_bits.png and OUT/app_timing.json (each
 click's seconds from the click to the new image in the page).
@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]  # bld, and the browser driver webcheck
 
 from bld.demo import cpu_name  # noqa: E402
-from bld.webcheck import browser_page, click_and_time, not_blank, paint, running_server  # noqa: E402
+from webcheck import browser_page, click_and_time, not_blank, paint, running_server  # noqa: E402
 
 
 def main() -> int:

@@ -176,7 +176,7 @@ def test_reconstruct_test_images_prints_errors(runs, tmp_path, capsys):
     # the figures are the model's: the first 8 test images through encode -> bits -> decode,
     # recomputed here, and far better than an autoencoder that returns noise
     from bld.data import to_model_range
-    from bld.evaluation import psnr_from_mse
+    from bld.metrics import psnr_from_mse
     from bld.loading import load_autoencoder
     ae = load_autoencoder(runs.ae)
     x = to_model_range(load_fashion_mnist("test")[0][:8])

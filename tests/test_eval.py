@@ -14,8 +14,8 @@ from PIL import Image
 from bld.cli import main
 from bld.precision import resolve_precision
 from bld.data import load_fashion_mnist, to_model_range
-from bld.evaluation import (evaluate_images, extract_features, fd_from_features,
-                            load_classifier, real_reference)
+from bld.evaluation import evaluate_images, extract_features, load_classifier, real_reference
+from bld.metrics import fd_from_features
 from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 pytestmark = pytest.mark.usefixtures("one_thread")

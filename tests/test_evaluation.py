@@ -8,8 +8,9 @@ import torch
 from bld.classifier import (Classifier, ClassifierConfig, accuracy, augment,
                             train_classifier)
 from bld.data import load_fashion_mnist, to_model_range
-from bld.evaluation import (FeatureStats, InceptionFeatures, bit_usage, extract_features,
-                            fd_from_features, frechet_distance, precision_recall, psnr, ssim)
+from bld.evaluation import InceptionFeatures, extract_features
+from bld.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
+                         precision_recall, psnr, ssim)
 
 
 @pytest.fixture

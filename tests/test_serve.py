@@ -37,7 +37,7 @@ class Server(NamedTuple):
 
 
 def _serve(run_dir: Path, root: Path, extra: list[str] = ()):
-    from bld.webcheck import served
+    from webcheck import served
     tmp = root / "tmp"
     tmp.mkdir(parents=True)
     return tmp, served(run_dir, log_path=root / "serve.log", extra=list(extra),

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from bld.cli import main
 from bld.data import build_dataset
-from bld.shards import ShardDataset
-from bld.train import ShardBatchSampler
+from bld.data import ShardDataset
+from bld.training.batches import ShardBatchSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -109,7 +109,7 @@ def test_trajectory_and_blend_handlers(app):
 
 # ------------------------------------------------------------------------ in a browser
 def test_the_page_in_a_real_browser(runs, tmp_path):
-    from bld.webcheck import (PageError, browser_page, chromium_path, click_and_time,
+    from webcheck import (PageError, browser_page, chromium_path, click_and_time,
                               not_blank, paint, running_server)
     if chromium_path() is None:
         print("SKIPPED: no chromium on PATH (Debian: apt-get install chromium)")

@@ -3,6 +3,8 @@
 An image x in [-1, 1] (B, c, H, W) maps to bits z in {0,1} (B, C, h, w): an h x w grid of
 C-bit vectors. No codebook: bit probabilities p = sigmoid(logits), z_b ~ B(p) in training
 (or [p > 0.5] when deterministic), straight-through gradients z = z_b + p - stopgrad(p).
+
+Imports no bld module.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ zero and make the feature covariance singular (SPEC 5).
 
 Figures measured with it are comparable only with figures from the same trained
 classifier (same data, config and seed), never with published Inception FID.
+
+Imports no bld module.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Typed configuration: dataclasses built from dicts/YAML, unknown keys are errors."""
+"""Typed configuration: dataclasses built from dicts/YAML, unknown keys are errors.
+
+Imports no bld module; every configuration dataclass is built through `from_dict`.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ per bit. Time (sinusoidal -> MLP) and the optional class enter in one of two way
   time and class embeddings regresses a shift, scale and gate for every LayerNorm and
   residual branch, the gates start at zero so every block starts as the identity;
 * ``"tokens"``: a time token and a class token are prepended to the sequence.
+
+Imports no bld module.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ No network lives here: the denoiser is passed in as an argument (as in DiT's
 Shapes: binary latents are float tensors of 0/1, any shape ``(B, ...)``; time ``t`` is an
 integer tensor of shape ``(B,)`` in ``1..T``. The network is called as
 ``model(z_t, t / T, y)`` and returns one logit per bit (same shape as ``z_t``).
+
+Imports no bld module.
 """
 
 from __future__ import annotations

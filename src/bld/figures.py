@@ -1,5 +1,8 @@
 """Pictures of a trained pipeline that `bld demo` and `bld eval` write beside their reports:
-the denoising trajectory, and one row of samples per class next to real test images."""
+the denoising trajectory, and one row of samples per class next to real test images.
+
+Imports bld's pipeline and plots modules.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Nothing here imports the training loops (`bld.train`): a trained run is read through
 `bld.checkpoint` and the configuration dataclasses of `bld.train_config`.
+
+Imports bld's autoencoder, checkpoint, config, denoiser, diffusion, packing and
+train_config modules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Image grids and loss-curve plots (PNG)."""
+"""Image grids and loss-curve plots (PNG).
+
+Imports no bld module (matplotlib on first use).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Samplers for the Bernoulli prior: few-step, guided, inpainting. SPEC 2, sampling.
 
 One pure function under ``@torch.no_grad()`` (as in k-diffusion's ``sampling.py``).
+
+Imports only bld.diffusion.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 They live apart from the training loops so that loading a trained model (its checkpoint
 holds one of these) never imports the training code.
+
+Imports bld's autoencoder, config, denoiser, diffusion and precision modules (for the
+models' own configurations).
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ class names and each shard's name and sample count.
 Reading (``ShardDataset``) never loads a shard into memory: the first access to a shard
 reads its tar headers (member offsets, a few bytes per sample), then each sample is one
 positional read of its PNG and label. Training draws batches with
-``train.ShardBatchSampler``: each epoch the shards are shuffled and dealt out to the
+``bld.training.batches.ShardBatchSampler``: each epoch the shards are shuffled and dealt out to the
 processes (each reads its own shards), and each process reads its shards one after another,
 in a shuffled order within each shard, so that reads stay within one file at a time.
+
+Imports only `images.py` and `install.py` of this package.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .data import SPLITS, _install_dir, image_to_tensor
+from .images import SPLITS, image_to_tensor
+from .install import install_dir
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +126,8 @@ def write_shards(dataset: Dataset, out_dir: str | os.PathLike, shard_size: int, 
                     "shards": shards}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.is_dir():
-            out.rmdir()  # empty (checked above); _install_dir keeps a folder someone filled
-        _install_dir(tmp, out)
+            out.rmdir()  # empty (checked above); install_dir keeps a folder someone filled
+        install_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

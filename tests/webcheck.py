@@ -1,6 +1,8 @@
 """Driving `bld serve` in a real browser: Debian's chromium, headless, through playwright.
 
-Used by the browser test (tests/test_web.py) and scripts/screenshots.py. Playwright's own
+Used by the browser and serving tests (tests/test_web.py, tests/test_serve.py),
+scripts/screenshots.py and benchmarks/serve_load.py; test code, so it lives here and not in
+the installed library (pytest puts tests/ on sys.path; the scripts add it). Playwright's own
 browser download is not used: the system chromium is launched by path.
 """
 
@@ -22,7 +24,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-SRC = Path(__file__).resolve().parents[1]
+SRC = Path(__file__).resolve().parents[1] / "src"  # the served process imports bld from here
 
 
 def chromium_path() -> str | None:

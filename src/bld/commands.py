@@ -1,0 +1,258 @@
+"""What each ``bld`` sub-command does once `bld.cli` has parsed it: a few lines each that
+call library functions (the training loop, the pipeline, evaluation, the web app).
+
+Every import of the library is made inside the command that needs it, so a command loads
+only its own modules (`bld sample` never loads the training code). Imports nothing of bld at
+import time but config; `bld.cli` imports this module, never the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config_dict
+
+log = logging.getLogger("bld")
+
+
+def cmd_train(args, kind: str, overrides: list[str]) -> None:
+    """train-ae / train-prior: the config (preset or YAML, then ``overrides``), then the loop."""
+    from .train import train_autoencoder, train_prior
+    from .train_config import config_from_dict
+    cfg = config_from_dict(kind, load_config_dict(kind, args.config, overrides))
+    fn = train_autoencoder if kind == "autoencoder" else train_prior
+    path = fn(cfg, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
+    log.info("done: %s", path)
+
+
+def _autoencoder_data(path: str):
+    """The DataConfig an autoencoder was trained with (its checkpoint's config)."""
+    from . import checkpoint as ckpt
+    from .train_config import config_from_dict
+    return config_from_dict("autoencoder", ckpt.load_checkpoint(path, "autoencoder").config).data
+
+
+def _device(name: str):
+    from .loading import resolve_device
+    return resolve_device(name)
+
+
+def _load_pipeline(args):
+    from .pipeline import BinaryLatentDiffusionPipeline
+    return BinaryLatentDiffusionPipeline.from_run(args.prior, autoencoder=args.autoencoder,
+                                                  device=args.device, precision=args.precision)
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(class_labels=args.classes, n=args.num, steps=args.steps,
+                temperature=args.temperature, evidence_weight=args.evidence_weight,
+                guidance=args.guidance, seed=args.seed, output_type="pt")
+
+
+def cmd_sample(args) -> None:
+    from .plots import image_grid, save_image
+    pipe = _load_pipeline(args)
+    res = pipe(**_sampling_kwargs(args), batch_size=args.batch_size, progress=True)
+    save_image(image_grid(res.images, nrow=args.nrow), args.out, scale=args.scale)
+    if args.individual:
+        for i, img in enumerate(res.images):
+            save_image(img, Path(args.individual) / f"{i:05d}.png")
+    log.info("wrote %s (%d images, %d steps, %.3f s/image)", args.out, args.num, args.steps,
+             res.seconds / args.num)
+
+
+def _check_mask(mask_path: str, image_path: str) -> None:
+    """The mask must be black-and-white (mode 1 or L) and the size of the image."""
+    from .data import open_image
+    with open_image(mask_path) as mask, open_image(image_path) as image:
+        if mask.mode not in ("1", "L"):
+            raise ValueError(f"mask {mask_path} is a {mask.mode} image; save it as black-and-white "
+                             "(greyscale, white = keep, black = fill in)")
+        if mask.size != image.size:
+            raise ValueError(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but image "
+                             f"{image_path} is {image.size[0]}x{image.size[1]}; make them the "
+                             "same size")
+
+
+def cmd_inpaint(args) -> None:
+    import torch
+    from .data import load_image
+    from .plots import image_grid, save_image
+    pipe = _load_pipeline(args)
+    c = pipe.autoencoder.config
+    image = load_image(args.image, c.image_size, c.in_channels)
+    _check_mask(args.mask, args.image)
+    keep = load_image(args.mask, c.image_size, 1)[0] > 0  # white = keep
+    res = pipe.inpaint(image, ~keep, **_sampling_kwargs(args), paste=True)
+    masked = torch.where(keep, image, torch.zeros_like(image))
+    save_image(image_grid(torch.cat([image[None], masked[None], res.images]),
+                          nrow=args.num + 2), args.out)
+    log.info("wrote %s (input, masked input, %d completions)", args.out, args.num)
+
+
+def cmd_reconstruct(args) -> None:
+    import torch
+    from .data import build_dataset, load_image
+    from .inference import reconstruct
+    from .plots import image_grid, save_image
+    from .loading import load_autoencoder
+    device = _device(args.device)
+    ae = load_autoencoder(args.autoencoder, device)
+    c = ae.config
+    if args.images:
+        images = torch.stack([load_image(p, c.image_size, c.in_channels) for p in args.images])
+    else:
+        source = args.data or _autoencoder_data(args.autoencoder).source
+        ds = build_dataset(source, split="test", image_size=c.image_size, channels=c.in_channels,
+                           data_dir=args.data_dir)
+        images = torch.stack([ds[i][0] for i in range(min(args.num, len(ds)))])
+    res = reconstruct(ae, images, precision=args.precision)
+    save_image(image_grid(torch.cat([images, res.recon]), nrow=len(images)), args.out)
+    print(f"L1 {res.l1:.4f}  MSE {res.mse:.5f}  PSNR {res.psnr:.2f} dB  ({len(images)} images)")
+
+
+def cmd_encode(args) -> None:
+    from .data import LimitedDataset, build_dataset
+    from .inference import encode_dataset
+    from .loading import load_autoencoder
+    device = _device(args.device)
+    ae = load_autoencoder(args.autoencoder, device)
+    ae_data = _autoencoder_data(args.autoencoder)
+    source = args.data or ae_data.source
+    ds = build_dataset(source, split=args.split, image_size=ae.config.image_size,
+                       channels=ae.config.in_channels,
+                       data_dir=args.data_dir or ae_data.data_dir or None)
+    if 0 < args.limit < len(ds):
+        ds = LimitedDataset(ds, args.limit)
+    path = encode_dataset(ae, ds, args.out, batch_size=args.batch_size, device=device,
+                          precision=args.precision,
+                          metadata={"source": source, "split": args.split,
+                                    "autoencoder": args.autoencoder})
+    log.info("wrote %s (%d latents of shape %s, %d bytes each)", path, len(ds),
+             ae.config.latent_shape, (ae.config.bits * ae.config.grid ** 2 + 7) // 8)
+
+
+def cmd_shard(args) -> None:
+    from .data import DATASET_SOURCES, build_dataset
+    from .data import write_shards
+    if args.source not in DATASET_SOURCES and Path(args.source).is_dir() and not args.image_size:
+        raise ConfigError(f"pass --image-size for the image folder {args.source}")
+    ds = build_dataset(args.source, split=args.split, image_size=args.image_size,
+                       channels=args.channels, data_dir=args.data_dir)
+    if hasattr(ds, "scan"):  # an image folder: unreadable files are left out, not repeated
+        ds.scan()
+    keep = [i for i in range(len(ds)) if i not in getattr(ds, "unreadable", ())]
+    res = write_shards(ds, args.out_dir, args.shard_size, indices=keep[:args.limit or None],
+                       seed=args.seed, source=args.source, split=args.split)
+    print(f"{res.num_samples} samples in {res.num_shards} shards at {res.root} "
+          f"({res.num_samples / max(res.seconds, 1e-9):.0f} images/s); train with --data {res.root}")
+
+
+def cmd_prepare_emoji(args) -> None:
+    from .data import prepare_emoji
+    res = prepare_emoji(args.vendor, args.dest)
+    print(f"{res.num_images} images in {len(res.categories)} categories at {res.root}")
+
+
+def cmd_prepare_openmoji(args) -> None:
+    from .data import prepare_openmoji
+    r = prepare_openmoji(args.size, args.dest, skin_tones=args.skin_tones, tarball=args.tarball)
+    print(f"{r.num_images} images of {args.size} px in {len(r.categories)} classes at {r.root}: "
+          + ", ".join(f"{k} {v}" for k, v in r.categories.items())
+          + (f"; {r.skipped} SVG{'s' if r.skipped > 1 else ''} could not be drawn and skipped" if r.skipped else ""))
+
+
+def cmd_train_classifier(args) -> None:
+    from .evaluation import train_and_save_classifier
+    res = train_and_save_classifier(args.data, args.out, steps=args.steps, seed=args.seed,
+                                    data_dir=args.data_dir, image_size=args.image_size,
+                                    channels=args.channels)
+    print(f"classifier test accuracy {res.test_accuracy:.4f}; saved to {args.out}")
+
+
+def cmd_eval(args) -> None:
+    from .data import build_dataset
+    from .evaluation import (dataset_tensors, evaluate_autoencoder, evaluate_prior,
+                             load_classifier, real_reference, write_report)
+    from .plots import image_grid, save_image
+    from .loading import load_autoencoder, load_prior
+    device = _device(args.device)
+    prior = load_prior(args.prior, device) if args.prior else None
+    ae_path = args.autoencoder or (prior.config.autoencoder if prior else None)
+    if not ae_path:
+        raise ConfigError("pass --autoencoder (or --prior, whose autoencoder is used)")
+    ae = load_autoencoder(ae_path, device)
+    ae_data = _autoencoder_data(ae_path)
+    test = build_dataset(args.data or ae_data.source, "test", ae.config.image_size,
+                         ae.config.in_channels, args.data_dir or ae_data.data_dir or None)
+    xt, _ = dataset_tensors(test)
+    clf, meta = load_classifier(args.classifier, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"classifier": {"path": args.classifier, **meta}}
+    if prior is None:
+        reference, floor = real_reference(xt, min(args.num, len(xt) // 2), seed=args.seed)
+        report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
+    else:
+        ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
+                            temperature=args.temperature,
+                            evidence_weight=args.evidence_weight, guidance=args.guidance,
+                            seed=args.seed, conditional=not args.unconditional,
+                            precision=args.precision)
+        save_image(image_grid(ev.pop("images")[:100], nrow=10), out / "samples.png")
+        ev.pop("labels")
+        _eval_figures(prior, ae, ae_data, test, xt, out, args)
+        report.update(ev)
+    print(write_report(report, out))
+
+
+def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
+    """The denoising trajectory and, for a conditional prior, per-class rows of samples
+    beside real test images."""
+    import dataclasses
+    from .evaluation import dataset_tensors
+    from .figures import class_rows_figure, trajectory_figure
+    from .pipeline import BinaryLatentDiffusionPipeline
+    pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data), args.precision)
+    sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
+                    evidence_weight=args.evidence_weight, guidance=args.guidance)
+    trajectory_figure(pipe, out / "trajectory.png", **sampling)
+    if pipe.num_classes and not args.unconditional:
+        class_rows_figure(pipe, xt, dataset_tensors(test)[1], out / "class_rows.png", **sampling)
+
+
+def cmd_serve(args) -> None:
+    from .web import Limits, is_loopback, logins, serve
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 1..65535, got {args.port}")
+    auth = logins(args.host, args.auth, args.auth_file, args.no_auth)
+    import importlib.util
+    if importlib.util.find_spec("gradio") is None:  # not imported yet: serve sets its folders
+        raise ConfigError("bld serve needs gradio: pip install 'binary-latent-diffusion[web]'")
+    if auth is None and not is_loopback(args.host):
+        print(f"bld serve: warning: serving {args.host}:{args.port} without a login "
+              "(--no-auth): anyone who can reach it can use the app", file=sys.stderr)
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device, auth=auth,
+          precision=args.precision,
+          limits=Limits(max_images=args.max_images, keep_files=args.keep_files))
+
+
+def cmd_demo(args) -> None:
+    from .demo import DemoSettings, run_demo
+    from .demo import DEMO_DATASETS
+    out = args.out or DEMO_DATASETS[args.dataset][2]
+    s = DemoSettings(out=Path(out), dataset=args.dataset, device=args.device,
+                     precision=args.precision, minutes=args.minutes, seed=args.seed,
+                     limit=args.limit,
+                     eval_samples=args.eval_samples, resume=args.resume,
+                     classifier_steps=args.classifier_steps,
+                     evidence_weight=args.evidence_weight, guidance=args.guidance,
+                     data_dir=args.data_dir or "")
+    if args.ae_steps is not None:
+        s.ae_steps = args.ae_steps
+    if args.prior_steps is not None:
+        s.prior_steps = args.prior_steps
+    run_demo(s)
+
