@@ -201,18 +201,20 @@ def report(args) -> None:
     costs = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(out.glob("cost_*.json"))}
     kinds = list(costs)
     lines = ["# Demo configurations against the fp32 budget", "",
-             "Quality: N = 1000 samples, S = 16, guidance 0.5, on the project's FD classifier "
-             f"(trained by `--train` on {next(iter(q.values()))['device'] if q else '?'}, "
-             f"precision {next(iter(q.values()))['train_precision'] if q else '?'}). Minutes: the "
-             "whole demo at the arm's steps, predicted by `bld.budget` from timings on the CPU "
-             "named in the column.", "",
-             "| arm | FD | FD / recon FD | class acc | recall | recon PSNR | " +
+             "Quality: N = 1000 samples, S = 16, guidance 0.5, on an FD classifier trained by "
+             "`--train` where the arm was trained (one classifier per `--out` folder and device; "
+             "figures compare within a device, roughly across). Arms marked `(rerun)` are a "
+             "second run of the same arm. Minutes: the whole demo at the arm's steps, predicted "
+             "by `bld.budget` from timings on the CPU named in the column.", "",
+             "| arm | trained on | FD | FD / recon FD | class acc | recall | recon PSNR | " +
              " | ".join(f"demo min ({k})" for k in kinds) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(kinds)]
+             "|---|---|---|---|---|---|---|" + "---|" * len(kinds)]
     for name, r in q.items():
-        mins = [costs[k]["arms"].get(name, {}).get("predicted_s", {}).get("total") for k in kinds]
-        lines.append(f"| `{name}` | {r['fd']:.1f} | {r['fd_ratio_to_recon']:.2f} | "
-                     f"{r['class_accuracy']:.3f} | {r['recall']:.3f} | "
+        mins = [costs[k]["arms"].get(name.removesuffix(" (rerun)"), {}).get(
+            "predicted_s", {}).get("total") for k in kinds]
+        lines.append(f"| `{name}` | {r['device']}, {r['train_precision']} | {r['fd']:.1f} | "
+                     f"{r['fd_ratio_to_recon']:.2f} | {r['class_accuracy']:.3f} | "
+                     f"{r['recall']:.3f} | "
                      f"{r['psnr'] if r['psnr'] is None else format(r['psnr'], '.2f')} | " +
                      " | ".join("-" if m is None else f"{m / 60:.1f}" for m in mins) + " |")
     text = "\n".join(lines) + "\n"

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=_minutes, default=15.0,
                    help="time budget: a few seconds of calibration, then both models' training "
                         "steps are scaled down (never up) from the presets' so that the whole "
-                        "demo fits (default %(default)g; 0 = the presets' steps, no plan)")
+                        "demo fits, with a compact setting where they would be cut below "
+                        "75%% (default %(default)g; 0 = the presets' steps, no plan)")
     _device_flags(p)
     _data_flags(p, data_dir="the dataset's folder if not in its default place (Debian's "
                             "Fashion-MNIST, ~/.cache/bld/emoji-twitter)")
