@@ -37,8 +37,10 @@ from .sampling import sample
 log = logging.getLogger("bld")
 
 # the plan aims at this share of the budget: the rest absorbs calibration error and a
-# shared machine's noise
-SAFETY = 0.85
+# shared machine's noise (the prior's steps are refitted after the autoencoder, so what
+# is left to miss is the prior's own rate and the evaluation's; in the AVX2 demo run the
+# predicted total was within 3% of the measured one, single stages within 7-25%)
+SAFETY = 0.9
 # seconds the demo spends outside the timed work (loading data, checkpoints, plots)
 OVERHEAD_S = 25.0
 # the plan never trains a model for fewer steps than this share of its preset's
