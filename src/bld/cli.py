@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "styles; 1 in 6 faces a test image; attributes in manifest.csv)")
     p.add_argument("--size", type=int, default=64, help="image size in px, 32..1024 (default 64)")
     p.add_argument("--dest", help="folder (default ~/.cache/bld/dicebear-SIZE)")
-    p.add_argument("--per-style", type=_positive, default=720,
-                   help="faces per style (default %(default)s: 7,200 faces, 1,200 of them test)")
+    p.add_argument("--per-style", type=_positive, default=1200,
+                   help="faces per style (default %(default)s: 12,000 faces, 2,000 of them test)")
     p.add_argument("--tarballs", help="a folder of the npm tarballs of @dicebear/core and the "
                                       "styles (from `npm pack`) instead of fetching them")
     return ap

@@ -36,7 +36,8 @@ DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
     "faces": ("dicebear", "emoji64", "runs/demo-faces"),
 }
 # FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k; the
-# faces' classifier tells their ten styles apart on all 1,200 test faces after 400 steps)
+# faces' classifier names the style of all 2,000 test faces after 400 steps:
+# benchmarks/results/colour_datasets.md)
 CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600, "faces": 400}
 # Where the budget would cut the presets' steps below this share, the demo trains a compact
 # setting instead: at the same compute a smaller prior trained for its full steps learns more

@@ -39,7 +39,9 @@ DICEBEAR_STYLES = ("adventurer", "avataaars", "big-ears", "big-smile", "micah", 
 # Backgrounds every style draws from (DiceBear picks one per seed): the same pastel set for
 # all styles, so the background tells nothing about the class.
 DICEBEAR_BACKGROUNDS = ("b6e3f4", "c0aede", "d1d4f9", "ffd5dc", "ffdfbf")
-DICEBEAR_PER_STYLE = 720
+# 1,200 per style: 2,000 test faces, so that FD and its real-vs-real floor (two disjoint
+# halves of the test split) are measured at N = 1,000
+DICEBEAR_PER_STYLE = 1200
 DICEBEAR_TEST_EVERY = 6  # seed i of a style is a test image when i % 6 == 5: 1 in 6
 DICEBEAR_SIZES = (32, 1024)  # inclusive range of --size
 
