@@ -19,10 +19,12 @@ done
 apt_pkgs=""
 [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || apt_pkgs="dataset-fashion-mnist"
 # the browser test drives Debian's chromium (playwright's own browser download is not used);
-# cairosvg (OpenMoji) draws with the system cairo library
+# cairosvg (OpenMoji, DiceBear) draws with the system cairo library; DiceBear's faces are
+# drawn by Node.js
 case ",$extras," in
   *,test,*) command -v chromium >/dev/null || apt_pkgs="${apt_pkgs:+$apt_pkgs }chromium"
-            ldconfig -p 2>/dev/null | grep -q libcairo.so.2 || apt_pkgs="${apt_pkgs:+$apt_pkgs }libcairo2" ;;
+            ldconfig -p 2>/dev/null | grep -q libcairo.so.2 || apt_pkgs="${apt_pkgs:+$apt_pkgs }libcairo2"
+            command -v node >/dev/null || apt_pkgs="${apt_pkgs:+$apt_pkgs }nodejs" ;;
 esac
 if [ -n "$apt_pkgs" ]; then
   sudo=""

@@ -153,6 +153,12 @@ BAD_INPUT = [
     (["shard", "{f}/missing", "{out}"], "unknown dataset source"),
     (["serve", "{prior}", "--max-images", "0"], "argument --max-images: must be at least 1"),
     (["serve", "{prior}", "--port", "http"], "argument --port: invalid int value: 'http'"),
+    # prepare-dicebear (no npm call: each is refused before a fetch)
+    (["prepare-dicebear", "--dest", "{out}", "--size", "2048"], "from 32 to 1024 px, got 2048"),
+    (["prepare-dicebear", "--dest", "{out}", "--per-style", "5"], "of at least 6 (one test face in 6)"),
+    (["prepare-dicebear", "--dest", "{out}", "--per-style", "0"], "argument --per-style: must be at least 1"),
+    (["prepare-dicebear", "--dest", "{out}", "--tarballs", "{f}/missing"], "tarball folder"),
+    (["prepare-dicebear", "--dest", "{out}", "--tarballs", "{f}"], "no .tgz files in"),
 ]
 
 

@@ -1,10 +1,14 @@
-"""Datasets: image folders (formats, labels, corrupt files), Fashion-MNIST, emoji extraction."""
+"""Datasets: image folders (formats, labels, corrupt files, manifest split, mirrors),
+Fashion-MNIST, emoji extraction, DiceBear faces."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import io
 import json
 import logging
+import shutil
 import tarfile
 
 import numpy as np
@@ -14,6 +18,7 @@ from PIL import Image, features
 from torch.utils.data import DataLoader
 
 from bld.data import (
+    DICEBEAR_BACKGROUNDS,
     DatasetNotFoundError,
     FASHION_MNIST_CLASSES,
     ImageFolderDataset,
@@ -24,6 +29,7 @@ from bld.data import (
     find_fashion_mnist,
     prepare_openmoji,
 )
+from bld.data.folder import _hash_fraction
 
 # --------------------------------------------------------------------------------------
 # Fixture folder: two classes, every supported mode, mixed sizes, one corrupt file
@@ -303,3 +309,226 @@ def test_prepare_openmoji_without_npm(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match="npm.*not found.*--tarball"):
         prepare_openmoji(64, tmp_path / "om")
     assert not (tmp_path / "om").exists()
+
+
+# --------------------------------------------------------------------------------------
+# A folder's manifest.csv split, and mirrored copies (hflip)
+# --------------------------------------------------------------------------------------
+
+
+def _half_red(size=16):
+    """Red on the left half, blue on the right: a mirror is told apart from the image."""
+    a = np.zeros((size, size, 3), np.uint8)
+    a[:, : size // 2] = (255, 0, 0)
+    a[:, size // 2:] = (0, 0, 255)
+    return Image.fromarray(a)
+
+
+def test_manifest_split_overrides_the_hash(tmp_path):
+    root = tmp_path / "faces"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            _half_red().save(root / cls / f"{i}.png")
+    _half_red().save(root / "b" / "unlisted.png")
+    listed = [f"{c}/{i}.png" for c in ("a", "b") for i in range(6)]
+    rows = ["path,class,split,extra"] + [f"{p},{p[0]},{'test' if p.endswith('5.png') else 'train'},x"
+                                         for p in listed]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    test = ImageFolderDataset(root, 16, split="test")
+    train = ImageFolderDataset(root, 16, split="train")
+    hashed_test = _hash_fraction("b/unlisted.png") < 0.1  # an unlisted file: the hash decides
+    assert sorted(f.as_posix() for f in test.files) == ["a/5.png", "b/5.png"] + (["b/unlisted.png"] if hashed_test else [])
+    assert len(train) + len(test) == 13 and not set(train.files) & set(test.files)
+    assert test.classes == train.classes == ("a", "b")
+
+    # a manifest without a split column is someone else's file: the hash splits
+    (root / "manifest.csv").write_text("path,class\na/0.png,a\n")
+    assert len(ImageFolderDataset(root, 16, split="train")) == sum(
+        _hash_fraction(p) >= 0.1 for p in listed + ["b/unlisted.png"]) != 11
+    (root / "manifest.csv").write_text("path,split\na/0.png,validation\n")
+    with pytest.raises(ValueError, match="manifest.csv line 2: split must be train or test"):
+        ImageFolderDataset(root, 16, split="train")
+    assert len(ImageFolderDataset(root, 16, split=None)) == 13  # "all" never reads it
+
+
+def test_hflip_holds_each_file_and_its_mirror(tmp_path):
+    root = tmp_path / "faces"
+    (root / "a").mkdir(parents=True)
+    _half_red().save(root / "a" / "0.png")
+    _half_red().save(root / "a" / "1.png")
+    (root / "a" / "2.png").write_bytes(b"not a png")
+    ds = ImageFolderDataset(root, 16, hflip=True)
+    assert len(ds) == 6 and len(ds.files) == 3 and "hflip=True" in repr(ds)
+    x, y = ds[0]
+    m, ym = ds[3]  # file 0, mirrored
+    assert y == ym == 0
+    assert torch.equal(m, x.flip(-1)) and not torch.equal(m, x)
+    assert x[0, :, 0].eq(1).all() and m[0, :, 0].eq(-1).all()  # red left, then red right
+    assert torch.equal(ds[-1][0], ds[5][0])
+    with pytest.raises(IndexError):
+        ds[6]
+    assert ds.scan() == 1 and ds.unreadable == {2, 5}  # the bad file and its mirror
+    assert torch.equal(ds[5][0], ds[3][0])  # a mirrored bad file: the next readable one, mirrored
+    assert len(ImageFolderDataset(root, 16)) == 3
+
+
+# --------------------------------------------------------------------------------------
+# DiceBear faces: fake npm tarballs shaped like @dicebear/core and its styles (no npm call)
+# --------------------------------------------------------------------------------------
+
+# The fake core passes the seed, size and backgrounds to the style; each fake style draws
+# its own colour on the left half, a background from the list on the right.
+_FAKE_CORE = """
+export function createAvatar(style, options) {
+  const out = style.create(options);
+  return { toString: () => out.svg, toJson: () => ({ svg: out.svg, extra: out.extra }) };
+}
+"""
+_FAKE_STYLE = """
+export const meta = { title: 'Title %(name)s', creator: 'Maker of %(name)s',
+  source: 'https://example.org/%(name)s', license: { name: 'CC0 1.0', url: 'https://example.org/cc0' } };
+export function create({ seed, size, backgroundColor }) {
+  const i = parseInt(seed.split('-').pop());
+  const bg = backgroundColor[i %% backgroundColor.length];
+  if (%(broken)s) return { svg: '<svg', extra: {} };  // cairosvg cannot draw it
+  return { svg: `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10" width="${size}" height="${size}">`
+    + `<rect width="10" height="10" fill="#${bg}"/><rect width="5" height="10" fill="#%(colour)s"/></svg>`,
+    extra: { primaryBackgroundColor: '#' + bg, secondaryBackgroundColor: '#ffffff',
+             backgroundType: 'solid', backgroundRotation: 0, hair: 'short' + (i %% 3) } };
+}
+"""
+
+
+def _npm_tarball(folder, name, version, files):
+    """An npm package tarball: package/package.json (ES module) and files."""
+    short = name.split("/")[-1]
+    tgz = folder / f"{name.strip('@').replace('/', '-')}-{version}.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        _add(tar, "package/package.json", json.dumps(
+            {"name": name, "version": version, "type": "module", "exports": "./lib/index.js"}).encode())
+        for path, text in files.items():
+            _add(tar, f"package/{path}", text.encode())
+    return tgz, short
+
+
+def _style_colour(k):
+    return f"{(40 + 20 * k):02x}{(200 - 15 * k):02x}{(10 * k):02x}"
+
+
+def _fake_dicebear(folder, version="9.4.3", skip=(), broken=(), core_js=_FAKE_CORE, core_version=None,
+                   broken_seeds="i === 1"):
+    """Tarballs of a fake core, every style but `skip` (those in `broken` draw no SVG for
+    `broken_seeds`) and one package that is not DiceBear's."""
+    from bld.data import DICEBEAR_STYLES
+    folder.mkdir(parents=True, exist_ok=True)
+    _npm_tarball(folder, "@dicebear/core", core_version or version, {"lib/index.js": core_js})
+    for k, name in enumerate(DICEBEAR_STYLES):
+        if name not in skip:
+            _npm_tarball(folder, f"@dicebear/{name}", version, {"lib/index.js": _FAKE_STYLE % {
+                "name": name, "colour": _style_colour(k), "broken": broken_seeds if name in broken else "false"}})
+    _npm_tarball(folder, "left-pad", "1.3.0", {"lib/index.js": "export default 1;"})  # not ours
+    return folder
+
+
+needs_node_and_cairo = pytest.mark.skipif(
+    shutil.which("node") is None or importlib.util.find_spec("cairosvg") is None,
+    reason="drawing DiceBear faces needs Node.js and cairosvg (scripts/setup.sh --test)")
+
+
+@needs_node_and_cairo
+def test_prepare_dicebear_from_tarballs(tmp_path):
+    from bld.data import DICEBEAR_STYLES, prepare_dicebear
+    tgz = _fake_dicebear(tmp_path / "tgz", broken=("micah",))
+    dest = tmp_path / "faces"
+    out = prepare_dicebear(32, dest, per_style=12, tarballs=tgz, progress=False)
+    classes = tuple(s.replace("-", "_") for s in DICEBEAR_STYLES)
+    assert out.skipped == 1 and out.num_images == 119  # micah's seed 1 is no SVG
+    assert out.categories == {c: 11 if c == "micah" else 12 for c in classes}
+    assert not (dest / "micah" / "micah-0001.png").exists()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folder left
+
+    with open(dest / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 119 and {r["path"] for r in rows} == {
+        p.relative_to(dest).as_posix() for p in dest.rglob("*.png")}
+    row = next(r for r in rows if r["path"] == "big_ears/big_ears-0007.png")
+    assert row["class"] == "big_ears" and row["seed"] == "big-ears-7" and row["split"] == "train"
+    assert row["background"] == "#" + DICEBEAR_BACKGROUNDS[7 % len(DICEBEAR_BACKGROUNDS)]
+    assert json.loads(row["attributes"]) == {"hair": "short1"}  # background keys left out
+    assert {r["path"] for r in rows if r["split"] == "test"} == {
+        f"{c}/{c}-{i:04d}.png" for c in classes for i in (5, 11)}  # every 6th seed
+    licences = (dest / "LICENSES.md").read_text()
+    assert all(f"| {c} | Title {s} (@dicebear/{s} 9.4.3) | Maker of {s} | [CC0 1.0]" in licences
+               for c, s in zip(classes, DICEBEAR_STYLES))
+
+    # each style's colour on the left of its own images, the background on the right
+    k = DICEBEAR_STYLES.index("pixel-art")
+    a = np.asarray(Image.open(dest / "pixel_art" / "pixel_art-0003.png"))
+    assert a.shape == (32, 32, 3)
+    assert (a[:, :14] == tuple(bytes.fromhex(_style_colour(k)))).all()
+    assert (a[:, 18:] == tuple(bytes.fromhex(DICEBEAR_BACKGROUNDS[3]))).all()
+
+    # the data source: the manifest's split; the train split with its mirrors
+    train = build_dataset("dicebear", "train", image_size=32, data_dir=dest)
+    test = build_dataset("dicebear", "test", image_size=32, data_dir=dest)
+    assert train.classes == test.classes == classes
+    assert len(test) == 20 and len(train) == 2 * 99 and train.hflip and not test.hflip
+    assert torch.equal(train[99][0], train[0][0].flip(-1))
+
+    # idempotent: a second prepare leaves the folder as it is
+    mtime = (dest / "manifest.csv").stat().st_mtime_ns
+    again = prepare_dicebear(32, dest, per_style=6, tarballs=tgz, progress=False)
+    assert again.num_images == 119 and (dest / "manifest.csv").stat().st_mtime_ns == mtime
+
+
+@needs_node_and_cairo
+@pytest.mark.parametrize("kind,error,match", [
+    ("missing style", DatasetNotFoundError, "lack @dicebear/personas; fetch them with `npm pack @dicebear/personas@9.4.3`"),
+    ("mixed majors", ValueError, "different major versions .*core 8.0.0"),
+    ("core throws", ValueError, "drawing the faces with node failed .*no avatars today"),
+    ("all broken", ValueError, "none of the 60 faces could be drawn"),
+])
+def test_prepare_dicebear_failure_leaves_no_folder(tmp_path, kind, error, match):
+    from bld.data import DICEBEAR_STYLES, extract_dicebear_tarballs
+    options = {"missing style": dict(skip=("personas",)), "mixed majors": dict(core_version="8.0.0"),
+               "core throws": dict(core_js="export function createAvatar() { throw new Error('no avatars today'); }"),
+               "all broken": dict(broken=DICEBEAR_STYLES, broken_seeds="true")}[kind]
+    tgz = _fake_dicebear(tmp_path / "tgz", **options)
+    with pytest.raises(error, match=match):
+        extract_dicebear_tarballs(sorted(tgz.glob("*.tgz")), 32, tmp_path / "faces", per_style=6,
+                                  workers=1, progress=False)
+    assert not (tmp_path / "faces").exists() and not list(tmp_path.glob(".faces.tmp-*"))
+
+
+def test_prepare_dicebear_bad_input(tmp_path, monkeypatch):
+    from bld.data import prepare_dicebear
+    with pytest.raises(ValueError, match="32 to 1024"):
+        prepare_dicebear(2048, tmp_path / "f")
+    with pytest.raises(ValueError, match="at least 6"):
+        prepare_dicebear(64, tmp_path / "f", per_style=5)
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        prepare_dicebear(64, tmp_path / "f", tarballs=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no .tgz files .*npm pack @dicebear/core@9.4.3"):
+        prepare_dicebear(64, tmp_path / "f", tarballs=tmp_path / "empty")
+    not_npm = tmp_path / "junk"
+    not_npm.mkdir()
+    (not_npm / "x.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(ValueError, match="x.tgz is not a readable npm package tarball"):
+        prepare_dicebear(64, tmp_path / "f", tarballs=not_npm)
+    tgz = _fake_dicebear(tmp_path / "tgz")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(DatasetNotFoundError, match="`node` not found"):
+        prepare_dicebear(64, tmp_path / "f", tarballs=tgz)
+    with pytest.raises(DatasetNotFoundError, match="npm.*not found.*--tarballs"):
+        prepare_dicebear(64, tmp_path / "f")
+    assert not (tmp_path / "f").exists() and not list(tmp_path.glob(".f.tmp-*"))
+
+
+def test_dicebear_defaults_measure_fd_at_n_1000():
+    # the demo's FD and its floor take two disjoint halves of the test split: >= 2,000 faces
+    from bld.data import DICEBEAR_PER_STYLE, DICEBEAR_STYLES
+    from bld.data.dicebear import is_test_seed
+    per_style = sum(is_test_seed(i) for i in range(DICEBEAR_PER_STYLE))
+    assert per_style * len(DICEBEAR_STYLES) == 2000

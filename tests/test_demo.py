@@ -112,3 +112,32 @@ def test_demo_on_colour_emoji(tmp_path):
     from bld.checkpoint import find_latest
     ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
     assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "emoji64", [])["model"]}
+
+
+def test_demo_on_dicebear_faces(tmp_path):
+    # `--dataset faces` on a folder shaped like `bld prepare-dicebear`'s (class folders and a
+    # manifest.csv that fixes the split): the dicebear source, the emoji64 presets, and the
+    # training images with their mirrors
+    from safetensors import safe_open
+    data = tmp_path / "faces"
+    _emoji_like_folder(data, per_class=12)
+    rows = ["path,class,split,seed"]
+    for p in sorted(data.rglob("*.png")):
+        i = int(p.stem)
+        rows.append(f"{p.relative_to(data).as_posix()},{p.parent.name},"
+                    f"{'test' if i % 6 == 5 else 'train'},{p.parent.name}-{i}")
+    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "demo"
+    assert main(["demo", "--dataset", "faces", "--data-dir", str(data), "--out", str(out),
+                 "--ae-steps", "2", "--prior-steps", "2", "--eval-samples", "0",
+                 "--minutes", "0", "--device", "cpu"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dataset"] == "faces" and rep["source"] == "dicebear"
+    assert rep["classes"] == ["bars", "circles", "squares"]
+    assert rep["figures"]["test_images"] == 6  # seeds 5 and 11 of each class, as the manifest says
+    with safe_open(str(out / "latents_train.safetensors"), "pt") as f:
+        assert f.get_tensor("labels").shape == (2 * 30,)  # 30 training faces and their mirrors
+    from bld.checkpoint import find_latest
+    ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
+    assert ae_cfg["data"]["source"] == "dicebear"
+    assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "emoji64", [])["model"]}

@@ -121,7 +121,8 @@ def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
                    "optim.grad_accum=K: K micro-batches per optimizer step")
     _device_flags(p, default=None, precision=None, help="where to train")
     _seed_flag(p, default=None)
-    _data_flags(p, "dataset: fashion-mnist, emoji-twitter, emoji-google, a folder of images "
+    _data_flags(p, "dataset: fashion-mnist, emoji-twitter, emoji-google, openmoji, dicebear, "
+                   "a folder of images "
                    "(class labels from subfolders), or a folder of shards written by `bld shard`")
 
 
@@ -167,10 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train an autoencoder + class-conditional prior on "
                        "Fashion-MNIST (or colour emoji), then write samples, reconstructions, "
                        "plots and a report")
-    p.add_argument("--dataset", choices=("fashion-mnist", "emoji"), default="fashion-mnist",
-                   help="fashion-mnist (28 px grey, default) or emoji (64 px colour Twitter "
-                        "emoji from npm, one class per category; fetched with npm on first use)")
-    p.add_argument("--out", help="output folder (default runs/demo; runs/demo-emoji for emoji)")
+    p.add_argument("--dataset", choices=("fashion-mnist", "emoji", "faces"), default="fashion-mnist",
+                   help="fashion-mnist (28 px grey, default), emoji (64 px colour Twitter "
+                        "emoji from npm, one class per category) or faces (64 px DiceBear "
+                        "faces, one class per style, see prepare-dicebear); fetched with npm "
+                        "on first use")
+    p.add_argument("--out", help="output folder (default runs/demo; runs/demo-emoji for emoji, "
+                                 "runs/demo-faces for faces)")
     p.add_argument("--ae-steps", type=_positive, help="autoencoder training steps")
     p.add_argument("--prior-steps", type=_positive, help="prior training steps")
     p.add_argument("--limit", type=_count, default=0, help="use only N training images (0 = all)")
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
     p.add_argument("--classifier-steps", type=_positive,
                    help="training steps of the FD classifier the report uses "
-                        "(default 1200 for fashion-mnist, 600 for emoji)")
+                        "(default 1200 for fashion-mnist, 600 for emoji, 400 for faces)")
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="sampler's evidence weight lambda (see bld sample --help)")
     p.add_argument("--guidance", type=float, default=None,
@@ -192,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "75%% (default %(default)g; 0 = the presets' steps, no plan)")
     _device_flags(p)
     _data_flags(p, data_dir="the dataset's folder if not in its default place (Debian's "
-                            "Fashion-MNIST, ~/.cache/bld/emoji-twitter)")
+                            "Fashion-MNIST, ~/.cache/bld/emoji-twitter, ~/.cache/bld/dicebear-64)")
     _seed_flag(p)
 
     p = sub.add_parser("train-ae", help="train a binary autoencoder from a YAML config")
@@ -215,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shard", help="write a dataset as webdataset-style tar shards, for "
                        "training on image sets larger than memory (--data OUT_DIR)")
-    p.add_argument("source", help="fashion-mnist, emoji-twitter, emoji-google, or a folder of "
-                                  "images (class labels from subfolders)")
+    p.add_argument("source", help="fashion-mnist, emoji-twitter, emoji-google, openmoji, "
+                                  "dicebear, or a folder of images (class labels from subfolders)")
     p.add_argument("out_dir", help="new folder for the shards and their manifest shards.json")
     p.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard "
                    "(default %(default)s; want at least a few shards per training process)")
@@ -299,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tarball", help="a local openmoji-17.0.0.tgz instead of `npm pack`")
     p.add_argument("--skin-tones", action="store_true",
                    help="keep the 2,030 skin-tone variants (dropped by default)")
+
+    p = sub.add_parser("prepare-dicebear", help="fetch DiceBear from npm and draw cartoon faces "
+                       "with Node.js into a class-labelled image folder (classes = ten face "
+                       "styles; 1 in 6 faces a test image; attributes in manifest.csv)")
+    p.add_argument("--size", type=int, default=64, help="image size in px, 32..1024 (default 64)")
+    p.add_argument("--dest", help="folder (default ~/.cache/bld/dicebear-SIZE)")
+    p.add_argument("--per-style", type=_positive, default=1200,
+                   help="faces per style (default %(default)s: 12,000 faces, 2,000 of them test)")
+    p.add_argument("--tarballs", help="a folder of the npm tarballs of @dicebear/core and the "
+                                      "styles (from `npm pack`) instead of fetching them")
     return ap
 
 
@@ -320,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "encode": run.cmd_encode, "sample": run.cmd_sample, "inpaint": run.cmd_inpaint,
         "reconstruct": run.cmd_reconstruct, "prepare-emoji": run.cmd_prepare_emoji,
         "shard": run.cmd_shard, "prepare-openmoji": run.cmd_prepare_openmoji,
+        "prepare-dicebear": run.cmd_prepare_dicebear,
         "train-classifier": run.cmd_train_classifier, "eval": run.cmd_eval,
         "serve": run.cmd_serve,
     }

@@ -164,6 +164,17 @@ def cmd_prepare_openmoji(args) -> None:
           + (f"; {r.skipped} SVG{'s' if r.skipped > 1 else ''} could not be drawn and skipped" if r.skipped else ""))
 
 
+def cmd_prepare_dicebear(args) -> None:
+    from .data import prepare_dicebear
+    from .data.folder import read_manifest_splits
+    r = prepare_dicebear(args.size, args.dest, per_style=args.per_style, tarballs=args.tarballs)
+    test = sum(v == "test" for v in read_manifest_splits(r.root).values())
+    print(f"{r.num_images} faces of {args.size} px in {len(r.categories)} classes "
+          f"({r.num_images - test} train, {test} test) at {r.root}: "
+          + ", ".join(f"{k} {v}" for k, v in r.categories.items())
+          + (f"; {r.skipped} SVG{'s' if r.skipped > 1 else ''} could not be drawn and skipped" if r.skipped else ""))
+
+
 def cmd_train_classifier(args) -> None:
     from .evaluation import train_and_save_classifier
     res = train_and_save_classifier(args.data, args.out, steps=args.steps, seed=args.seed,

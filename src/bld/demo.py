@@ -33,9 +33,12 @@ log = logging.getLogger("bld")
 DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
     "fashion-mnist": ("fashion-mnist", "fashion-mnist", "runs/demo"),
     "emoji": ("emoji-twitter", "emoji64", "runs/demo-emoji"),
+    "faces": ("dicebear", "emoji64", "runs/demo-faces"),
 }
-# FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k)
-CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600}
+# FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k; the
+# faces' classifier names the style of all 2,000 test faces after 400 steps:
+# benchmarks/results/colour_datasets.md)
+CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600, "faces": 400}
 # Where the budget would cut the presets' steps below this share, the demo trains a compact
 # setting instead: a smaller prior (192 x 4, 0.37 of the preset's work per step) at a higher
 # learning rate for its full steps, and an autoencoder trained for 60% of its preset's steps.
@@ -234,7 +237,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     precision = resolve_precision(s.precision, device)
     t_start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), _load_average()
     common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}",
-              f"run.precision={s.precision}"]
+              f"run.precision={s.precision}", f"data.source={source}"]
     if s.data_dir:
         common.append(f"data.data_dir={s.data_dir}")
     test_set = build_dataset(source, split="test", data_dir=s.data_dir or None)  # fail early

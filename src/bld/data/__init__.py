@@ -8,6 +8,7 @@ label, and exposes `.classes` and `.num_classes`.
     folder.py         ImageFolderDataset: a folder of image files, classes from subfolders
     install.py        shared by installed sources: npm fetch, tarball index, atomic install
     emoji.py          colour emoji from npm: emoji-datasource and OpenMoji
+    dicebear.py       cartoon faces drawn by DiceBear (npm, Node.js), one class per style
     shards.py         webdataset-style tar shards: write_shards, ShardDataset
 
 `LimitedDataset` (the first N items of any of them) is here, beside `build_dataset`.
@@ -24,13 +25,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from .dicebear import (DICEBEAR_BACKGROUNDS, DICEBEAR_PER_STYLE, DICEBEAR_STYLES, DICEBEAR_VERSION,
+                       default_dicebear_dir, extract_dicebear_tarballs, prepare_dicebear)
 from .emoji import (EMOJI_DATASOURCE_VERSION, EMOJI_VENDORS, OPENMOJI_SIZES,
                     OPENMOJI_VERSION, default_emoji_dir, default_openmoji_dir,
                     extract_emoji_tarball, extract_openmoji_tarball, prepare_emoji,
                     prepare_openmoji, rasterise_svg)
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIRS,
                             TensorImageDataset, find_fashion_mnist, load_fashion_mnist)
-from .folder import IMAGE_EXTENSIONS, ImageFolderDataset
+from .folder import IMAGE_EXTENSIONS, MANIFEST, ImageFolderDataset
 from .images import (SPLITS, DatasetNotFoundError, ImageReadError, check_channels,
                      check_image_size, image_to_tensor, load_image, open_image, pil_to_mode,
                      to_model_range)
@@ -43,15 +46,18 @@ __all__ = [
     "pil_to_mode", "to_model_range",
     "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "TensorImageDataset", "find_fashion_mnist",
     "load_fashion_mnist",
-    "IMAGE_EXTENSIONS", "ImageFolderDataset",
+    "IMAGE_EXTENSIONS", "MANIFEST", "ImageFolderDataset",
     "PreparedEmoji", "npm_pack",
     "EMOJI_DATASOURCE_VERSION", "EMOJI_VENDORS", "OPENMOJI_SIZES", "OPENMOJI_VERSION",
     "default_emoji_dir", "default_openmoji_dir", "extract_emoji_tarball",
     "extract_openmoji_tarball", "prepare_emoji", "prepare_openmoji", "rasterise_svg",
+    "DICEBEAR_BACKGROUNDS", "DICEBEAR_PER_STYLE", "DICEBEAR_STYLES", "DICEBEAR_VERSION", "default_dicebear_dir",
+    "extract_dicebear_tarballs", "prepare_dicebear",
     "ShardDataset", "ShardWriteResult", "is_shard_folder", "write_shards", "LimitedDataset",
 ]
 
-DATASET_SOURCES = ("fashion-mnist", "emoji-twitter", "emoji-google", "openmoji")  # or any folder path
+DATASET_SOURCES = ("fashion-mnist", "emoji-twitter", "emoji-google", "openmoji",
+                   "dicebear")  # or any folder path
 
 
 def build_dataset(source: str, split: str | None = "train", image_size: int | None = None,
@@ -69,8 +75,14 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
       * "openmoji": OpenMoji colour emoji rasterised at image_size (64..1024, default 256),
         one class per group; data_dir = the prepared folder (default
         ~/.cache/bld/openmoji-<size>, fetched with npm and rasterised if missing). Same split.
+      * "dicebear": cartoon faces, one class per DiceBear style, drawn at image_size (32..1024,
+        default 64); data_dir = the prepared folder (default ~/.cache/bld/dicebear-<size>,
+        fetched with npm and drawn with Node.js if missing). The split is its manifest's (1 in
+        6 seeds of each style is a test image); the train split holds each face twice, the
+        second time mirrored (ImageFolderDataset's hflip).
       * anything else: a folder of images (ImageFolderDataset, classes from subfolders), same
-        90/10 hash split; image_size is then required.
+        90/10 hash split unless the folder's manifest.csv gives one; image_size is then
+        required.
     split: "train", "test", or "all"/None for everything.
     """
     if split not in (None, *SPLITS):
@@ -98,6 +110,13 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
         if not (root.is_dir() and any(root.iterdir())):
             prepare_openmoji(size, root)
         return ImageFolderDataset(root, size, channels or 3, labels="subfolders", split=split)
+    if source == "dicebear":
+        size = image_size or 64
+        root = Path(data_dir).expanduser() if data_dir is not None else default_dicebear_dir(size)
+        if not (root.is_dir() and any(root.iterdir())):
+            prepare_dicebear(size, root)
+        return ImageFolderDataset(root, size, channels or 3, labels="subfolders", split=split,
+                                  hflip=split == "train")
     if not Path(source).expanduser().is_dir():
         raise DatasetNotFoundError(
             f"unknown dataset source {source!r}: not one of {', '.join(DATASET_SOURCES)}, and no folder "

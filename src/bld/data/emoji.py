@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from .images import DatasetNotFoundError
-from .install import (PreparedEmoji, already_prepared, filled_atomically, npm_pack,
-                      package_index, slug)
+from .install import (PreparedEmoji, already_prepared, cache_dir, check_draw_size,
+                      filled_atomically, npm_pack, package_index, slug)
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ def _check_vendor(vendor: str) -> None:
 
 def default_emoji_dir(vendor: str) -> Path:
     """~/.cache/bld/emoji-<vendor> (XDG_CACHE_HOME respected)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "bld" / f"emoji-{vendor}"
+    return cache_dir(f"emoji-{vendor}")
 
 
 
@@ -112,14 +111,11 @@ OPENMOJI_DROPPED_GROUPS = ("component",)  # skin-tone swatches and hair parts, n
 
 def default_openmoji_dir(size: int) -> Path:
     """~/.cache/bld/openmoji-<size> (XDG_CACHE_HOME respected)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "bld" / f"openmoji-{size}"
+    return cache_dir(f"openmoji-{size}")
 
 
 def _check_openmoji_size(size: int) -> None:
-    lo, hi = OPENMOJI_SIZES
-    if not (isinstance(size, int) and lo <= size <= hi):
-        raise ValueError(f"OpenMoji size must be an integer from {lo} to {hi} px, got {size!r}")
+    check_draw_size(size, OPENMOJI_SIZES, "OpenMoji")
 
 
 def rasterise_svg(svg: bytes, size: int) -> Image.Image:
@@ -138,8 +134,9 @@ def rasterise_svg(svg: bytes, size: int) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _render_to(job: tuple[bytes, int, str]) -> str | None:
-    """Rasterise one SVG to a PNG; the error's text if cairosvg cannot draw it, else None."""
+def render_svg_to(job: tuple[bytes, int, str]) -> str | None:
+    """Rasterise one (svg, size, out path) to a PNG; the error's text if cairosvg cannot draw
+    it, else None. Picklable, for a process pool."""
     svg, size, out = job
     try:
         img = rasterise_svg(svg, size)
@@ -149,6 +146,27 @@ def _render_to(job: tuple[bytes, int, str]) -> str | None:
         return f"{type(e).__name__}: {e}"
     img.save(out, optimize=False)
     return None
+
+
+def render_svgs(jobs: list[tuple[bytes, int, str]], desc: str, workers: int | None = None,
+                progress: bool = True) -> list[str | None]:
+    """render_svg_to over every job, in `workers` processes (default up to 4), with a
+    progress bar; each job's error text or None, in order."""
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm.auto import tqdm
+    workers = workers or min(4, os.cpu_count() or 1)
+    results: list[str | None] = []
+    with tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress) as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for r in pool.map(render_svg_to, jobs, chunksize=16):
+                    results.append(r)
+                    bar.update()
+        else:
+            for job in jobs:
+                results.append(render_svg_to(job))
+                bar.update()
+    return results
 
 
 def extract_openmoji_tarball(tarball: str | os.PathLike, size: int, dest: str | os.PathLike,
@@ -163,8 +181,6 @@ def extract_openmoji_tarball(tarball: str | os.PathLike, size: int, dest: str | 
     the groups. Members are read, never extracted; the folder is filled under a temporary
     name and renamed into place, and an existing non-empty `dest` is left alone.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from tqdm.auto import tqdm
     _check_openmoji_size(size)
     dest = Path(dest).expanduser()
     if (done := already_prepared(dest)) is not None:
@@ -186,19 +202,7 @@ def extract_openmoji_tarball(tarball: str | os.PathLike, size: int, dest: str | 
                 counts[group] = counts.get(group, 0) + 1
         if not jobs:
             raise ValueError(f"{tarball} holds no colour SVGs under package/color/svg/")
-        workers = workers or min(4, os.cpu_count() or 1)
-        bar = tqdm(total=len(jobs), desc=f"openmoji {size}px", unit="img", disable=not progress)
-        results: list[str | None] = []
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                for r in pool.map(_render_to, jobs, chunksize=16):
-                    results.append(r)
-                    bar.update()
-        else:
-            for job in jobs:
-                results.append(_render_to(job))
-                bar.update()
-        bar.close()
+        results = render_svgs(jobs, f"openmoji {size}px", workers, progress)
         failed = [(Path(job[2]), err) for job, err in zip(jobs, results) if err is not None]
         for path, err in failed:
             counts[path.parent.name] -= 1

