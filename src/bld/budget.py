@@ -38,8 +38,8 @@ log = logging.getLogger("bld")
 
 # the plan aims at this share of the budget: the rest absorbs calibration error and a
 # shared machine's noise (the prior's steps are refitted after the autoencoder, so what
-# is left to miss is the prior's own rate and the evaluation's; in the AVX2 demo run the
-# predicted total was within 3% of the measured one, single stages within 7-25%)
+# is left to miss is the prior's own rate and the evaluation's; in two AVX2 demo runs the
+# predicted total was 2% and 10% above the measured one)
 SAFETY = 0.9
 # seconds the demo spends outside the timed work (loading data, checkpoints, plots)
 OVERHEAD_S = 25.0
