@@ -130,7 +130,8 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
               f"{p['depth']} deep, {p.get('conditioning', 'tokens')} conditioning, T = "
               f"{p['timesteps']} {p['schedule']}, {p['steps']} steps x {p['batch_size']}). "
               f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
-              f"{s['guidance']}, evidence weight {s['evidence_weight']}, temperature "
+              f"{s['guidance']}" + _interval_note(s.get("guidance_interval")) +
+              f", evidence weight {s['evidence_weight']}, temperature "
               f"{s['temperature']}, seed {s['seed']}. Machine: {report['machine']}, torch "
               f"{report['torch']}" + _cpu_note(report) + "."]
     if report.get("precision_reason"):
@@ -139,6 +140,14 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
         from bld.budget import Plan
         lines[-1] += f" Time plan: {Plan.from_dict(report['plan']).describe()}."
     return "\n".join(lines)
+
+
+def _interval_note(interval) -> str:
+    """Where guidance skipped steps: ' at t / T <= 0.6' and the like; '' for every step."""
+    if not interval or tuple(interval) == (0.0, 1.0):
+        return ""
+    lo, hi = interval
+    return f" at t / T <= {hi:g}" if lo == 0 else f" at {lo:g} <= t / T <= {hi:g}"
 
 
 def _cpu_note(report: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ run() {
     echo "=== $1 took $(( $(date +%s) - t0 )) s ==="
 }
 run "$HERE/steps.py" --run "$RUN_DIR" "${CLF[@]}" "$@"
+run "$HERE/guidance.py" --runs "$RUN_DIR" "${CLF[@]}" "$@"
 run "$HERE/gaussian_baseline.py" "${CLF[@]}" "$@"
 run "$HERE/tokenizers.py" "${CLF[@]}" "$@"
 run "$HERE/speed.py" "$@"

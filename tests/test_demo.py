@@ -46,8 +46,9 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
         assert 0 <= f[key] <= 1, key
     assert rep["settings"]["evidence_weight"] == DEFAULT_EVIDENCE_WEIGHT
     # the samples use the prior preset's guidance unless --guidance says otherwise
-    assert rep["settings"]["guidance"] == load_config_dict("prior", "fashion-mnist", [])[
-        "sample_guidance"]
+    preset = load_config_dict("prior", "fashion-mnist", [])
+    assert rep["settings"]["guidance"] == preset["sample_guidance"]
+    assert rep["settings"]["guidance_interval"] == list(preset["sample_guidance_interval"])
     assert set(rep["times"]) >= {"autoencoder_s", "prior_s", "classifier_s", "evaluation_s"}
     assert len(rep["classes"]) == 10 and "Sandal" in (out / "report.md").read_text()
     # the precision and the time plan (--minutes 15, calibrated here) are in the report; the

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from bld.cli import main
+from bld.config import load_config_dict
 from bld.precision import resolve_precision
 from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation import evaluate_images, extract_features, load_classifier, real_reference
@@ -74,7 +75,10 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
     rep = json.loads((out / "eval.json").read_text())
     assert rep["settings"] == {"n": 60, "steps": 4, "temperature": 1.0, "guidance": 1.0,
                                "evidence_weight": DEFAULT_EVIDENCE_WEIGHT,
-                               "guidance_interval": [0.0, 1.0], "seed": 0,
+                               # the prior's own (its preset's) unless --guidance-interval
+                               "guidance_interval": list(load_config_dict(
+                                   "prior", "fashion-mnist", [])["sample_guidance_interval"]),
+                               "seed": 0,
                                "conditional": True, "batch_size": 250,
                                "precision": resolve_precision("auto", "cpu").name}
     s = rep["samples"]

@@ -95,6 +95,29 @@ def test_pipeline_samples_pil_images_reproducibly(pipe):
     assert torch.equal(pil, ((decoded[:, 0] + 1) * 127.5).round().byte())
 
 
+def test_pipeline_guidance_interval_defaults_to_the_priors(pipe, monkeypatch):
+    """The prior's config says where guidance applies; an explicit interval overrides it,
+    and sampling with the default is sampling with that interval spelled out."""
+    import dataclasses
+    import torch
+    import bld.pipeline
+    cfg = pipe.prior.config
+    monkeypatch.setattr(pipe.prior, "config",
+                        dataclasses.replace(cfg, sample_guidance_interval=(0.0, 0.5)))
+    assert pipe.default_guidance_interval == (0.0, 0.5)
+    seen = []
+    real = bld.pipeline.generate
+    monkeypatch.setattr(bld.pipeline, "generate",
+                        lambda *a, **k: seen.append(k["guidance_interval"]) or real(*a, **k))
+    kw = dict(class_labels=[0, 1], steps=4, seed=3, guidance=2.0, return_bits=True,
+              precision="fp32")
+    default = pipe(**kw)
+    spelled = pipe(**kw, guidance_interval=(0.0, 0.5))
+    pipe(**kw, guidance_interval=(0.25, 1.0))
+    assert seen == [(0.0, 0.5), (0.0, 0.5), (0.25, 1.0)]
+    assert torch.equal(default.bits, spelled.bits)
+
+
 def test_pipeline_trajectory_ends_at_the_sample(pipe):
     import torch
     from bld.pipeline import bits_flipped
@@ -202,6 +225,12 @@ BAD_PIPELINE_INPUT = [
     (lambda p: p(class_labels=[0], guidance=-1), "guidance must be >= 0 (0: no guidance), got -1"),
     (lambda p: p(class_labels=[0], guidance=float("nan")), "guidance must be a finite number"),
     (lambda p: p(guidance="strong"), "guidance must be a finite number, got 'strong'"),
+    (lambda p: p(class_labels=[0], guidance_interval=(0.8, 0.2)),
+     "guidance_interval must satisfy 0 <= lo <= hi <= 1 (fractions of T), got (0.8, 0.2)"),
+    (lambda p: p(guidance_interval=(0, 1.5)), "guidance_interval must satisfy 0 <= lo <= hi <= 1"),
+    (lambda p: p(guidance_interval=0.6), "guidance_interval must be two numbers (lo, hi), got 0.6"),
+    (lambda p: p.inpaint(_image(), _mask(), guidance_interval=(0.1, 0.2, 0.3)),
+     "guidance_interval must be two numbers (lo, hi)"),
     (lambda p: p(temperature=0), "temperature must be > 0, got 0"),
     (lambda p: p(temperature=float("inf")), "temperature must be a finite number, got inf"),
     (lambda p: p.inpaint(_image(), _mask(), temperature=-1), "temperature must be > 0"),

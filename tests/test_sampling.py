@@ -250,5 +250,9 @@ def test_guidance_interval_guides_only_inside_it():
            null_label=net.null_label, guidance_interval=(0.5, 1.0),
            generator=torch.Generator().manual_seed(0))
     assert ts == [64, 43, 22, 1] and sizes == [8, 8, 4, 4]
+    # the demo's time plan prices sampling from the same rule: mean batch 6 of 8 images
+    from bld.budget import guided_share
+    assert guided_share(4, T, 2.0, (0.5, 1.0)) == sum(sizes) / (8 * len(sizes))
+    assert guided_share(4, T, 2.0) == 1.0 and guided_share(4, T, 0.0) == 0.5
     with pytest.raises(ValueError, match="guidance_interval"):
         sample(net, d, SHAPE, steps=4, guidance_interval=(0.6, 0.2))

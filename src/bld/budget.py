@@ -71,7 +71,7 @@ class Plan:
     rates: Rates
     predicted_s: dict[str, float] = field(default_factory=dict)
     note: str = ""
-    work: dict[str, int] = field(default_factory=dict)  # the amounts `predict` was given
+    work: dict[str, float] = field(default_factory=dict)  # the amounts `predict` was given
     replanned_after_s: float | None = None  # when the prior's steps were fitted again
     variant: str = "presets"  # or "compact": the presets with ``overrides``
     overrides: dict[str, list[str]] = field(default_factory=dict)  # kind -> config overrides
@@ -232,8 +232,9 @@ def _time_classifier(images: torch.Tensor, num_classes: int, device: torch.devic
 
 def predict(rates: Rates, *, ae_steps: int, prior_steps: int, n_train: int, n_test: int,
             eval_samples: int, figure_samples: int, sample_steps: int, snapshot_samples: int,
-            classifier_steps: int) -> dict[str, float]:
-    """Seconds of each demo stage at these step counts."""
+            classifier_steps: int, guided_share: float = 1.0) -> dict[str, float]:
+    """Seconds of each demo stage at these step counts. ``guided_share``: the mean cost of
+    a sampling step relative to a guided one (see `guided_share`)."""
     sampled = eval_samples + figure_samples + snapshot_samples
     p = {
         "autoencoder": ae_steps * rates.ae_step_s,
@@ -241,7 +242,7 @@ def predict(rates: Rates, *, ae_steps: int, prior_steps: int, n_train: int, n_te
         "prior": prior_steps * rates.prior_step_s,
         "classifier": classifier_steps * rates.classifier_step_s,
         # samples (and decoding them), the test set's reconstructions for the figures and FD
-        "evaluation": sampled * sample_steps * rates.sample_image_step_s
+        "evaluation": sampled * sample_steps * guided_share * rates.sample_image_step_s
         + (n_test + sampled) * rates.recon_image_s,
         "overhead": OVERHEAD_S + rates.calibration_s,
     }
@@ -249,9 +250,21 @@ def predict(rates: Rates, *, ae_steps: int, prior_steps: int, n_train: int, n_te
     return p
 
 
+def guided_share(steps: int, timesteps: int, guidance: float,
+                 interval: tuple[float, float] = (0.0, 1.0)) -> float:
+    """A sampling step's mean cost relative to a guided one: guided steps run the
+    conditional and unconditional passes as one batch of twice the images, the others half
+    of that (bld.sampling guides only at lo <= t / T <= hi)."""
+    from .diffusion import sampling_timesteps
+    ts = sampling_timesteps(steps, timesteps)
+    lo, hi = interval
+    guided = sum(1 for t in ts if guidance != 0 and lo <= t / timesteps <= hi)
+    return (guided + 0.5 * (len(ts) - guided)) / len(ts)
+
+
 def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prior_steps: int,
               precision: str, ae_steps: int | None = None, prior_steps: int | None = None,
-              **work: int) -> Plan:
+              **work: float) -> Plan:
     """Scale the presets' training steps by the largest factor <= 1 whose predicted total
     fits ``SAFETY * minutes``. A model whose steps are given (``ae_steps`` / ``prior_steps``:
     the user's) keeps them; the factor applies to the other."""

@@ -59,6 +59,20 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (a fraction of T), got {text}")
+    return value
+
+
+INTERVAL_HELP = ("guide only the steps with LO <= t / T <= HI (t / T = 1 is pure noise); "
+                 "default: the prior preset's sample_guidance_interval")
+
+
 # ------------------------------------------------------------------------ option groups
 def _device_flags(p: argparse.ArgumentParser, default: str | None = "auto",
                   precision: str | None = "auto", help: str | None = None) -> None:
@@ -99,6 +113,8 @@ def _sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help=EVIDENCE_HELP)
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance w")
+    p.add_argument("--guidance-interval", type=_fraction, nargs=2, metavar=("LO", "HI"),
+                   help=INTERVAL_HELP)
 
 
 def _training_flags(p: argparse.ArgumentParser, kind: str) -> None:
@@ -188,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance w of the samples and the report "
                         "(default: the prior preset's sample_guidance)")
+    p.add_argument("--guidance-interval", type=_fraction, nargs=2, metavar=("LO", "HI"),
+                   help=INTERVAL_HELP)
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--minutes", type=_minutes, default=15.0,
                    help="time budget: a few seconds of calibration, then both models' training "

@@ -48,7 +48,19 @@ def _load_pipeline(args):
 def _sampling_kwargs(args) -> dict:
     return dict(class_labels=args.classes, n=args.num, steps=args.steps,
                 temperature=args.temperature, evidence_weight=args.evidence_weight,
-                guidance=args.guidance, seed=args.seed, output_type="pt")
+                guidance=args.guidance, guidance_interval=_interval(args), seed=args.seed,
+                output_type="pt")
+
+
+def _interval(args) -> tuple[float, float] | None:
+    """--guidance-interval LO HI as a tuple (None: the prior's own)."""
+    if args.guidance_interval is None:
+        return None
+    from .train_config import check_guidance_interval
+    try:
+        return check_guidance_interval(args.guidance_interval, "--guidance-interval")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def cmd_sample(args) -> None:
@@ -210,6 +222,8 @@ def cmd_eval(args) -> None:
         ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
                             temperature=args.temperature,
                             evidence_weight=args.evidence_weight, guidance=args.guidance,
+                            guidance_interval=_interval(args) or
+                            tuple(prior.config.sample_guidance_interval),
                             seed=args.seed, conditional=not args.unconditional,
                             precision=args.precision)
         save_image(image_grid(ev.pop("images")[:100], nrow=10), out / "samples.png")
@@ -228,7 +242,8 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
     from .pipeline import BinaryLatentDiffusionPipeline
     pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data), args.precision)
     sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
-                    evidence_weight=args.evidence_weight, guidance=args.guidance)
+                    evidence_weight=args.evidence_weight, guidance=args.guidance,
+                    guidance_interval=_interval(args))
     trajectory_figure(pipe, out / "trajectory.png", **sampling)
     if pipe.num_classes and not args.unconditional:
         class_rows_figure(pipe, xt, dataset_tensors(test)[1], out / "class_rows.png", **sampling)
@@ -260,7 +275,7 @@ def cmd_demo(args) -> None:
                      eval_samples=args.eval_samples, resume=args.resume,
                      classifier_steps=args.classifier_steps,
                      evidence_weight=args.evidence_weight, guidance=args.guidance,
-                     data_dir=args.data_dir or "")
+                     guidance_interval=_interval(args), data_dir=args.data_dir or "")
     if args.ae_steps is not None:
         s.ae_steps = args.ae_steps
     if args.prior_steps is not None:

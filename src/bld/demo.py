@@ -69,6 +69,7 @@ class DemoSettings:
     prior_steps: int | None = None
     sample_steps: int = 16
     guidance: float | None = None  # None: the prior preset's sample_guidance
+    guidance_interval: tuple[float, float] | None = None  # None: the preset's
     temperature: float = 1.0
     evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT
     samples_per_class: int = 10
@@ -154,7 +155,7 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                 device, precision) -> None:
     """Fit the training steps to ``s.minutes`` (bld.budget): calibrate and plan. The plan
     is kept in ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
-    from .budget import calibrate, calibrate_prior, make_plan
+    from .budget import calibrate, calibrate_prior, guided_share, make_plan
     from .train import resolve_prior_config
     record = out / "plan.json"
     if s.resume and record.exists():
@@ -173,7 +174,11 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                     snapshot_samples=8 * min(nc, 10) * (1 + pr_cfg.optim.steps //
                                                        max(pr_cfg.run.sample_every, 1)),
                     sample_steps=s.sample_steps,
-                    classifier_steps=clf_steps if s.eval_samples > 0 else 0)
+                    classifier_steps=clf_steps if s.eval_samples > 0 else 0,
+                    guided_share=guided_share(
+                        s.sample_steps, pr_cfg.diffusion.timesteps,
+                        pr_cfg.sample_guidance if s.guidance is None else s.guidance,
+                        s.guidance_interval or tuple(pr_cfg.sample_guidance_interval)))
         plan = make_plan(rates, s.minutes, preset_ae_steps=ae_cfg.optim.steps,
                          preset_prior_steps=pr_cfg.optim.steps, precision=precision.name,
                          ae_steps=s.ae_steps, prior_steps=s.prior_steps, **work)
@@ -183,7 +188,8 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
             pr_c = resolve_prior_config(_config("prior", s, common + over["prior"]),
                                         ae_cfg.model, classes)
             rates = calibrate_prior(rates, pr_c, pr_c.model.num_classes, device, precision)
-            plan = make_plan(rates, s.minutes, preset_ae_steps=round(0.6 * ae_cfg.optim.steps),
+            compact_ae = _config("autoencoder", s, common + over["autoencoder"])
+            plan = make_plan(rates, s.minutes, preset_ae_steps=compact_ae.optim.steps,
                              preset_prior_steps=pr_c.optim.steps, precision=precision.name,
                              **work)
             plan.variant, plan.overrides = "compact", over
@@ -274,6 +280,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     prior = load_prior(pr_dir, device)
     if s.guidance is None:
         s.guidance = pr_cfg.sample_guidance
+    if s.guidance_interval is None:
+        s.guidance_interval = tuple(pr_cfg.sample_guidance_interval)
 
     # 4. figures
     log.info("[4/4] sampling and writing the report")
@@ -281,7 +289,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     nc = prior.config.model.num_classes
     k = s.samples_per_class
     sampling = dict(steps=s.sample_steps, guidance=s.guidance, temperature=s.temperature,
-                    evidence_weight=s.evidence_weight, seed=s.seed)
+                    guidance_interval=s.guidance_interval, evidence_weight=s.evidence_weight,
+                    seed=s.seed)
     res = pipe(class_labels=torch.arange(nc).repeat_interleave(k), output_type="pt", **sampling)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
     from .evaluation import dataset_tensors
@@ -367,6 +376,7 @@ def _evaluate(prior, ae, xt, yt, recon, s: DemoSettings, out: Path, device) -> d
     t0 = time.perf_counter()
     ev = evaluate_prior(prior, ae, clf, xt, n=n, steps=s.sample_steps,
                         temperature=s.temperature, guidance=s.guidance, seed=s.seed,
+                        guidance_interval=s.guidance_interval,
                         evidence_weight=s.evidence_weight, precision=s.precision)
     s.timings["evaluation_s"] = time.perf_counter() - t0
     smp, rec = ev["samples"], ev["autoencoder"]
@@ -382,6 +392,13 @@ def _evaluate(prior, ae, xt, yt, recon, s: DemoSettings, out: Path, device) -> d
             "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]}
 
 
+def _interval_text(interval) -> str:
+    """' at t / T in [lo, hi]' where guidance skips some steps, else ''."""
+    if not interval or tuple(interval) == (0.0, 1.0):
+        return ""
+    return f" at t / T in [{interval[0]:g}, {interval[1]:g}]"
+
+
 def _markdown(r: dict[str, Any]) -> str:
     f, t = r["figures"], r["times"]
     lines = [
@@ -391,7 +408,8 @@ def _markdown(r: dict[str, Any]) -> str:
         *([f"Time plan: {_describe(r['plan'])}.", ""] if r.get("plan") else []),
         "![samples](samples.png)", "",
         f"Samples: one row per class ({', '.join(r['classes'])}), "
-        f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}, "
+        f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}"
+        + _interval_text(r['settings'].get('guidance_interval')) + ", "
         f"temperature {r['settings']['temperature']}, evidence weight "
         f"{r['settings']['evidence_weight']}, seed {r['settings']['seed']}.", "",
         "![reconstructions](reconstructions.png)", "",

@@ -17,13 +17,15 @@ from .plots import labelled_grid
 def trajectory_figure(pipe: BinaryLatentDiffusionPipeline, out_path: str | Path, *,
                       n: int = 4, steps: int = 16, guidance: float | None = None,
                       temperature: float = 1.0, evidence_weight: float | None = None,
+                      guidance_interval: tuple[float, float] | None = None,
                       seed: int = 0) -> Path:
     """Decoded z_t at every sampling step (columns) for n samples (rows), with how many
     bits flipped at each step under each image."""
     kw = {} if evidence_weight is None else {"evidence_weight": evidence_weight}
     labels = list(range(pipe.num_classes))[:n] if pipe.num_classes else None
     out = pipe(class_labels=labels, n=n, steps=steps, guidance=guidance,
-               temperature=temperature, seed=seed, return_trajectory=True, **kw)
+               guidance_interval=guidance_interval, temperature=temperature, seed=seed,
+               return_trajectory=True, **kw)
     traj = out.trajectory  # S + 1 states: z_T, then after each step
     flips = bits_flipped(traj)  # (S, n)
     frames = torch.stack([pipe.decode(z, output_type="pt") for z in traj], 1)  # (n, S+1, ...)
@@ -43,14 +45,17 @@ def trajectory_figure(pipe: BinaryLatentDiffusionPipeline, out_path: str | Path,
 def class_rows_figure(pipe: BinaryLatentDiffusionPipeline, test_images: torch.Tensor,
                       test_labels: torch.Tensor, out_path: str | Path, *, k: int = 6,
                       steps: int = 16, guidance: float | None = None, temperature: float = 1.0,
-                      evidence_weight: float | None = None, seed: int = 0) -> Path:
+                      evidence_weight: float | None = None,
+                      guidance_interval: tuple[float, float] | None = None,
+                      seed: int = 0) -> Path:
     """One row per class: k real test images of the class, a gap, k samples of it."""
     if not pipe.num_classes:
         raise ValueError("the per-class figure needs a class-conditional prior")
     kw = {} if evidence_weight is None else {"evidence_weight": evidence_weight}
     nc = pipe.num_classes
     out = pipe(class_labels=torch.arange(nc).repeat_interleave(k), steps=steps,
-               guidance=guidance, temperature=temperature, seed=seed, output_type="pt", **kw)
+               guidance=guidance, guidance_interval=guidance_interval,
+               temperature=temperature, seed=seed, output_type="pt", **kw)
     blank = torch.ones_like(test_images[:1])  # white, as the grid padding
     tiles = []
     for c in range(nc):

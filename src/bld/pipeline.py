@@ -5,8 +5,8 @@ the denoising trajectory, blend two images in bit space.
 Every public method checks its inputs and answers bad ones with a one-line ValueError; the
 loops themselves are the functions of `bld.inference` (re-exported here). One object with
 its checks beside it, so longer than most modules. Imports bld's autoencoder, inference,
-loading, plots and precision modules, and on first use config, data, denoiser, diffusion
-and train_config.
+loading, plots, precision, sampling and train_config modules, and on first use config,
+data, denoiser and diffusion.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .loading import LoadedPrior
 from .plots import to_pil
 from .precision import check_precision
 from .sampling import DEFAULT_EVIDENCE_WEIGHT
+from .train_config import check_guidance_interval
 
 __all__ = ["BinaryLatentDiffusionPipeline", "PipelineOutput", "BlendOutput", "bits_flipped",
            # the functions of bld.inference, whose home this module was
@@ -205,6 +206,11 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         """The guidance the prior's training snapshots used (0 when unconditional)."""
         return self.prior.config.sample_guidance if self.num_classes else 0.0
 
+    @property
+    def default_guidance_interval(self) -> tuple[float, float]:
+        """The (lo, hi) fractions of T where guidance applies, from the prior's config."""
+        return tuple(getattr(self.prior.config, "sample_guidance_interval", (0.0, 1.0)))
+
     # ----------------------------------------------------------------------- sampling
     def _labels(self, wanted, n: int | None) -> tuple[torch.Tensor | None, int]:
         if wanted is not None and not isinstance(wanted, (list, tuple, torch.Tensor)):
@@ -223,8 +229,10 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             return generator
         return torch.Generator(self.device).manual_seed(seed if generator is None else generator)
 
-    def _check_sampling(self, steps, guidance, temperature) -> int:
+    def _check_sampling(self, steps, guidance, temperature, interval=None) -> int:
         """One-line ValueErrors for bad sampling settings; returns steps as an int."""
+        if interval is not None:
+            check_guidance_interval(interval)
         steps = _whole_number(steps, "steps")
         if not 2 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in 2..{self.timesteps} (the prior's T), got {steps}")
@@ -237,6 +245,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
     def __call__(self, class_labels=None, n: int | None = None, *, steps: int = 16,
                  guidance: float | None = None, temperature: float = 1.0,
                  evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
+                 guidance_interval: tuple[float, float] | None = None,
                  generator: torch.Generator | int | None = None, seed: int = 0,
                  return_bits: bool = False, return_trajectory: bool = False,
                  output_type: str = "pil", batch_size: int = 256, precision: str | None = None,
@@ -248,15 +257,19 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             samples unconditionally. n defaults to the number of labels (or 1).
         guidance: classifier-free guidance w; None takes the prior's `default_guidance`
             when labels are given (0 otherwise).
+        guidance_interval: (lo, hi): guide only the steps with lo <= t / T <= hi; None takes
+            the prior's `default_guidance_interval`.
         generator: a torch.Generator or an int seed (else ``seed``) - same seed, same images.
         output_type: "pil" (a list of PIL images) or "pt" (a tensor in [-1, 1]).
         """
         labels, n = self._labels(class_labels, n)
-        steps = self._check_sampling(steps, guidance, temperature)
+        steps = self._check_sampling(steps, guidance, temperature, guidance_interval)
         if guidance is None:
             guidance = self.default_guidance if labels is not None else 0.0
         res = generate(self.prior, self.autoencoder, n, steps=steps, temperature=temperature,
                        guidance=guidance, evidence_weight=evidence_weight, labels=labels,
+                       guidance_interval=tuple(guidance_interval or
+                                               self.default_guidance_interval),
                        generator=self._generator(generator, seed), batch_size=batch_size,
                        precision=precision or self.precision, callback=callback, progress=progress,
                        return_trajectory=return_trajectory)
@@ -272,6 +285,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
     def inpaint(self, image, mask, n: int = 4, *, class_labels=None, steps: int = 16,
                 guidance: float | None = None, temperature: float = 1.0,
                 evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
+                guidance_interval: tuple[float, float] | None = None,
                 generator: torch.Generator | int | None = None, seed: int = 0,
                 paste: bool = False, return_bits: bool = False, output_type: str = "pil",
                 precision: str | None = None,
@@ -287,11 +301,13 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         if not bool(fill.any()):
             raise ValueError("the mask leaves no pixel to fill in")
         labels, n = self._labels(class_labels, n)
-        steps = self._check_sampling(steps, guidance, temperature)
+        steps = self._check_sampling(steps, guidance, temperature, guidance_interval)
         if guidance is None:
             guidance = self.default_guidance if labels is not None else 0.0
         res = inpaint(self.prior, self.autoencoder, x, (~fill).float(), n=n, paste=paste,
                       steps=steps, temperature=temperature, guidance=guidance,
+                      guidance_interval=tuple(guidance_interval or
+                                              self.default_guidance_interval),
                       evidence_weight=evidence_weight, labels=labels,
                       generator=self._generator(generator, seed),
                       precision=precision or self.precision, callback=callback)

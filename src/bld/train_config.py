@@ -106,12 +106,28 @@ class PriorTrainConfig:
     cond_drop: float = 0.1  # per-sample label dropout for classifier-free guidance
     sample_steps: int = 16
     sample_guidance: float = 1.0
+    # guidance applies at steps with lo <= t / T <= hi only (bld.sampling); (0, 1): every step
+    sample_guidance_interval: tuple[float, float] = (0.0, 1.0)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
                                                                   weight_decay=0.0))
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        _check(self, cond_drop=(0, 1), sample_steps=(2, None))
+        _check(self, cond_drop=(0, 1), sample_steps=(2, None), sample_guidance=(0, None))
+        check_guidance_interval(self.sample_guidance_interval, "sample_guidance_interval")
+
+
+def check_guidance_interval(interval: Any, what: str = "guidance_interval"
+                             ) -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo <= hi <= 1, as floats; a one-line ValueError otherwise."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be two numbers (lo, hi), got {interval!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:  # also catches NaN
+        raise ValueError(f"{what} must satisfy 0 <= lo <= hi <= 1 (fractions of T), "
+                         f"got ({lo:g}, {hi:g})")
+    return lo, hi
 
 
 def _check(obj: Any, strict: bool = False, **ranges: tuple[float, float | None]) -> None:
