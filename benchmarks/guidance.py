@@ -70,6 +70,7 @@ def main() -> None:
 
     jobs = [(w, lo, hi, args.seed) for w, lo, hi in settings] + \
         [(w, lo, hi, args.seed + 1) for w, lo, hi in settings[:2]]
+    xt, yt = common.fashion_mnist("test")
     rows, sections = [], []
     for run in args.runs:
         for sub in ("prior", "autoencoder", "classifier"):
@@ -81,7 +82,6 @@ def main() -> None:
         if not nc:
             raise SystemExit(f"{run}: the prior is unconditional; guidance needs labels")
         clf, clf_meta = common.get_classifier(bench, run)
-        xt, yt = common.fashion_mnist("test")
         ref = common.FDReference(clf, xt, yt, n, seed=0)
         labels = common.cycled_labels(n, nc)
         ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bld.sampling import describe_guidance_interval
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 HEADLINE = ROOT / "benchmarks" / "results" / "headline.json"
@@ -130,7 +132,7 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
               f"{p['depth']} deep, {p.get('conditioning', 'tokens')} conditioning, T = "
               f"{p['timesteps']} {p['schedule']}, {p['steps']} steps x {p['batch_size']}). "
               f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
-              f"{s['guidance']}" + _interval_note(s.get("guidance_interval")) +
+              f"{s['guidance']}" + describe_guidance_interval(s.get("guidance_interval")) +
               f", evidence weight {s['evidence_weight']}, temperature "
               f"{s['temperature']}, seed {s['seed']}. Machine: {report['machine']}, torch "
               f"{report['torch']}" + _cpu_note(report) + "."]
@@ -140,14 +142,6 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
         from bld.budget import Plan
         lines[-1] += f" Time plan: {Plan.from_dict(report['plan']).describe()}."
     return "\n".join(lines)
-
-
-def _interval_note(interval) -> str:
-    """Where guidance skipped steps: ' at t / T <= 0.6' and the like; '' for every step."""
-    if not interval or tuple(interval) == (0.0, 1.0):
-        return ""
-    lo, hi = interval
-    return f" at t / T <= {hi:g}" if lo == 0 else f" at {lo:g} <= t / T <= {hi:g}"
 
 
 def _cpu_note(report: dict[str, Any]) -> str:

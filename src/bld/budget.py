@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from .autoencoder import AutoencoderLoss, BinaryAutoencoder
 from .classifier import Classifier, ClassifierConfig
 from .denoiser import Denoiser
-from .diffusion import BernoulliDiffusion
+from .diffusion import BernoulliDiffusion, sampling_timesteps
 from .loading import LatentDataset
 from .precision import Precision
 from .sampling import sample
@@ -255,7 +255,6 @@ def guided_share(steps: int, timesteps: int, guidance: float,
     """A sampling step's mean cost relative to a guided one: guided steps run the
     conditional and unconditional passes as one batch of twice the images, the others half
     of that (bld.sampling guides only at lo <= t / T <= hi)."""
-    from .diffusion import sampling_timesteps
     ts = sampling_timesteps(steps, timesteps)
     lo, hi = interval
     guided = sum(1 for t in ts if guidance != 0 and lo <= t / timesteps <= hi)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -49,24 +50,22 @@ _positive = _int_at_least(1, "at least 1")
 _count = _int_at_least(0, "0 or more")
 
 
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 (no plan) or more, got {text}")
-    return value
+def _float_in(low: float, high: float, expected: str, must: str):
+    """An argparse type: a finite float in [low, high], else one line naming the rule."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (a fraction of T), got {text}")
-    return value
+_minutes = _float_in(0.0, math.inf, "a number of minutes", "0 (no plan) or more")
+_fraction = _float_in(0.0, 1.0, "a number in [0, 1]", "in [0, 1] (a fraction of T)")
 
 
 INTERVAL_HELP = ("guide only the steps with LO <= t / T <= HI (t / T = 1 is pure noise); "

@@ -56,7 +56,7 @@ def _interval(args) -> tuple[float, float] | None:
     """--guidance-interval LO HI as a tuple (None: the prior's own)."""
     if args.guidance_interval is None:
         return None
-    from .train_config import check_guidance_interval
+    from .sampling import check_guidance_interval
     try:
         return check_guidance_interval(args.guidance_interval, "--guidance-interval")
     except ValueError as e:

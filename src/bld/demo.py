@@ -25,7 +25,7 @@ from .config import ConfigError, load_config_dict
 from .data import build_dataset
 from .plots import image_grid, save_image
 from .precision import resolve_precision
-from .sampling import DEFAULT_EVIDENCE_WEIGHT
+from .sampling import DEFAULT_EVIDENCE_WEIGHT, describe_guidance_interval
 
 log = logging.getLogger("bld")
 
@@ -392,13 +392,6 @@ def _evaluate(prior, ae, xt, yt, recon, s: DemoSettings, out: Path, device) -> d
             "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]}
 
 
-def _interval_text(interval) -> str:
-    """' at t / T in [lo, hi]' where guidance skips some steps, else ''."""
-    if not interval or tuple(interval) == (0.0, 1.0):
-        return ""
-    return f" at t / T in [{interval[0]:g}, {interval[1]:g}]"
-
-
 def _markdown(r: dict[str, Any]) -> str:
     f, t = r["figures"], r["times"]
     lines = [
@@ -409,7 +402,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "![samples](samples.png)", "",
         f"Samples: one row per class ({', '.join(r['classes'])}), "
         f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}"
-        + _interval_text(r['settings'].get('guidance_interval')) + ", "
+        + describe_guidance_interval(r['settings'].get('guidance_interval')) + ", "
         f"temperature {r['settings']['temperature']}, evidence weight "
         f"{r['settings']['evidence_weight']}, seed {r['settings']['seed']}.", "",
         "![reconstructions](reconstructions.png)", "",

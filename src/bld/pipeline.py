@@ -5,8 +5,8 @@ the denoising trajectory, blend two images in bit space.
 Every public method checks its inputs and answers bad ones with a one-line ValueError; the
 loops themselves are the functions of `bld.inference` (re-exported here). One object with
 its checks beside it, so longer than most modules. Imports bld's autoencoder, inference,
-loading, plots, precision, sampling and train_config modules, and on first use config,
-data, denoiser and diffusion.
+loading, plots, precision and sampling modules, and on first use config, data, denoiser,
+diffusion and train_config.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from .inference import (GenerateResult, ReconstructResult, autocast, class_label
 from .loading import LoadedPrior
 from .plots import to_pil
 from .precision import check_precision
-from .sampling import DEFAULT_EVIDENCE_WEIGHT
-from .train_config import check_guidance_interval
+from .sampling import DEFAULT_EVIDENCE_WEIGHT, check_guidance_interval
 
 __all__ = ["BinaryLatentDiffusionPipeline", "PipelineOutput", "BlendOutput", "bits_flipped",
            # the functions of bld.inference, whose home this module was
@@ -209,7 +208,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
     @property
     def default_guidance_interval(self) -> tuple[float, float]:
         """The (lo, hi) fractions of T where guidance applies, from the prior's config."""
-        return tuple(getattr(self.prior.config, "sample_guidance_interval", (0.0, 1.0)))
+        return tuple(self.prior.config.sample_guidance_interval)
 
     # ----------------------------------------------------------------------- sampling
     def _labels(self, wanted, n: int | None) -> tuple[torch.Tensor | None, int]:
@@ -229,10 +228,13 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             return generator
         return torch.Generator(self.device).manual_seed(seed if generator is None else generator)
 
-    def _check_sampling(self, steps, guidance, temperature, interval=None) -> int:
-        """One-line ValueErrors for bad sampling settings; returns steps as an int."""
-        if interval is not None:
+    def _guidance_interval(self, interval) -> tuple[float, float]:
+        """``interval`` checked (one-line ValueError), or the prior's when None."""
+        return self.default_guidance_interval if interval is None else \
             check_guidance_interval(interval)
+
+    def _check_sampling(self, steps, guidance, temperature) -> int:
+        """One-line ValueErrors for bad sampling settings; returns steps as an int."""
         steps = _whole_number(steps, "steps")
         if not 2 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in 2..{self.timesteps} (the prior's T), got {steps}")
@@ -263,13 +265,13 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         output_type: "pil" (a list of PIL images) or "pt" (a tensor in [-1, 1]).
         """
         labels, n = self._labels(class_labels, n)
-        steps = self._check_sampling(steps, guidance, temperature, guidance_interval)
+        guidance_interval = self._guidance_interval(guidance_interval)
+        steps = self._check_sampling(steps, guidance, temperature)
         if guidance is None:
             guidance = self.default_guidance if labels is not None else 0.0
         res = generate(self.prior, self.autoencoder, n, steps=steps, temperature=temperature,
                        guidance=guidance, evidence_weight=evidence_weight, labels=labels,
-                       guidance_interval=tuple(guidance_interval or
-                                               self.default_guidance_interval),
+                       guidance_interval=guidance_interval,
                        generator=self._generator(generator, seed), batch_size=batch_size,
                        precision=precision or self.precision, callback=callback, progress=progress,
                        return_trajectory=return_trajectory)
@@ -301,13 +303,13 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         if not bool(fill.any()):
             raise ValueError("the mask leaves no pixel to fill in")
         labels, n = self._labels(class_labels, n)
-        steps = self._check_sampling(steps, guidance, temperature, guidance_interval)
+        guidance_interval = self._guidance_interval(guidance_interval)
+        steps = self._check_sampling(steps, guidance, temperature)
         if guidance is None:
             guidance = self.default_guidance if labels is not None else 0.0
         res = inpaint(self.prior, self.autoencoder, x, (~fill).float(), n=n, paste=paste,
                       steps=steps, temperature=temperature, guidance=guidance,
-                      guidance_interval=tuple(guidance_interval or
-                                              self.default_guidance_interval),
+                      guidance_interval=guidance_interval,
                       evidence_weight=evidence_weight, labels=labels,
                       generator=self._generator(generator, seed),
                       precision=precision or self.precision, callback=callback)

@@ -14,6 +14,28 @@ import torch
 from .diffusion import BernoulliDiffusion, Denoiser, sampling_timesteps
 
 
+def check_guidance_interval(interval, what: str = "guidance_interval") -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo <= hi <= 1 (fractions of T), as floats; a one-line ValueError
+    otherwise."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be two numbers (lo, hi), got {interval!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:  # also catches NaN
+        raise ValueError(f"{what} must satisfy 0 <= lo <= hi <= 1 (fractions of T), "
+                         f"got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
+def describe_guidance_interval(interval) -> str:
+    """' at t / T <= 0.6' (or ' at 0.2 <= t / T <= 0.8') where guidance skips steps; '' where
+    it guides every step (also for a record that predates the setting)."""
+    if not interval or tuple(interval) == (0.0, 1.0):
+        return ""
+    lo, hi = interval
+    return f" at t / T <= {hi:g}" if lo == 0 else f" at {lo:g} <= t / T <= {hi:g}"
+
+
 # lambda of SPEC 2 "Evidence weight": how much of z_t's evidence is removed from the
 # network's posterior before each step. 1 = the exact (ancestral) step; 0 = the original
 # code's product (bits stick to z_t: a lower-noise step). Chosen by measurement on the
@@ -83,10 +105,7 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    lo, hi = guidance_interval
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, "
-                         f"got {guidance_interval}")
+    lo, hi = check_guidance_interval(guidance_interval)
     T = diffusion.T
     ts = sampling_timesteps(T if steps is None else steps, T)
     if device is None:

@@ -3,8 +3,8 @@
 They live apart from the training loops so that loading a trained model (its checkpoint
 holds one of these) never imports the training code.
 
-Imports bld's autoencoder, config, denoiser, diffusion and precision modules (for the
-models' own configurations).
+Imports bld's autoencoder, config, denoiser, diffusion, precision and sampling modules (for
+the models' own configurations and the sampler's settings).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .config import ConfigError, from_dict
 from .denoiser import DenoiserConfig
 from .diffusion import DiffusionConfig
 from .precision import check_precision
+from .sampling import check_guidance_interval
 
 
 @dataclass
@@ -115,19 +116,6 @@ class PriorTrainConfig:
     def __post_init__(self) -> None:
         _check(self, cond_drop=(0, 1), sample_steps=(2, None), sample_guidance=(0, None))
         check_guidance_interval(self.sample_guidance_interval, "sample_guidance_interval")
-
-
-def check_guidance_interval(interval: Any, what: str = "guidance_interval"
-                             ) -> tuple[float, float]:
-    """(lo, hi) with 0 <= lo <= hi <= 1, as floats; a one-line ValueError otherwise."""
-    try:
-        lo, hi = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be two numbers (lo, hi), got {interval!r}") from None
-    if not 0.0 <= lo <= hi <= 1.0:  # also catches NaN
-        raise ValueError(f"{what} must satisfy 0 <= lo <= hi <= 1 (fractions of T), "
-                         f"got ({lo:g}, {hi:g})")
-    return lo, hi
 
 
 def _check(obj: Any, strict: bool = False, **ranges: tuple[float, float | None]) -> None:
