@@ -65,6 +65,8 @@ class Arm:
 
 
 ADALN = ["model.conditioning=adaln"]
+# the shipped autoencoder preset's choices that differ from BASE_AUTOENCODER (but its size)
+AE_NOW = ["model.bits=32", "model.train_bits=threshold", "loss.l1_weight=0.0", "optim.lr=0.003"]
 B64 = ADALN + ["optim.batch_size=64", "optim.steps=2000"]
 B32 = ADALN + ["optim.batch_size=32", "optim.steps=4000"]
 ARMS: dict[str, Arm] = {
@@ -166,6 +168,21 @@ ARMS: dict[str, Arm] = {
         "widths 16/32/64, 32 bits, [p > 0.5] in training, MSE only, 3000 steps at lr 3e-3"),
     "ae/bits32-ch24": Arm("autoencoder", ["model.bits=32", "model.channels=24"],
                           "32 bits, first-level width 24"),
+    # ---- the compact demo's autoencoder (1500 steps) against pixel-unshuffle at its input,
+    # which takes the convolutions off the 28 px level; steps chosen for about the same
+    # training seconds in fp32 (run these under the AVX2 restriction, see `--name`)
+    "ae/compact-1500": Arm("autoencoder", AE_NOW + ["model.channels=16",
+                                                   "model.channel_mult=[1,2,4]",
+                                                   "optim.steps=1500"],
+                           "the compact demo's autoencoder: widths 16/32/64, 1500 steps"),
+    "ae/patch2-c32-2300": Arm("autoencoder", AE_NOW + ["model.patch=2", "model.channels=32",
+                                                      "model.channel_mult=[1,2]",
+                                                      "optim.steps=2300"],
+                              "pixel-unshuffle 2, widths 32/64 at 14 / 7 px, 2300 steps"),
+    "ae/patch2-c24-3200": Arm("autoencoder", AE_NOW + ["model.patch=2", "model.channels=24",
+                                                      "model.channel_mult=[1,2]",
+                                                      "optim.steps=3200"],
+                              "pixel-unshuffle 2, widths 24/48 at 14 / 7 px, 3200 steps"),
     # ---- the shipped presets, both stages (what `bld demo` trains)
     "preset": Arm("preset", [], "the shipped fashion-mnist presets"),
 }
@@ -381,12 +398,15 @@ def main() -> None:
                    help="where the arms' run folders go")
     p.add_argument("--list", action="store_true", help="print the arms and exit")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--name", default="ablations",
+                   help="file name of the results (e.g. ablations_avx2 for arms trained under "
+                        "the AVX2 restriction, whose seconds differ from this CPU's)")
     args = p.parse_args()
     if args.list:
         for k, a in ARMS.items():
             print(f"{k:28s} {a.kind:12s} {' '.join(a.overrides) or '-':60s} {a.note}")
         return
-    bench = common.setup("ablations", args, "~8-12 min per prior arm, ~6-9 per autoencoder arm "
+    bench = common.setup(args.name, args, "~8-12 min per prior arm, ~6-9 per autoencoder arm "
                          "(1 thread)")
     study = Study(bench, args.run, args.work, args.n, args.threads)
     unknown = [a for a in args.arms if a not in ARMS]

@@ -6,7 +6,7 @@ more class accuracy, less recall. Applied only at the low-noise part of sampling
 (t / T <= hi; Kynkaanniemi et al. 2024, arXiv 2404.07724), it leaves the first, high-noise
 steps, where the sample's mode is chosen, to the conditional model. This script measures
 that trade on one or more `bld demo` runs (each with its own FD classifier), one row per
-(w, interval) and seed; the first two settings are repeated with seed+1 to show the spread.
+(w, interval, temperature) and seed; the first two settings are repeated with seed+1 to show the spread.
 Each run is sampled in the precision `auto` picks on this CPU (run it with the AVX2
 restriction for an AVX2 demo run, as the demo itself evaluated it).
 
@@ -31,14 +31,20 @@ DEFAULT_SETTINGS = ["0.5:0:1", "1.5:0:0.6", "0:0:1", "1:0:0.6", "2:0:0.5", "1.5:
                     "1:0:0.8"]
 
 
-def _setting(text: str) -> tuple[float, float, float]:
+def _setting(text: str) -> tuple[float, float, float, float]:
+    """W:LO:HI or W:LO:HI:TEMPERATURE (temperature 1 when left out)."""
     try:
-        w, lo, hi = (float(v) for v in text.split(":"))
+        vals = [float(v) for v in text.split(":")]
+        if len(vals) not in (3, 4):
+            raise ValueError
     except ValueError:
-        raise SystemExit(f"--settings takes W:LO:HI (e.g. 1.5:0:0.6), got {text!r}") from None
-    if not (w >= 0 and 0 <= lo <= hi <= 1):
-        raise SystemExit(f"--settings {text!r}: need w >= 0 and 0 <= lo <= hi <= 1")
-    return w, lo, hi
+        raise SystemExit(f"--settings takes W:LO:HI[:TEMPERATURE] (e.g. 1.5:0:0.6 or "
+                         f"1.5:0:0.6:1.1), got {text!r}") from None
+    w, lo, hi, temp = vals + [1.0] * (4 - len(vals))
+    if not (w >= 0 and 0 <= lo <= hi <= 1 and temp > 0):
+        raise SystemExit(f"--settings {text!r}: need w >= 0, 0 <= lo <= hi <= 1 and "
+                         "temperature > 0")
+    return w, lo, hi, temp
 
 
 def parse_args():
@@ -46,7 +52,8 @@ def parse_args():
     p.add_argument("--runs", type=Path, nargs="+", required=True,
                    help="`bld demo --out RUN_DIR` folders (prior/, autoencoder/, classifier/)")
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
-                   help="W:LO:HI settings; the first two also run with seed+1")
+                   help="W:LO:HI[:TEMPERATURE] settings (temperature 1 if left out); the first two "
+                        "also run with seed+1")
     p.add_argument("--n", type=int, default=None, help="samples per setting (1000; 50 quick)")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--name", default="guidance", help="file name of the report")
@@ -68,8 +75,7 @@ def main() -> None:
     from bld.loading import load_autoencoder, load_prior
     from bld.pipeline import generate
 
-    jobs = [(w, lo, hi, args.seed) for w, lo, hi in settings] + \
-        [(w, lo, hi, args.seed + 1) for w, lo, hi in settings[:2]]
+    jobs = [(*st, args.seed) for st in settings] + [(*st, args.seed + 1) for st in settings[:2]]
     xt, yt = common.fashion_mnist("test")
     rows, sections = [], []
     for run in args.runs:
@@ -86,13 +92,13 @@ def main() -> None:
         labels = common.cycled_labels(n, nc)
         ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
         run_rows = []
-        for w, lo, hi, seed in tqdm(jobs, desc=str(run)):
+        for w, lo, hi, temp, seed in tqdm(jobs, desc=str(run)):
             res = generate(prior, ae, n, steps=args.steps, guidance=w, labels=labels, seed=seed,
-                           guidance_interval=(lo, hi), batch_size=250,
+                           guidance_interval=(lo, hi), temperature=temp, batch_size=250,
                            precision=args.precision)
             m = ref.evaluate(res.images, labels)
             row = {"run": run.name, "guidance": w, "interval": f"({lo:g}, {hi:g})",
-                   "seed": seed, "n": n, "class_accuracy": m["class_accuracy"],
+                   "temperature": temp, "seed": seed, "n": n, "class_accuracy": m["class_accuracy"],
                    "recall": m["recall"], "precision": m["precision"], "fd": m["fd"],
                    "fd_floor": m["fd_floor_real_vs_real"], "fd_recon": ae_fig["fd_recon"],
                    "s_per_image": res.seconds / n}
@@ -108,7 +114,7 @@ def main() -> None:
                      "precision": common.precision_name(args.precision)}
     intro = ["## Settings", "",
              f"N = {n} samples per row, S = {args.steps}, labels cycled through the classes, "
-             "temperature 1, the library's evidence weight. Interval (lo, hi): guidance applies "
+             "the library's evidence weight. Interval (lo, hi): guidance applies "
              "at steps with lo <= t / T <= hi (t / T = 1 is pure noise), plain conditional "
              "logits elsewhere; (0, 1) guides every step. FD, precision and recall in the "
              "feature space of each run's own classifier (compare rows within a run). "

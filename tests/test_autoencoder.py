@@ -20,6 +20,8 @@ def small_config(**kw):
     (dict(in_channels=3, image_size=64, padded_size=0, channel_mult=(1, 2, 2)), 16),
     (dict(in_channels=3, image_size=256, padded_size=0, channel_mult=(1, 1, 1, 1, 1),
           channels=8, num_res_blocks=1), 16),
+    (dict(patch=2, channel_mult=(1, 2)), 8),  # pixel-unshuffle 2 x one 2x level: factor 4
+    (dict(in_channels=3, image_size=64, padded_size=0, patch=4, channel_mult=(1, 2)), 8),
 ])
 def test_shapes_and_bits_are_binary(cfg, grid):
     c = small_config(**cfg)
@@ -41,6 +43,24 @@ def test_1024px_configures_to_32x32_grid():
 def test_bad_padding_is_clear():
     with pytest.raises(ValueError, match="padded_size to a multiple of 8"):
         AutoencoderConfig(image_size=28, channel_mult=(1, 2, 2, 2))
+
+
+def test_patch_folds_pixels_into_channels():
+    c = small_config(patch=2, channel_mult=(1, 2))
+    assert c.factor == 4 and c.latent_shape == (16, 8, 8)
+    ae = BinaryAutoencoder(c)
+    # no convolution runs at full resolution: the first sees 2 x 2 blocks as 4 channels at
+    # half the size, the last makes 4 channels that are unfolded into the 2 x 2 blocks
+    assert ae.encoder.conv_in.in_channels == 4 and ae.decoder.conv_out.out_channels == 4
+    seen = {}
+    ae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.update(shape=i[0].shape))
+    x = torch.arange(32 * 32.0).reshape(1, 1, 32, 32)
+    ae.encode_logits(x[..., 2:30, 2:30])  # 28 px, padded to 32
+    assert seen["shape"] == (1, 4, 16, 16)
+    with pytest.raises(ValueError, match="patch must be >= 1"):
+        small_config(patch=0)
+    with pytest.raises(ValueError, match="patch 2, channel_mult has 3 levels"):
+        small_config(patch=2, padded_size=0)  # 28 px is not a multiple of 2 * 4
 
 
 def test_gradients_reach_encoder_through_quantizer():

@@ -4,6 +4,7 @@ presets, keep the user's own counts, and the prior's are refitted to the time re
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -72,7 +73,11 @@ def test_the_prior_is_refitted_to_the_time_really_spent():
     assert slower.prior_steps < plan.prior_steps and slower.replanned_after_s is not None
     assert plan.prior_steps - slower.prior_steps == pytest.approx(120 / r.prior_step_s, abs=2)
     faster = replan_prior(plan, planned_before_prior - 10_000)
-    assert faster.prior_steps == 2800  # never above the preset
+    assert faster.prior_steps == 2800  # never above the preset...
+    grown = replan_prior(replace(plan, max_prior_steps=3500), planned_before_prior - 10_000)
+    assert grown.prior_steps == 3500  # ...unless the plan allows more (the compact setting)
+    some = replan_prior(replace(plan, max_prior_steps=3500), planned_before_prior + 120)
+    assert some.prior_steps == slower.prior_steps  # still only what fits
     again = Plan.from_dict(slower.as_dict())
     assert again == slower and "refitted" in again.describe()
 
@@ -91,3 +96,17 @@ def test_calibration_times_the_real_steps(fashion_mnist):
     assert all(math.isfinite(v) and v > 0 for v in values.values()), values
     # a step costs more than one image's forward pass
     assert r.ae_step_s > r.recon_image_s and r.prior_step_s > r.sample_image_step_s
+
+
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "emoji", "faces"])
+def test_the_compact_setting_keeps_the_latent_shape(dataset):
+    """The compact setting's configs load, and its autoencoder makes the bits the presets'
+    makes (the prior's shape and the demo's figures stay comparable)."""
+    from bld.demo import DEMO_DATASETS, compact_overrides
+    preset = DEMO_DATASETS[dataset][1]
+    ae = config_from_dict("autoencoder", load_config_dict("autoencoder", preset, []))
+    over = compact_overrides(dataset, ae.optim.steps)
+    compact = config_from_dict("autoencoder", load_config_dict("autoencoder", preset,
+                                                               over["autoencoder"]))
+    assert compact.model.latent_shape == ae.model.latent_shape
+    config_from_dict("prior", load_config_dict("prior", preset, over["prior"]))

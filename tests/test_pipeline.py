@@ -118,6 +118,27 @@ def test_pipeline_guidance_interval_defaults_to_the_priors(pipe, monkeypatch):
     assert torch.equal(default.bits, spelled.bits)
 
 
+def test_pipeline_temperature_defaults_to_the_priors(pipe, monkeypatch):
+    """The prior's config sets the sampler's temperature; an explicit one overrides it, and
+    the default samples exactly what the value spelled out samples."""
+    import dataclasses
+    import torch
+    import bld.pipeline
+    monkeypatch.setattr(pipe.prior, "config",
+                        dataclasses.replace(pipe.prior.config, sample_temperature=1.4))
+    assert pipe.default_temperature == 1.4
+    seen = []
+    real = bld.pipeline.generate
+    monkeypatch.setattr(bld.pipeline, "generate",
+                        lambda *a, **k: seen.append(k["temperature"]) or real(*a, **k))
+    kw = dict(class_labels=[0, 1], steps=4, seed=3, return_bits=True, precision="fp32")
+    default = pipe(**kw)
+    spelled = pipe(**kw, temperature=1.4)
+    cooler = pipe(**kw, temperature=0.5)
+    assert seen == [1.4, 1.4, 0.5]
+    assert torch.equal(default.bits, spelled.bits) and not torch.equal(default.bits, cooler.bits)
+
+
 def test_pipeline_trajectory_ends_at_the_sample(pipe):
     import torch
     from bld.pipeline import bits_flipped

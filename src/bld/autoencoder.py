@@ -26,7 +26,11 @@ class AutoencoderConfig:
     image_size: int = 28
     padded_size: int = 0  # 0 = image_size; images are padded to this before encoding
     channels: int = 64  # width of the first level
-    channel_mult: tuple[int, ...] = (1, 2, 2)  # downsampling factor = 2 ** (levels - 1)
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # downsampling factor = patch * 2 ** (levels - 1)
+    # pixel-unshuffle: each patch x patch block of pixels becomes patch**2 channels before
+    # the first conv (and the decoder's last conv is pixel-shuffled back), so the full
+    # resolution has no convolutions at all
+    patch: int = 1
     num_res_blocks: int = 1
     attention: bool = True  # self-attention at the lowest resolution
     hidden: int = 128  # width before the 1x1 conv to bit logits
@@ -42,6 +46,8 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         if self.train_bits not in ("bernoulli", "threshold"):
             raise ValueError(f"train_bits must be 'bernoulli' or 'threshold', got {self.train_bits!r}")
+        if self.patch < 1:
+            raise ValueError(f"patch must be >= 1 (1: no pixel-unshuffle), got {self.patch}")
         if not 1 <= self.bits <= 1024:
             raise ValueError(f"bits must be in 1..1024, got {self.bits}")
         size = self.padded_size or self.image_size
@@ -49,12 +55,13 @@ class AutoencoderConfig:
             raise ValueError(f"padded_size {size} < image_size {self.image_size}")
         if size % self.factor:
             raise ValueError(f"padded size {size} is not divisible by the downsampling factor "
-                             f"{self.factor} (channel_mult has {len(self.channel_mult)} levels); "
+                             f"{self.factor} (patch {self.patch}, channel_mult has "
+                             f"{len(self.channel_mult)} levels); "
                              f"set padded_size to a multiple of {self.factor}")
 
     @property
     def factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.patch * 2 ** (len(self.channel_mult) - 1)
 
     @property
     def grid(self) -> int:
@@ -118,7 +125,8 @@ class Encoder(nn.Module):
     def __init__(self, c: AutoencoderConfig) -> None:
         super().__init__()
         chs = [c.channels * m for m in c.channel_mult]
-        self.conv_in = nn.Conv2d(c.in_channels, chs[0], 3, padding=1)
+        self.patch = c.patch
+        self.conv_in = nn.Conv2d(c.in_channels * c.patch ** 2, chs[0], 3, padding=1)
         layers: list[nn.Module] = []
         self.stage_ends: list[int] = []  # one stage per resolution (for checkpointing)
         self.checkpointed = c.grad_checkpointing
@@ -141,6 +149,8 @@ class Encoder(nn.Module):
         self.to_logits = nn.Conv2d(c.hidden, c.bits, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W) -> (B, C, h, w) logits
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)
         h = run_stages(self.body, self.stage_ends, self.conv_in(x),
                        self.checkpointed and self.training and torch.is_grad_enabled())
         return self.to_logits(self.conv_out(F.silu(self.norm_out(h))))
@@ -171,14 +181,16 @@ class Decoder(nn.Module):
             self.stage_ends.append(len(layers))
         self.body = nn.Sequential(*layers)
         self.norm_out = Norm(cin)
-        self.conv_out = nn.Conv2d(cin, c.in_channels, 3, padding=1)
+        self.patch = c.patch
+        self.conv_out = nn.Conv2d(cin, c.in_channels * c.patch ** 2, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) bits -> (B, c, H, W)
         if self.norm_bits:
             z = (2 * z - 1) / math.sqrt(self.bits)
         h = run_stages(self.body, self.stage_ends, self.conv_in(self.from_bits(z)),
                        self.checkpointed and self.training and torch.is_grad_enabled())
-        return self.conv_out(F.silu(self.norm_out(h)))
+        x = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
 
 
 class QuantizerOutput(NamedTuple):

@@ -7,8 +7,10 @@ these it predicts every stage's seconds (training, encoding, the FD classifier, 
 evaluation's samples, the figures) and scales both models' training steps by one factor,
 at most the presets' own counts, so that the predicted total stays inside
 ``SAFETY x M`` minutes. A slower CPU gets a smaller run that still finishes; a faster one
-runs the presets as they are. The plan and what it predicted are written into the demo
-report beside the figures the run reached.
+runs the presets as they are. After the autoencoder, the prior's steps are fitted again to
+the time really left (up to ``Plan.max_prior_steps`` where the plan allows more than the
+preset's: the demo's compact setting). The plan and what it predicted are written into the
+demo report beside the figures the run reached.
 
 Imports the models and the noise process, not the training loops.
 """
@@ -75,6 +77,8 @@ class Plan:
     replanned_after_s: float | None = None  # when the prior's steps were fitted again
     variant: str = "presets"  # or "compact": the presets with ``overrides``
     overrides: dict[str, list[str]] = field(default_factory=dict)  # kind -> config overrides
+    # the most prior steps the refit after the autoencoder may choose (0: its preset's)
+    max_prior_steps: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
@@ -89,7 +93,9 @@ class Plan:
                 + (f": {' '.join(sum(self.overrides.values(), []))}" if self.overrides else "")
                 + f"): autoencoder {self.ae_steps} of "
                 f"{self.preset_ae_steps} steps, prior {self.prior_steps} of "
-                f"{self.preset_prior_steps} (scale {self.scale:.2f}"
+                f"{self.preset_prior_steps}"
+                + (f", at most {self.max_prior_steps}," if self.max_prior_steps else "")
+                + f" (scale {self.scale:.2f}"
                 + (f", the prior's refitted after {self.replanned_after_s:.0f} s"
                    if self.replanned_after_s is not None else "") + "); predicted "
                 f"{p['total'] / 60:.1f} min = " + ", ".join(
@@ -142,6 +148,18 @@ def calibrate_prior(rates: Rates, prior_cfg, num_classes: int, device: torch.dev
     torch.manual_seed(0)
     step_s, sample_s = _time_prior(prior_cfg, num_classes, device, precision.autocast(device))
     return replace(rates, prior_step_s=step_s, sample_image_step_s=sample_s,
+                   calibration_s=rates.calibration_s + time.perf_counter() - t_start)
+
+
+def calibrate_autoencoder(rates: Rates, ae_cfg, train_set: Dataset, device: torch.device,
+                          precision: Precision) -> Rates:
+    """``rates`` with the autoencoder's step, encoding and reconstruction times measured
+    again for ``ae_cfg`` (another architecture than the one first timed)."""
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    step_s, encode_s, recon_s = _time_autoencoder(ae_cfg, train_set, device,
+                                                  precision.autocast(device))
+    return replace(rates, ae_step_s=step_s, encode_image_s=encode_s, recon_image_s=recon_s,
                    calibration_s=rates.calibration_s + time.perf_counter() - t_start)
 
 
@@ -291,12 +309,14 @@ def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prio
 def replan_prior(plan: Plan, elapsed_s: float) -> Plan:
     """After the autoencoder and the encoding: the prior's steps that fit what is left of
     the budget, given the seconds already spent (between ``MIN_SCALE`` of its preset's and
-    the preset's). A machine that ran slower or faster than calibrated is caught up here."""
+    the preset's, or ``plan.max_prior_steps`` where the plan allows more). A machine that
+    ran slower or faster than calibrated is caught up here."""
     rest = predict(plan.rates, ae_steps=0, prior_steps=0, **plan.work)
     after = rest["classifier"] + rest["evaluation"] + OVERHEAD_S
     room = SAFETY * plan.minutes * 60 - elapsed_s - after
     low = max(1, math.floor(MIN_SCALE * plan.preset_prior_steps))
-    steps = min(plan.preset_prior_steps, max(low, math.floor(room / plan.rates.prior_step_s)))
+    steps = min(plan.max_prior_steps or plan.preset_prior_steps,
+                max(low, math.floor(room / plan.rates.prior_step_s)))
     predicted = {**plan.predicted_s, "prior": steps * plan.rates.prior_step_s}
     predicted["total"] = sum(v for k, v in predicted.items() if k != "total")
     return replace(plan, prior_steps=steps, predicted_s=predicted, replanned_after_s=elapsed_s)

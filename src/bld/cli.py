@@ -66,6 +66,9 @@ def _float_in(low: float, high: float, expected: str, must: str):
 
 _minutes = _float_in(0.0, math.inf, "a number of minutes", "0 (no plan) or more")
 _fraction = _float_in(0.0, 1.0, "a number in [0, 1]", "in [0, 1] (a fraction of T)")
+_temperature = _float_in(1e-3, 100.0, "a temperature", "in [0.001, 100]")
+TEMPERATURE_HELP = ("the sampler's temperature tau (the evidence-free logit is divided by it); "
+                    "default: the prior preset's sample_temperature")
 
 
 INTERVAL_HELP = ("guide only the steps with LO <= t / T <= HI (t / T = 1 is pure noise); "
@@ -108,7 +111,7 @@ def _image_flags(p: argparse.ArgumentParser, size: str) -> None:
 def _sampler_flags(p: argparse.ArgumentParser) -> None:
     """The sampler's settings (bld.sampling), shared by sample, inpaint and eval."""
     p.add_argument("--steps", type=_positive, default=16, help="sampling steps S (2..T)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=_temperature, help=TEMPERATURE_HELP)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help=EVIDENCE_HELP)
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance w")
@@ -205,12 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the prior preset's sample_guidance)")
     p.add_argument("--guidance-interval", type=_fraction, nargs=2, metavar=("LO", "HI"),
                    help=INTERVAL_HELP)
+    p.add_argument("--temperature", type=_temperature, help=TEMPERATURE_HELP)
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--minutes", type=_minutes, default=15.0,
                    help="time budget: a few seconds of calibration, then both models' training "
                         "steps are scaled down (never up) from the presets' so that the whole "
                         "demo fits, with a compact setting where they would be cut below "
-                        "75%% (default %(default)g; 0 = the presets' steps, no plan)")
+                        "75%% (its prior may train up to 25%% past its steps where there is "
+                        "room; default %(default)g; 0 = the presets' steps, no plan)")
     _device_flags(p)
     _data_flags(p, data_dir="the dataset's folder if not in its default place (Debian's "
                             "Fashion-MNIST, ~/.cache/bld/emoji-twitter, ~/.cache/bld/dicebear-64)")

@@ -220,7 +220,8 @@ def cmd_eval(args) -> None:
         report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
     else:
         ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
-                            temperature=args.temperature,
+                            temperature=(prior.config.sample_temperature if args.temperature is None
+                                         else args.temperature),
                             evidence_weight=args.evidence_weight, guidance=args.guidance,
                             guidance_interval=_interval(args) or
                             tuple(prior.config.sample_guidance_interval),
@@ -275,7 +276,8 @@ def cmd_demo(args) -> None:
                      eval_samples=args.eval_samples, resume=args.resume,
                      classifier_steps=args.classifier_steps,
                      evidence_weight=args.evidence_weight, guidance=args.guidance,
-                     guidance_interval=_interval(args), data_dir=args.data_dir or "")
+                     guidance_interval=_interval(args), temperature=args.temperature,
+                     data_dir=args.data_dir or "")
     if args.ae_steps is not None:
         s.ae_steps = args.ae_steps
     if args.prior_steps is not None:

@@ -41,18 +41,39 @@ DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
 CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600, "faces": 400}
 # Where the budget would cut the presets' steps below this share, the demo trains a compact
 # setting instead: a smaller prior (192 x 4, 0.37 of the preset's work per step) at a higher
-# learning rate for its full steps, and an autoencoder trained for 60% of its preset's steps.
-# At the same compute it learns more than the presets cut short (benchmarks/budget_sweep.py,
-# results/budget_sweep.md, N = 1000, one seed each: this setting reached class accuracy 0.874
-# / recall 0.286 / FD 77.3; 256 x 6 for 1000 steps, as much prior compute, 0.78-0.81 /
-# 0.13-0.18).
+# learning rate for its full steps, and a cheaper autoencoder. At the same compute it learns
+# more than the presets cut short (benchmarks/budget_sweep.py, results/budget_sweep.md,
+# N = 1000, one seed each: the compact prior reached class accuracy 0.874 / recall 0.286 /
+# FD 77.3; 256 x 6 for 1000 steps, as much prior compute, 0.78-0.81 / 0.13-0.18).
 COMPACT_BELOW = 0.75
+# The compact autoencoder for Fashion-MNIST: pixel-unshuffle 2 at the input (no convolution
+# at 28 px) and widths 24 / 48, so 3200 steps take the time 1500 of the preset's widths took.
+# In fp32 under the AVX2 restriction (benchmarks/ablations.py --name ablations_avx2, one
+# seed): 268 s, PSNR 25.03 dB, reconstruction FD 25.0, recall 0.774, against 278 s, 24.16 dB,
+# 33.1, 0.703 for 1500 steps of the preset's architecture. Other datasets keep their
+# preset's architecture for 60% of its steps.
+COMPACT_AUTOENCODER = {"fashion-mnist": ["model.patch=2", "model.channels=24",
+                                         "model.channel_mult=[1,2]"]}
+COMPACT_AE_STEPS = {"fashion-mnist": 1.28}  # share of the preset's steps (default 0.6)
+# The compact prior samples at temperature 1.3: on the two AVX2 demo runs' compact priors it
+# lowered FD (89.1 -> 85.1, 79.6 -> 75.2) and raised recall (0.225 -> 0.238, 0.243 -> 0.300)
+# at the same class accuracy; on the presets' better-trained prior it did not help (FD 57.5
+# -> 58.1, 60.0 -> 59.3), so the presets keep 1 (benchmarks/guidance.py,
+# results/guidance_temperature_*.md).
+COMPACT_TEMPERATURE = 1.3
+# The refit after the autoencoder may train the compact prior up to this share of its
+# steps where the budget has room (the presets' prior never goes above its preset).
+COMPACT_PRIOR_GROWTH = 1.25
 
 
-def compact_overrides(ae_steps: int) -> dict[str, list[str]]:
-    """The compact setting, as overrides on the presets (autoencoder: its preset's steps)."""
-    return {"autoencoder": [f"optim.steps={round(0.6 * ae_steps)}"],
-            "prior": ["model.width=192", "model.heads=3", "model.depth=4", "optim.lr=0.0025"]}
+def compact_overrides(dataset: str, ae_steps: int) -> dict[str, list[str]]:
+    """The compact setting of demo ``dataset``, as overrides on its presets (``ae_steps``:
+    the autoencoder preset's steps)."""
+    share = COMPACT_AE_STEPS.get(dataset, 0.6)
+    return {"autoencoder": COMPACT_AUTOENCODER.get(dataset, []) +
+            [f"optim.steps={round(share * ae_steps)}"],
+            "prior": ["model.width=192", "model.heads=3", "model.depth=4", "optim.lr=0.0025",
+                      f"sample_temperature={COMPACT_TEMPERATURE}"]}
 
 
 @dataclass
@@ -70,7 +91,7 @@ class DemoSettings:
     sample_steps: int = 16
     guidance: float | None = None  # None: the prior preset's sample_guidance
     guidance_interval: tuple[float, float] | None = None  # None: the preset's
-    temperature: float = 1.0
+    temperature: float | None = None  # None: the preset's sample_temperature
     evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT
     samples_per_class: int = 10
     eval_samples: int = 1000
@@ -155,7 +176,8 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                 device, precision) -> None:
     """Fit the training steps to ``s.minutes`` (bld.budget): calibrate and plan. The plan
     is kept in ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
-    from .budget import calibrate, calibrate_prior, guided_share, make_plan
+    from .budget import (calibrate, calibrate_autoencoder, calibrate_prior, guided_share,
+                         make_plan)
     from .train import resolve_prior_config
     record = out / "plan.json"
     if s.resume and record.exists():
@@ -183,16 +205,19 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                          preset_prior_steps=pr_cfg.optim.steps, precision=precision.name,
                          ae_steps=s.ae_steps, prior_steps=s.prior_steps, **work)
         if plan.scale < COMPACT_BELOW and s.ae_steps is None and s.prior_steps is None:
-            over = compact_overrides(ae_cfg.optim.steps)
+            over = compact_overrides(s.dataset, ae_cfg.optim.steps)
             cut = plan.scale
-            pr_c = resolve_prior_config(_config("prior", s, common + over["prior"]),
-                                        ae_cfg.model, classes)
-            rates = calibrate_prior(rates, pr_c, pr_c.model.num_classes, device, precision)
             compact_ae = _config("autoencoder", s, common + over["autoencoder"])
+            if compact_ae.model != ae_cfg.model:  # another architecture: time it too
+                rates = calibrate_autoencoder(rates, compact_ae, train_set, device, precision)
+            pr_c = resolve_prior_config(_config("prior", s, common + over["prior"]),
+                                        compact_ae.model, classes)
+            rates = calibrate_prior(rates, pr_c, pr_c.model.num_classes, device, precision)
             plan = make_plan(rates, s.minutes, preset_ae_steps=compact_ae.optim.steps,
                              preset_prior_steps=pr_c.optim.steps, precision=precision.name,
                              **work)
             plan.variant, plan.overrides = "compact", over
+            plan.max_prior_steps = round(COMPACT_PRIOR_GROWTH * pr_c.optim.steps)
             plan.note = (f"the presets would be cut to {cut:.0%} of their steps, so the compact "
                          f"setting trains instead" + (f"; {plan.note}" if plan.note else ""))
         s.plan = plan.as_dict()
@@ -282,6 +307,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         s.guidance = pr_cfg.sample_guidance
     if s.guidance_interval is None:
         s.guidance_interval = tuple(pr_cfg.sample_guidance_interval)
+    if s.temperature is None:
+        s.temperature = pr_cfg.sample_temperature
 
     # 4. figures
     log.info("[4/4] sampling and writing the report")

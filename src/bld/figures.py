@@ -16,7 +16,7 @@ from .plots import labelled_grid
 
 def trajectory_figure(pipe: BinaryLatentDiffusionPipeline, out_path: str | Path, *,
                       n: int = 4, steps: int = 16, guidance: float | None = None,
-                      temperature: float = 1.0, evidence_weight: float | None = None,
+                      temperature: float | None = None, evidence_weight: float | None = None,
                       guidance_interval: tuple[float, float] | None = None,
                       seed: int = 0) -> Path:
     """Decoded z_t at every sampling step (columns) for n samples (rows), with how many
@@ -44,7 +44,7 @@ def trajectory_figure(pipe: BinaryLatentDiffusionPipeline, out_path: str | Path,
 
 def class_rows_figure(pipe: BinaryLatentDiffusionPipeline, test_images: torch.Tensor,
                       test_labels: torch.Tensor, out_path: str | Path, *, k: int = 6,
-                      steps: int = 16, guidance: float | None = None, temperature: float = 1.0,
+                      steps: int = 16, guidance: float | None = None, temperature: float | None = None,
                       evidence_weight: float | None = None,
                       guidance_interval: tuple[float, float] | None = None,
                       seed: int = 0) -> Path:

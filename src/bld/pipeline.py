@@ -210,6 +210,11 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         """The (lo, hi) fractions of T where guidance applies, from the prior's config."""
         return tuple(self.prior.config.sample_guidance_interval)
 
+    @property
+    def default_temperature(self) -> float:
+        """The sampler's temperature from the prior's config (``sample_temperature``)."""
+        return float(self.prior.config.sample_temperature)
+
     # ----------------------------------------------------------------------- sampling
     def _labels(self, wanted, n: int | None) -> tuple[torch.Tensor | None, int]:
         if wanted is not None and not isinstance(wanted, (list, tuple, torch.Tensor)):
@@ -233,8 +238,11 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         return self.default_guidance_interval if interval is None else \
             check_guidance_interval(interval)
 
-    def _check_sampling(self, steps, guidance, temperature) -> int:
-        """One-line ValueErrors for bad sampling settings; returns steps as an int."""
+    def _check_sampling(self, steps, guidance, temperature) -> tuple[int, float]:
+        """One-line ValueErrors for bad sampling settings; returns steps as an int and the
+        temperature (the prior's when None)."""
+        if temperature is None:
+            temperature = self.default_temperature
         steps = _whole_number(steps, "steps")
         if not 2 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in 2..{self.timesteps} (the prior's T), got {steps}")
@@ -242,10 +250,10 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             raise ValueError(f"guidance must be >= 0 (0: no guidance), got {guidance}")
         if _finite(temperature, "temperature") <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        return steps
+        return steps, temperature
 
     def __call__(self, class_labels=None, n: int | None = None, *, steps: int = 16,
-                 guidance: float | None = None, temperature: float = 1.0,
+                 guidance: float | None = None, temperature: float | None = None,
                  evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
                  guidance_interval: tuple[float, float] | None = None,
                  generator: torch.Generator | int | None = None, seed: int = 0,
@@ -261,12 +269,13 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             when labels are given (0 otherwise).
         guidance_interval: (lo, hi): guide only the steps with lo <= t / T <= hi; None takes
             the prior's `default_guidance_interval`.
+        temperature: the sampler's tau; None takes the prior's `default_temperature`.
         generator: a torch.Generator or an int seed (else ``seed``) - same seed, same images.
         output_type: "pil" (a list of PIL images) or "pt" (a tensor in [-1, 1]).
         """
         labels, n = self._labels(class_labels, n)
         guidance_interval = self._guidance_interval(guidance_interval)
-        steps = self._check_sampling(steps, guidance, temperature)
+        steps, temperature = self._check_sampling(steps, guidance, temperature)
         if guidance is None:
             guidance = self.default_guidance if labels is not None else 0.0
         res = generate(self.prior, self.autoencoder, n, steps=steps, temperature=temperature,
@@ -285,7 +294,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                               res.bits if return_bits else None, res.trajectory, res.timesteps)
 
     def inpaint(self, image, mask, n: int = 4, *, class_labels=None, steps: int = 16,
-                guidance: float | None = None, temperature: float = 1.0,
+                guidance: float | None = None, temperature: float | None = None,
                 evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
                 guidance_interval: tuple[float, float] | None = None,
                 generator: torch.Generator | int | None = None, seed: int = 0,
@@ -304,7 +313,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             raise ValueError("the mask leaves no pixel to fill in")
         labels, n = self._labels(class_labels, n)
         guidance_interval = self._guidance_interval(guidance_interval)
-        steps = self._check_sampling(steps, guidance, temperature)
+        steps, temperature = self._check_sampling(steps, guidance, temperature)
         if guidance is None:
             guidance = self.default_guidance if labels is not None else 0.0
         res = inpaint(self.prior, self.autoencoder, x, (~fill).float(), n=n, paste=paste,

@@ -109,12 +109,15 @@ class PriorTrainConfig:
     sample_guidance: float = 1.0
     # guidance applies at steps with lo <= t / T <= hi only (bld.sampling); (0, 1): every step
     sample_guidance_interval: tuple[float, float] = (0.0, 1.0)
+    # tau of bld.sampling: the evidence-free logit is divided by it at every step
+    sample_temperature: float = 1.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
                                                                   weight_decay=0.0))
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
         _check(self, cond_drop=(0, 1), sample_steps=(2, None), sample_guidance=(0, None))
+        _check(self, strict=True, sample_temperature=(0, None))
         check_guidance_interval(self.sample_guidance_interval, "sample_guidance_interval")
 
 

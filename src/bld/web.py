@@ -122,7 +122,8 @@ def build_app(app: App):
                 with gr.Column(scale=1):
                     s_class, s_n, s_steps, s_guid = controls("number of images",
                                                              lim.max_images, 10, default_class)
-                    s_temp = gr.Slider(0.1, 2, value=1.0, step=0.05, label="temperature")
+                    s_temp = gr.Slider(0.1, 2, value=pipe.default_temperature, step=0.05,
+                                       label="temperature")
                     s_seed = gr.Number(0, precision=0, label="seed", minimum=0)
                     s_go = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=2):

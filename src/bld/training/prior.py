@@ -136,6 +136,7 @@ class PriorTask(Task):
                        steps=min(self.cfg.sample_steps, self.diffusion.T), y=y,
                        guidance=self.cfg.sample_guidance if null is not None else 0.0,
                        guidance_interval=tuple(self.cfg.sample_guidance_interval),
+                       temperature=self.cfg.sample_temperature,
                        null_label=null, generator=g, device=ctx.device).z0
             imgs = self.ae.decode(z).float().clamp(-1, 1)
         save_image(image_grid(imgs, nrow=8), folder / f"samples_{step:06d}.png")
