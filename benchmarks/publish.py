@@ -204,6 +204,15 @@ HEADLINE_ROWS = [
      "{:.3f}", "-", None, None),
     ("emoji_demo_fd_ratio_to_recon", "emoji demo sample FD / reconstruction FD", "{:.2f}", "-",
      None, None),
+    ("colour_demo_minutes", "colour demo wall time (`bld demo --dataset faces --minutes 20`, "
+     "AVX2)", "{:.1f} min", "<= 20 min", "<=", 20.0),
+    ("colour_demo_recon_psnr_db", "colour demo autoencoder PSNR (test split)", "{:.2f} dB",
+     ">= 26 dB", ">=", 26.0),
+    ("colour_demo_class_accuracy_ratio", "colour demo samples classified as the asked class / "
+     "the classifier's accuracy", "{:.3f}", ">= 0.95", ">=", 0.95),
+    ("colour_demo_fd_ratio_to_recon", "colour demo sample FD / reconstruction FD", "{:.2f}",
+     "<= 2.0", "<=", 2.0),
+    ("colour_demo_recall", "colour demo sample recall", "{:.3f}", ">= 0.35", ">=", 0.35),
     ("latent_bytes_1024px", "bytes per 1024 px image in its binary latent", "{:d}", "-", None,
      None),
     ("ae_train_step_s_1024px", "1024 px autoencoder training step, batch 1, CPU", "{:.1f} s",

@@ -117,7 +117,7 @@ def test_demo_on_colour_emoji(tmp_path):
 
 def test_demo_on_dicebear_faces(tmp_path):
     # `--dataset faces` on a folder shaped like `bld prepare-dicebear`'s (class folders and a
-    # manifest.csv that fixes the split): the dicebear source, the emoji64 presets, and the
+    # manifest.csv that fixes the split): the dicebear source, the faces64 presets, and the
     # training images with their mirrors
     from safetensors import safe_open
     data = tmp_path / "faces"
@@ -141,4 +141,4 @@ def test_demo_on_dicebear_faces(tmp_path):
     from bld.checkpoint import find_latest
     ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
     assert ae_cfg["data"]["source"] == "dicebear"
-    assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "emoji64", [])["model"]}
+    assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "faces64", [])["model"]}

@@ -66,7 +66,7 @@ def test_readme_commands_exist():
 
 
 def test_every_preset_loads_and_builds():
-    """The README's four presets (and any other), for both models: each YAML parses into a
+    """The README's presets (and any other), for both models: each YAML parses into a
     valid config and builds its model (on the meta device: shapes only, no memory)."""
     import torch
 
@@ -77,7 +77,7 @@ def test_every_preset_loads_and_builds():
     from bld.train_config import config_from_dict
     names = preset_names("autoencoder")
     assert names == preset_names("prior")
-    assert {"fashion-mnist", "emoji64", "256px", "1024px"} <= set(names)
+    assert {"fashion-mnist", "emoji64", "faces64", "256px", "1024px"} <= set(names)
     for name in names:
         ae = config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
         prior = resolve_prior_config(

@@ -33,7 +33,7 @@ log = logging.getLogger("bld")
 DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
     "fashion-mnist": ("fashion-mnist", "fashion-mnist", "runs/demo"),
     "emoji": ("emoji-twitter", "emoji64", "runs/demo-emoji"),
-    "faces": ("dicebear", "emoji64", "runs/demo-faces"),
+    "faces": ("dicebear", "faces64", "runs/demo-faces"),
 }
 # FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k; the
 # faces' classifier names the style of all 2,000 test faces after 400 steps:
