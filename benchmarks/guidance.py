@@ -5,9 +5,9 @@ Guidance pushes samples toward their class and away from the rest of the distrib
 more class accuracy, less recall. Applied only at the low-noise part of sampling
 (t / T <= hi; Kynkaanniemi et al. 2024, arXiv 2404.07724), it leaves the first, high-noise
 steps, where the sample's mode is chosen, to the conditional model. This script measures
-that trade on one or more `bld demo` runs (each with its own FD classifier), one row per
-(w, interval, temperature) and seed; the first two settings are repeated with seed+1 to show the spread.
-Each run is sampled in the precision `auto` picks on this CPU (run it with the AVX2
+that trade on one or more `bld demo` runs (each with its own FD classifier and the test split
+of its own dataset: Fashion-MNIST, the faces...), one row per (w, interval, temperature) and
+seed; the first two settings are repeated with seed+1 to show the spread. Each run is sampled in the precision `auto` picks on this CPU (run it with the AVX2
 restriction for an AVX2 demo run, as the demo itself evaluated it).
 
     python benchmarks/guidance.py --runs runs/demo --name guidance_avx512bf16
@@ -47,6 +47,24 @@ def _setting(text: str) -> tuple[float, float, float, float]:
     return w, lo, hi, temp
 
 
+def _source(run: Path) -> str:
+    """The data source a `bld demo` run trained on (its report; Fashion-MNIST before the
+    report named it)."""
+    import json
+    report = run / "report.json"
+    return json.loads(report.read_text()).get("source", "fashion-mnist") if report.exists() \
+        else "fashion-mnist"
+
+
+def _test_split(source: str):
+    """(images in [-1, 1], labels) of the source's test split."""
+    if source == "fashion-mnist":
+        return common.fashion_mnist("test")
+    from bld.data import build_dataset
+    from bld.evaluation import dataset_tensors
+    return dataset_tensors(build_dataset(source, split="test"))
+
+
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -76,7 +94,7 @@ def main() -> None:
     from bld.pipeline import generate
 
     jobs = [(*st, args.seed) for st in settings] + [(*st, args.seed + 1) for st in settings[:2]]
-    xt, yt = common.fashion_mnist("test")
+    tests: dict[str, tuple] = {}  # the test split of each run's dataset, loaded once
     rows, sections = [], []
     for run in args.runs:
         for sub in ("prior", "autoencoder", "classifier"):
@@ -88,6 +106,13 @@ def main() -> None:
         if not nc:
             raise SystemExit(f"{run}: the prior is unconditional; guidance needs labels")
         clf, clf_meta = common.get_classifier(bench, run)
+        source = _source(run)
+        if source not in tests:
+            tests[source] = _test_split(source)
+        xt, yt = tests[source]
+        if n > len(xt) // 2:
+            raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "
+                             f"need two halves of N = {n}: pass --n {len(xt) // 2} or less")
         ref = common.FDReference(clf, xt, yt, n, seed=0)
         labels = common.cycled_labels(n, nc)
         ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
