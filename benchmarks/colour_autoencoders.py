@@ -61,9 +61,10 @@ def main() -> None:
         for name in args.arms:
             over, steps = ARMS[name]
             steps = 20 if args.quick else steps
-            cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", args.preset, over + [
-                f"data.source={args.data}", f"optim.steps={steps}", f"run.seed={args.seed}",
-                "run.sample_every=0", "run.ckpt_every=0"]))
+            cfg = config_from_dict("autoencoder", load_config_dict(
+                "autoencoder", args.preset, over + [
+                    f"data.source={args.data}", f"optim.steps={steps}", f"run.seed={args.seed}",
+                    "run.sample_every=0", "run.ckpt_every=0"]))
             out = Path(work) / name
             t0 = time.perf_counter()
             train_autoencoder(cfg, out)

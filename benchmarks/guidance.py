@@ -7,8 +7,9 @@ more class accuracy, less recall. Applied only at the low-noise part of sampling
 steps, where the sample's mode is chosen, to the conditional model. This script measures
 that trade on one or more `bld demo` runs (each with its own FD classifier and the test split
 of its own dataset: Fashion-MNIST, the faces...), one row per (w, interval, temperature) and
-seed; the first two settings are repeated with seed+1 to show the spread. Each run is sampled in the precision `auto` picks on this CPU (run it with the AVX2
-restriction for an AVX2 demo run, as the demo itself evaluated it).
+seed; the first two settings are repeated with seed+1 to show the spread. Each run is
+sampled in the precision `auto` picks on this CPU (run it with the AVX2 restriction for an
+AVX2 demo run, as the demo itself evaluated it).
 
     python benchmarks/guidance.py --runs runs/demo --name guidance_avx512bf16
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\

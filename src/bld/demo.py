@@ -52,9 +52,9 @@ COMPACT_BELOW = 0.75
 # seed): 268 s, PSNR 25.03 dB, reconstruction FD 25.0, recall 0.774, against 278 s, 24.16 dB,
 # 33.1, 0.703 for 1500 steps of the preset's architecture. Other datasets keep their
 # preset's architecture for 60% of its steps.
-COMPACT_AUTOENCODER = {"fashion-mnist": ["model.patch=2", "model.channels=24",
-                                         "model.channel_mult=[1,2]"]}
-COMPACT_AE_STEPS = {"fashion-mnist": 1.28}  # share of the preset's steps (default 0.6)
+# demo dataset -> (architecture overrides, share of the preset's steps)
+COMPACT_AUTOENCODER: dict[str, tuple[list[str], float]] = {
+    "fashion-mnist": (["model.patch=2", "model.channels=24", "model.channel_mult=[1,2]"], 1.28)}
 # The compact prior samples at temperature 1.3: on the two AVX2 demo runs' compact priors it
 # lowered FD (89.1 -> 85.1, 79.6 -> 75.2) and raised recall (0.225 -> 0.238, 0.243 -> 0.300)
 # at the same class accuracy; on the presets' better-trained prior it did not help (FD 57.5
@@ -69,9 +69,8 @@ COMPACT_PRIOR_GROWTH = 1.25
 def compact_overrides(dataset: str, ae_steps: int) -> dict[str, list[str]]:
     """The compact setting of demo ``dataset``, as overrides on its presets (``ae_steps``:
     the autoencoder preset's steps)."""
-    share = COMPACT_AE_STEPS.get(dataset, 0.6)
-    return {"autoencoder": COMPACT_AUTOENCODER.get(dataset, []) +
-            [f"optim.steps={round(share * ae_steps)}"],
+    architecture, share = COMPACT_AUTOENCODER.get(dataset, ([], 0.6))
+    return {"autoencoder": architecture + [f"optim.steps={round(share * ae_steps)}"],
             "prior": ["model.width=192", "model.heads=3", "model.depth=4", "optim.lr=0.0025",
                       f"sample_temperature={COMPACT_TEMPERATURE}"]}
 

@@ -44,8 +44,8 @@ def trajectory_figure(pipe: BinaryLatentDiffusionPipeline, out_path: str | Path,
 
 def class_rows_figure(pipe: BinaryLatentDiffusionPipeline, test_images: torch.Tensor,
                       test_labels: torch.Tensor, out_path: str | Path, *, k: int = 6,
-                      steps: int = 16, guidance: float | None = None, temperature: float | None = None,
-                      evidence_weight: float | None = None,
+                      steps: int = 16, guidance: float | None = None,
+                      temperature: float | None = None, evidence_weight: float | None = None,
                       guidance_interval: tuple[float, float] | None = None,
                       seed: int = 0) -> Path:
     """One row per class: k real test images of the class, a gap, k samples of it."""
