@@ -33,8 +33,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
 # the shared measurements, re-exported (imported while this folder is still on sys.path)
 from measures import (CLASSIFIER_STEPS, FDReference, TrainResult, autocast,  # noqa: F401
-                      batches, cycled_labels, fashion_mnist, get_classifier, precision_name,
-                      spread, train_model)
+                      batches, cycled_labels, dataset_split, fashion_mnist, get_classifier,
+                      precision_name, spread, train_model)
 
 # `python benchmarks/NAME.py` puts this folder first on sys.path; once `common` is imported,
 # drop it, so that a script's name (tokenizers.py) cannot shadow an installed package.
@@ -71,6 +71,7 @@ class Bench:
     args: argparse.Namespace
     started: float = field(default_factory=time.perf_counter)
     results: dict[str, Any] = field(default_factory=dict)
+    script: str = ""  # the benchmark's file name (its outputs may be named otherwise: --name)
 
     def path(self, suffix: str) -> Path:
         return self.out / f"{self.name}{suffix}"
@@ -97,7 +98,8 @@ def setup(name: str, args: argparse.Namespace, expected_full: str, expected_quic
              torch.get_num_threads(), out)
     log.info("expected duration: %s (on a 2-core CPU shared with other work; "
              "contention can make it several times longer)", expected)
-    return Bench(name, out, args)
+    import inspect
+    return Bench(name, out, args, script=Path(inspect.stack()[1].filename).name)
 
 
 def environment() -> dict[str, Any]:
@@ -227,7 +229,7 @@ def update_headline(bench: Bench, values: dict[str, Any]) -> Path:
     gets a ``<key>__source`` entry naming the script and the date."""
     path = bench.out / "headline.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    stamp = f"benchmarks/{bench.name}.py, {time.strftime('%Y-%m-%d %H:%M')}"
+    stamp = f"benchmarks/{bench.script or bench.name + '.py'}, {time.strftime('%Y-%m-%d %H:%M')}"
     for k, v in values.items():
         data[k] = _jsonable(v)
         data[f"{k}__source"] = stamp

@@ -1,12 +1,18 @@
 """Binary latent diffusion (BLD) against Gaussian latent diffusion, side by side in one run.
 
 Every pipeline is trained here from scratch at the demo's size, with the settings of the
-shipped ``fashion-mnist`` presets (autoencoder and prior: architecture, steps x batch,
-learning rate, warm-up, weight decay, EMA), on all 60000 Fashion-MNIST training images,
-then sampled at S in {4, 8, 16, 32} steps (and S = 16 with a second sampling seed):
+shipped presets (``--preset``, default ``fashion-mnist``; ``faces64`` for the colour demo's
+DiceBear faces; autoencoder and prior: architecture, steps x batch, learning rate, warm-up,
+weight decay, EMA), on all training images of the presets' dataset (``data.source``), then
+sampled at S in {4, 8, 16, 32} steps (and S = 16 with a second sampling seed):
 
 * ``bld``: the binary autoencoder and the Bernoulli prior exactly as the presets say
-  (the library's `BinaryAutoencoder`, `Denoiser`, `BernoulliDiffusion`, `sample`).
+  (the library's `BinaryAutoencoder`, `Denoiser`, `BernoulliDiffusion`, `sample`), sampled
+  with the prior preset's guidance interval and temperature.
+* ``bld-B`` (e.g. ``bld-32 bld-64 bld-128``): the same with B bits per position instead of
+  the preset's; the prior (width, depth, steps x batch) is the same for every B, only its
+  input and output projections follow B. The seed's claim that more bits cost a binary
+  prior almost nothing is measured by this sweep.
 * ``gaussian``: the same Encoder / Decoder without binarisation (continuous latents
   z = tanh(encoder output), the same 7 x 7 x C shape, no KL term), the same Denoiser
   (width, depth, conditioning, init seed) trained with the same optimiser settings on
@@ -19,22 +25,31 @@ then sampled at S in {4, 8, 16, 32} steps (and S = 16 with a second sampling see
   shape the Gaussian decoder starts far ahead. **Matched reconstruction quality.**
 
 All are class-conditional with 10% per-sample label dropout and sampled with classifier-free
-guidance of the same w (default: the prior preset's). Reported per pipeline and training seed
+guidance of the same w (default: the prior preset's) inside the prior preset's guidance
+interval (t / T, the same for DDIM's t / 1000). Reported per pipeline and training seed
 (``--train-seeds``, default 2): the autoencoder's PSNR / reconstruction FD / recall (the bound
 on its prior), FD (project classifier, N samples, real-vs-real floor at that N), precision /
 recall, class accuracy and seconds per image (sampling + decoding) per S, and the FD-vs-
-seconds-per-image curves. Writes ``bld_fd_s16``, ``gaussian_fd_s16`` (matched compute) and the
-``*_matched_recon`` pair (means over training seeds) to headline.json.
+seconds-per-image curves, and FD at S = 16 against reconstruction PSNR and against
+training seconds (one point per pipeline, means over training seeds). Writes ``bld_fd_s16``,
+``gaussian_fd_s16`` (matched compute) and the ``*_matched_recon`` pair (means over training
+seeds) to headline.json; for a dataset other than Fashion-MNIST the keys end in
+``_<source>`` (``bld_fd_s16_dicebear``), and every ``bld-B`` adds ``bld<B>_fd_s16[_<source>]``.
 
     python benchmarks/gaussian_baseline.py --threads 1    # ~2 h on 1 thread (6 trainings)
+    python benchmarks/gaussian_baseline.py --preset faces64 --name gaussian_baseline_faces \
+        --classifier runs/demo-faces/classifier --steps 16 \
+        --pipelines bld-32 bld-64 bld-128 gaussian
     python benchmarks/gaussian_baseline.py --quick
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -58,18 +73,48 @@ def parse_args():
     p.add_argument("--ae-config", default=None, help="autoencoder preset or YAML (default --preset)")
     p.add_argument("--prior-config", default=None, help="prior preset or YAML (default --preset)")
     p.add_argument("--train-images", type=int, default=None,
-                   help="Fashion-MNIST training images used (default: all 60000)")
+                   help="training images used (default: all of the dataset's train split)")
     p.add_argument("--matched-channels", type=int, default=2,
                    help="latent channels of the gaussian-matched pipeline")
     p.add_argument("--pipelines", nargs="+", default=["bld", "gaussian", "gaussian-matched"],
-                   choices=["bld", "gaussian", "gaussian-matched"])
+                   type=_pipeline,
+                   help="bld, bld-B (B bits per position), gaussian, gaussian-matched")
     p.add_argument("--train-seeds", type=int, default=2,
                    help="train each pipeline this many times (seeds seed, seed+1, ...)")
     p.add_argument("--matched-train-seeds", type=int, default=None,
                    help="training seeds of the gaussian-matched pipeline (default: "
                         "--train-seeds); the matched-compute pair is the one the targets name")
     p.add_argument("--batch-size", type=int, default=500, help="sampling batch")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where each finished (pipeline, training seed) is kept, so a rerun "
+                        "or a crash loses nothing (default runs/<name>)")
+    p.add_argument("--only-train-seed", type=int, default=None,
+                   help="train and measure only this training seed and write no report: two "
+                        "processes with one thread each can share the seeds, then a run "
+                        "without it reports from what they kept in --work")
+    p.add_argument("--name", default=None,
+                   help="results file stem (default gaussian_baseline, or "
+                        "gaussian_baseline_<source> for a dataset other than Fashion-MNIST)")
     return p.parse_args()
+
+
+def _pipeline(name: str) -> str:
+    """argparse type of --pipelines: bld, bld-B (B >= 1 bits), gaussian, gaussian-matched."""
+    if name in NAMES or (name.startswith("bld-") and name[4:].isdigit() and int(name[4:]) > 0):
+        return name
+    import argparse
+    raise argparse.ArgumentTypeError(
+        f"unknown pipeline {name!r}: use bld, bld-B (B bits per position, e.g. bld-64), "
+        "gaussian or gaussian-matched")
+
+
+def pipeline_name(pipe: str) -> str:
+    """The report's name of a pipeline."""
+    return NAMES.get(pipe) or f"BLD (Bernoulli), {pipe[4:]} bits"
+
+
+NAMES = {"bld": "BLD (Bernoulli)", "gaussian": "Gaussian (DDIM)",
+         "gaussian-matched": "Gaussian, matched recon (DDIM)"}
 
 
 class GaussianAutoencoder(nn.Module):
@@ -130,8 +175,10 @@ def cond_drop(y: torch.Tensor, null: int, g: torch.Generator, p: float = 0.1) ->
 
 @torch.no_grad()
 def sample_gaussian(model, sched_steps: int, n: int, shape, labels, guidance: float,
-                    mean: float, std: float, seed: int, batch: int) -> torch.Tensor:
-    """DDIM (eta 0) with CFG on epsilon; returns latents in the autoencoder's scale."""
+                    mean: float, std: float, seed: int, batch: int,
+                    interval: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """DDIM (eta 0) with CFG on epsilon, guided where lo <= t / 1000 <= hi; returns latents
+    in the autoencoder's scale."""
     g = torch.Generator().manual_seed(seed)
     sched = make_ddim(sched_steps)
     out = []
@@ -142,7 +189,7 @@ def sample_gaussian(model, sched_steps: int, n: int, shape, labels, guidance: fl
         for t in sched.timesteps:
             tt = torch.full((b,), float(t) / 1000.0)
             with common.autocast():
-                if guidance:
+                if guidance and interval[0] <= float(t) / 1000.0 <= interval[1]:
                     eps_c, eps_u = model(torch.cat([x, x]), torch.cat([tt, tt]),
                                          torch.cat([y, y_null])).float().chunk(2)
                     eps = (1 + guidance) * eps_c - guidance * eps_u
@@ -155,7 +202,8 @@ def sample_gaussian(model, sched_steps: int, n: int, shape, labels, guidance: fl
 
 @torch.no_grad()
 def sample_bld(model, diffusion, steps: int, n: int, shape, labels, guidance: float, seed: int,
-               batch: int) -> torch.Tensor:
+               batch: int, interval: tuple[float, float] = (0.0, 1.0),
+               temperature: float = 1.0) -> torch.Tensor:
     from bld.sampling import sample
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -163,6 +211,7 @@ def sample_bld(model, diffusion, steps: int, n: int, shape, labels, guidance: fl
         with common.autocast():
             out.append(sample(model, diffusion, (b, *shape), steps=steps,
                               y=labels[start:start + b], guidance=guidance,
+                              guidance_interval=interval, temperature=temperature,
                               null_label=model.null_label, generator=g).z0)
     return torch.cat(out)
 
@@ -233,16 +282,9 @@ def train_side(kind: str, seed: int, x_train, y_train, ae_train, pr_train, den_c
             "latent_shape": tuple(z.shape[1:])}
 
 
-NAMES = {"bld": "BLD (Bernoulli)", "gaussian": "Gaussian (DDIM)",
-         "gaussian-matched": "Gaussian, matched recon (DDIM)"}
-
-
 def main() -> None:
     args = parse_args()
     q = args.quick
-    bench = common.setup("gaussian_baseline", args,
-                         expected_full="~2 h with 1 thread for 3 pipelines x 2 training seeds "
-                                       "(each: autoencoder ~8 min, prior ~8 min, sampling ~3 min)")
     from bld.config import load_config_dict
     from bld.metrics import psnr
     from bld.train import resolve_prior_config
@@ -255,31 +297,73 @@ def main() -> None:
         "prior", args.prior_config or args.preset,
         ["optim.steps=4", "optim.batch_size=32", "model.width=32", "model.depth=1",
          "model.heads=2"] if q else []))
-    den_cfg = resolve_prior_config(pr_train, ae_train.model, 10).model
+    source = ae_train.data.source
+    if pr_train.data.source != source:
+        raise SystemExit(f"the autoencoder preset trains on {source} but the prior preset on "
+                         f"{pr_train.data.source}: give presets of one dataset")
+    suffix = "" if source == "fashion-mnist" else f"_{source}"
+    bench = common.setup(args.name or f"gaussian_baseline{suffix}", args,
+                         expected_full="~2 h with 1 thread for 3 pipelines x 2 training seeds "
+                                       "(each: autoencoder ~8 min, prior ~8 min, sampling ~3 min)")
     guidance = args.guidance if args.guidance is not None else pr_train.sample_guidance
+    interval = tuple(pr_train.sample_guidance_interval)
+    temperature = pr_train.sample_temperature
     n = args.n or (64 if q else 1000)
     if q:
         args.steps = [s for s in args.steps if s in (4, 16)]
-    x_train, y_train = common.fashion_mnist("train", args.train_images or (512 if q else None))
-    xt, yt = common.fashion_mnist("test")
-    clf, clf_meta = common.get_classifier(bench)
+    x_train, y_train = common.dataset_split(source, "train",
+                                            args.train_images or (512 if q else None))
+    xt, yt = common.dataset_split(source, "test")
+    num_classes = int(max(y_train.max(), yt.max())) + 1
+    den_cfg = resolve_prior_config(pr_train, ae_train.model, num_classes).model
+    clf, clf_meta = common.get_classifier(bench, None, source)
     ref = common.FDReference(clf, xt, yt, n, seed=0)
-    labels = common.cycled_labels(n, 10)
+    labels = common.cycled_labels(n, num_classes)
 
     matched_seeds = args.train_seeds if args.matched_train_seeds is None else \
         args.matched_train_seeds
+    work = args.work or Path("runs") / bench.name
+    work.mkdir(parents=True, exist_ok=True)
+    # what a kept result must have been measured with to be reused
+    signature = {"ae": load_config_dict("autoencoder", args.ae_config or args.preset,
+                                        small if q else []),
+                 "prior": load_config_dict("prior", args.prior_config or args.preset, []),
+                 "quick": q, "n": n, "steps": args.steps, "seed": args.seed,
+                 "guidance": guidance, "interval": list(interval), "temperature": temperature,
+                 "train_images": len(x_train), "matched_channels": args.matched_channels,
+                 "classifier": clf_meta.get("path")}
+    signature = json.loads(json.dumps(signature, default=str))
     rows, recon_rows, train_rows = [], [], []
-    for tseed in range(args.seed, args.seed + args.train_seeds):
+    seeds = range(args.seed, args.seed + args.train_seeds)
+    if args.only_train_seed is not None:
+        if args.only_train_seed not in seeds:
+            raise SystemExit(f"--only-train-seed {args.only_train_seed} is not one of the "
+                             f"training seeds {list(seeds)} (--seed, --train-seeds)")
+        seeds = [args.only_train_seed]
+    for tseed in seeds:
         for pipe in args.pipelines:
             if pipe == "gaussian-matched" and tseed >= args.seed + matched_seeds:
                 continue
-            kind = "bld" if pipe == "bld" else "gaussian"
+            kept = work / f"{pipe}-seed{tseed}.json"
+            if kept.exists():
+                saved = json.loads(kept.read_text())
+                if saved.get("signature") == signature:
+                    log.info("%s, training seed %d: kept in %s", pipe, tseed, kept)
+                    train_rows.append(saved["train"])
+                    recon_rows.append(saved["recon"])
+                    rows.extend(saved["rows"])
+                    continue
+                log.info("%s was measured with other settings: measuring again", kept)
+            first_row = len(rows)
+            kind = "bld" if pipe.startswith("bld") else "gaussian"
             ae_t = ae_train
             if pipe == "gaussian-matched":
                 ae_t = replace(ae_train, model=replace(ae_train.model, bits=args.matched_channels))
+            elif pipe.startswith("bld-"):
+                ae_t = replace(ae_train, model=replace(ae_train.model, bits=int(pipe[4:])))
             side = train_side(kind, tseed, x_train, y_train, ae_t, pr_train, den_cfg)
-            name = NAMES[pipe]
-            train_rows.append({"pipeline": name, "train_seed": tseed,
+            name = pipeline_name(pipe)
+            train_rows.append({"pipeline": name, "train_seed": tseed, "bits": ae_t.model.bits,
                                "latent": "x".join(map(str, side["latent_shape"])),
                                "ae_s": side["ae_seconds"], "encode_s": side["encode_seconds"],
                                "prior_s": side["prior_seconds"],
@@ -299,17 +383,20 @@ def main() -> None:
                 settings.append((16, args.seed + 1))
             warm = labels[:8]  # warm-up before timing (SPEC 5)
             if kind == "bld":
-                sample_bld(side["prior"], side["diffusion"], 2, 8, shape, warm, guidance, 0, 8)
+                sample_bld(side["prior"], side["diffusion"], 2, 8, shape, warm, guidance, 0, 8,
+                           interval, temperature)
             else:
-                sample_gaussian(side["prior"], 2, 8, shape, warm, guidance, 0.0, 1.0, 0, 8)
+                sample_gaussian(side["prior"], 2, 8, shape, warm, guidance, 0.0, 1.0, 0, 8,
+                                interval)
             for s, seed in tqdm(settings, desc=f"{pipe} sampling"):
                 t0 = time.perf_counter()
                 if kind == "bld":
                     z = sample_bld(side["prior"], side["diffusion"], s, n, shape, labels,
-                                   guidance, seed, args.batch_size)
+                                   guidance, seed, args.batch_size, interval, temperature)
                 else:
                     z = sample_gaussian(side["prior"], s, n, shape, labels, guidance,
-                                        side["mean"], side["std"], seed, args.batch_size)
+                                        side["mean"], side["std"], seed, args.batch_size,
+                                        interval)
                 images = decode_all(ae.decode, z)
                 sec = (time.perf_counter() - t0) / n
                 m = ref.evaluate(images, labels)
@@ -321,6 +408,15 @@ def main() -> None:
                 log.info("%s (train seed %d) S=%d seed %d: FD %.3f (floor %.3f, recon %.3f), "
                          "%.4f s/image", name, tseed, s, seed, m["fd"],
                          m["fd_floor_real_vs_real"], recon_rows[-1]["fd_recon"], sec)
+            tmp = kept.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"signature": signature, "train": train_rows[-1],
+                                       "recon": recon_rows[-1], "rows": rows[first_row:]},
+                                      indent=1, default=float))
+            tmp.replace(kept)  # atomic: a crash leaves the old file or none
+    if args.only_train_seed is not None:
+        log.info("training seed %d done and kept in %s; run without --only-train-seed to "
+                 "write the report", args.only_train_seed, work)
+        return
 
     # ------------------------------------------------------------------------ report
     def mean_over_train_seeds(pipe_name: str, key: str, steps: int) -> float:
@@ -328,7 +424,7 @@ def main() -> None:
                 and r["seed"] == args.seed]
         return sum(vals) / len(vals)
 
-    names = [NAMES[p] for p in args.pipelines]
+    names = [pipeline_name(p) for p in args.pipelines]
     fd_series = {m: (args.steps, [mean_over_train_seeds(m, "fd", s) for s in args.steps])
                  for m in names}
     time_series = {m: ([mean_over_train_seeds(m, "s_per_image", s) for s in args.steps],
@@ -344,6 +440,33 @@ def main() -> None:
                       title="FD vs wall time per image (points: S = " +
                       ", ".join(map(str, args.steps)) + ")",
                       hlines={f"real-vs-real floor {floor:.3g}": floor})
+    # FD at S = 16 against what each pipeline's autoencoder reconstructs and what it cost to
+    # train (one point per pipeline, means over training seeds; the bld-B sweep is one line)
+    if 16 in args.steps:
+        def mean_of(pipe_name: str, table: list[dict], key: str) -> float:
+            vals = [r[key] for r in table if r["pipeline"] == pipe_name]
+            return sum(vals) / len(vals)
+
+        sweep = sorted((p for p in args.pipelines if p.startswith("bld-")),
+                       key=lambda p: int(p[4:]))
+        groups = ([("BLD, " + "/".join(p[4:] for p in sweep) + " bits", sweep)] if sweep else []) \
+            + [(pipeline_name(p), [p]) for p in args.pipelines if not p.startswith("bld-")]
+        psnr_series, cost_series = {}, {}
+        for label, pipes in groups:
+            ms = [pipeline_name(p) for p in pipes]
+            fds = [mean_over_train_seeds(m, "fd", 16) for m in ms]
+            psnr_series[label] = ([mean_of(m, recon_rows, "psnr") for m in ms], fds)
+            cost_series[label] = ([mean_of(m, train_rows, "ae_s") + mean_of(m, train_rows, "prior_s")
+                                   for m in ms], fds)
+        common.plot_lines(bench.path("_fd_vs_psnr.png"), psnr_series,
+                          xlabel="reconstruction PSNR (dB)", ylabel=f"FD at S = 16 (N = {n})",
+                          title="FD against what the autoencoder reconstructs",
+                          hlines={f"real-vs-real floor {floor:.3g}": floor})
+        common.plot_lines(bench.path("_fd_vs_train_s.png"), cost_series,
+                          xlabel="training seconds (autoencoder + prior)",
+                          ylabel=f"FD at S = 16 (N = {n})",
+                          title="FD against training cost",
+                          hlines={f"real-vs-real floor {floor:.3g}": floor})
     notes = []
     for m in names:
         at16 = [r for r in rows if r["pipeline"] == m and r["steps"] == 16]
@@ -353,20 +476,31 @@ def main() -> None:
             notes.append(f"- {m}: FD at S = 16: {vals}.")
     headline = {}
     if 16 in args.steps and not q:
-        for key, pipe in [("bld_fd_s16", "bld"), ("gaussian_fd_s16", "gaussian"),
+        # the preset's bits: "bld", or the sweep's point at the preset's B
+        bld_pipe = "bld" if "bld" in args.pipelines else f"bld-{ae_train.model.bits}"
+        for key, pipe in [("bld_fd_s16", bld_pipe), ("gaussian_fd_s16", "gaussian"),
                           ("gaussian_fd_s16_matched_recon", "gaussian-matched")]:
             if pipe in args.pipelines:
-                headline[key] = mean_over_train_seeds(NAMES[pipe], "fd", 16)
-        if "bld" in args.pipelines:
-            headline["bld_fd_s16_matched_recon"] = headline["bld_fd_s16"]
+                headline[key + suffix] = mean_over_train_seeds(pipeline_name(pipe), "fd", 16)
+        if bld_pipe in args.pipelines:
+            headline["bld_fd_s16_matched_recon" + suffix] = headline["bld_fd_s16" + suffix]
+        for pipe in args.pipelines:
+            if pipe.startswith("bld-"):
+                headline[f"bld{pipe[4:]}_fd_s16{suffix}"] = mean_over_train_seeds(
+                    pipeline_name(pipe), "fd", 16)
         common.update_headline(bench, headline)
-    bench.results = {"n": n, "guidance": guidance, "autoencoder": common._jsonable(vars(ae_train.model)),
+    bench.results = {"n": n, "source": source, "guidance": guidance,
+                     "guidance_interval": list(interval), "bld_temperature": temperature,
+                     "autoencoder": common._jsonable(vars(ae_train.model)),
                      "denoiser": vars(den_cfg), "classifier": clf_meta,
                      "matched_channels": args.matched_channels, "training": train_rows,
                      "reconstruction": recon_rows, "rows": rows, "headline": headline}
     cols = ["pipeline", "train_seed", "steps", "seed", "n", "fd", "fd_floor", "fd_recon",
             "precision", "recall", "class_accuracy", "s_per_image"]
     o_ae, o_pr = ae_train.optim, pr_train.optim
+    sweep_bits = [int(p[4:]) for p in args.pipelines if p.startswith("bld-")]
+    bits_text = " / ".join(map(str, sorted(set(sweep_bits + (
+        [ae_train.model.bits] if "bld" in args.pipelines else []))))) or str(ae_train.model.bits)
     sections = [
         "## Design", "",
         f"Every pipeline trained in this run from scratch with the `{args.preset}` presets' "
@@ -374,14 +508,17 @@ def main() -> None:
         f"the same Encoder/Decoder, {ae_train.model.channels} channels, hidden "
         f"{ae_train.model.hidden}), priors {o_pr.steps} steps x batch {o_pr.batch_size} (lr "
         f"{o_pr.lr}; the same Denoiser: width {den_cfg.width}, depth {den_cfg.depth}, "
-        f"{den_cfg.conditioning} conditioning, same init seed), on {len(x_train)} Fashion-MNIST "
-        f"training images. BLD: {ae_train.model.bits} Bernoulli bits per position, T = "
+        f"{den_cfg.conditioning} conditioning, same init seed), on {len(x_train)} {source} "
+        f"training images. BLD: {bits_text} Bernoulli bits per position, T = "
         f"{pr_train.diffusion.timesteps} {pr_train.diffusion.schedule}. Gaussian: tanh-bounded "
-        f"continuous latents ({ae_train.model.bits} channels for matched compute, "
-        f"{args.matched_channels} for matched reconstruction quality) normalised to unit "
+        f"continuous latents ({ae_train.model.bits} channels for matched compute"
+        + (f", {args.matched_channels} for matched reconstruction quality"
+           if "gaussian-matched" in args.pipelines else "") + ") normalised to unit "
         "variance, epsilon prediction, linear betas 1e-4..0.02 over 1000 steps, diffusers DDIM "
         f"(eta 0, trailing spacing). All class-conditional ({pr_train.cond_drop:.0%} per-sample "
-        f"label dropout), sampled with classifier-free guidance w = {guidance}. FD: project "
+        f"label dropout), sampled with classifier-free guidance w = {guidance} at "
+        f"{interval[0]:g} <= t / T <= {interval[1]:g} (BLD also at the prior preset's "
+        f"temperature {temperature:g}). FD: project "
         f"classifier (test accuracy {common.fmt(clf_meta.get('test_accuracy'))}), N = {n} "
         f"against half the test set; the floor is {n} other real test images. Seconds per "
         f"image: sampling + decoding, {common.precision_name()}, batch {args.batch_size}, "
@@ -392,6 +529,9 @@ def main() -> None:
         "## FD vs steps and time", "", common.markdown_table(rows, cols), "",
         f"![FD vs steps]({bench.path('_fd_vs_steps.png').name}) "
         f"![FD vs time]({bench.path('_fd_vs_time.png').name})", "",
+        *([f"![FD vs PSNR]({bench.path('_fd_vs_psnr.png').name}) "
+           f"![FD vs training seconds]({bench.path('_fd_vs_train_s.png').name})", ""]
+          if 16 in args.steps else []),
         "## Spread at S = 16 (training seeds and a second sampling seed)", "", *notes, "",
         "Differences between pipelines smaller than the spread between training seeds are "
         "noise.",

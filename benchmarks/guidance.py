@@ -57,15 +57,6 @@ def _source(run: Path) -> str:
         else "fashion-mnist"
 
 
-def _test_split(source: str):
-    """(images in [-1, 1], labels) of the source's test split."""
-    if source == "fashion-mnist":
-        return common.fashion_mnist("test")
-    from bld.data import build_dataset
-    from bld.evaluation import dataset_tensors
-    return dataset_tensors(build_dataset(source, split="test"))
-
-
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -109,7 +100,7 @@ def main() -> None:
         clf, clf_meta = common.get_classifier(bench, run)
         source = _source(run)
         if source not in tests:
-            tests[source] = _test_split(source)
+            tests[source] = common.dataset_split(source, "test")
         xt, yt = tests[source]
         if n > len(xt) // 2:
             raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "

@@ -35,28 +35,48 @@ def fashion_mnist(split: str = "test", limit: int | None = None
     return to_model_range(images), labels
 
 
+def dataset_split(source: str, split: str = "test", limit: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any `bld.data.build_dataset` source (``fashion-mnist``, ``dicebear`` = the demo's
+    faces, ``emoji-twitter``...) as float images (N, C, H, W) in [-1, 1] and int64 labels."""
+    if source == "fashion-mnist":
+        return fashion_mnist(split, limit)
+    from bld.data import build_dataset
+    from bld.evaluation import dataset_tensors
+    images, labels = dataset_tensors(build_dataset(source, split=split))
+    if limit is not None and limit < len(images):  # a seeded subset: folders are sorted by class
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
+        images, labels = images[keep.sort().values], labels[keep.sort().values]
+    return images, labels
+
+
 # --------------------------------------------------------------------------- FD and co.
-def get_classifier(bench, run_dir: Path | None = None) -> tuple[torch.nn.Module, dict]:
-    """The FD feature classifier of a running benchmark (``common.Bench``): --classifier, else RUN_DIR/classifier, else
-    <out>/classifier (trained there on the Fashion-MNIST train split when missing;
-    ``CLASSIFIER_STEPS`` steps as in `bld demo`, 60 in quick mode)."""
+def get_classifier(bench, run_dir: Path | None = None, source: str = "fashion-mnist"
+                   ) -> tuple[torch.nn.Module, dict]:
+    """The FD feature classifier of a running benchmark (``common.Bench``): --classifier, else
+    RUN_DIR/classifier, else <out>/classifier (trained there on the train split of `source`
+    when missing; ``CLASSIFIER_STEPS`` steps as in `bld demo`, 60 in quick mode)."""
     from bld.evaluation import load_classifier, train_and_save_classifier
     candidates = [bench.args.classifier] if bench.args.classifier else []
     if run_dir is not None:
         candidates.append(run_dir / "classifier")
-    candidates.append(bench.out / "classifier")
+    dest = bench.out / ("classifier" if source == "fashion-mnist" else f"classifier-{source}")
+    candidates.append(dest)
     for c in candidates:
         if c is not None and (c / "config.json").exists():
             clf, meta = load_classifier(c)
+            if meta.get("dataset") not in (None, source):
+                raise SystemExit(f"the FD classifier in {c} was trained on {meta['dataset']}, "
+                                 f"not {source}: pass --classifier with one of {source} (a "
+                                 f"`bld demo` run's classifier/ folder), or none to train one")
             log.info("FD classifier from %s (test accuracy %s)", c, meta.get("test_accuracy"))
             return clf, {**meta, "path": str(c)}
     if bench.args.classifier:
         raise FileNotFoundError(f"--classifier {bench.args.classifier} holds no classifier "
                                 "checkpoint (config.json); drop the flag to train one")
     steps = 60 if bench.args.quick else CLASSIFIER_STEPS
-    dest = bench.out / "classifier"
-    log.info("training the FD classifier (%d steps) into %s", steps, dest)
-    train_and_save_classifier("fashion-mnist", dest, steps=steps, seed=0)
+    log.info("training the FD classifier on %s (%d steps) into %s", source, steps, dest)
+    train_and_save_classifier(source, dest, steps=steps, seed=0)
     clf, meta = load_classifier(dest)
     return clf, {**meta, "path": str(dest)}
 

@@ -1,13 +1,16 @@
 """Tokenizers at equal bits per position: our Bernoulli quantizer against LFQ, FSQ and VQ.
 
 Every tokenizer uses the same `bld.autoencoder.Encoder` / `Decoder` architecture and the
-settings of the shipped ``fashion-mnist`` autoencoder preset (the demo's: bits per position,
-widths, 7 x 7 grid, reconstruction loss, steps x batch, learning rate, warm-up, EMA;
-``--preset`` or the flags below change them) and the same seed; only the quantizer between
-the encoder's 1x1 head (D channels) and the decoder's bias-free 1x1 input projection
-changes. The decoder sees code / sqrt(D) (for bits: (2z - 1) / sqrt(D), exactly what
-`BinaryAutoencoder` feeds it). Quantizers run in fp32, the networks in the precision `auto` picks (bld.precision). Every
-tokenizer is trained with two seeds (``--seeds``).
+settings of one autoencoder preset (``--preset``: the demo's ``fashion-mnist`` by default,
+``faces64`` for the colour demo's DiceBear faces): its dataset (``data.source``, or
+``--dataset``), bits per position, every architecture field (image channels and size,
+padding, pixel-unshuffle ``patch``, widths, channel multipliers, attention), reconstruction
+loss, steps x batch, learning rate, warm-up and EMA (the flags below change some of them),
+and the same seed; only the quantizer between the encoder's 1x1 head (D channels) and the
+decoder's bias-free 1x1 input projection changes. The decoder sees code / sqrt(D) (for bits:
+(2z - 1) / sqrt(D), exactly what `BinaryAutoencoder` feeds it). Quantizers run in fp32, the
+networks in the precision `auto` picks (bld.precision). Every tokenizer is trained with two
+seeds (``--seeds``).
 
 Tokenizers (``make_specs``), at the preset's B bits per position and at 12 (log2 of the
 number of codes a position can name):
@@ -20,21 +23,29 @@ number of codes a position can name):
                          bits, `lfq_codebooks`: a 2^B-way softmax per token does not fit a
                          CPU step), commitment 0.25
   fsq-B                  FSQ, levels (8, 8, 8, 5, 5, 5) for 16 bits (15.966), else 8s and one
-                         power of two (32 bits: ten 8s and a 4)
+                         power of two (32 bits: ten 8s and a 4; 64 bits: twenty 8s and a 16,
+                         as the library takes a level of 2 only in its symmetric variant)
   bernoulli-12, vq-12    ours and VQ with a 4096 x 12 codebook (EMA updates, decay 0.8,
                          commitment 0.25, dead codes re-seeded)                       12
 
 VQ with 2^B codes for B >= 16 is left out: its distance matrix (3136 tokens x 65536 codes
 per step at B = 16) is impractical on a CPU, so VQ is compared at 12 bits. Reported on the
-Fashion-MNIST test set (10000 images): PSNR (over the whole set, `bld.metrics.psnr`),
-SSIM, L1, reconstruction FD (project classifier; 5000 reconstructions against the other
-half of the test set, with the real-vs-real floor at N = 5000), and code usage: for binary
-codes the bit entropy and dead-bit fraction, for every tokenizer the perplexity of its
-codes over the test tokens (log2 of it = effective bits) and the share of its codebook
-used. ``tokenizer_psnr_gap_db`` in headline.json is the best mean PSNR of LFQ / FSQ minus
-ours (bernoulli-B) at the preset's B, means over the seeds.
+dataset's test split (Fashion-MNIST: 10000 images, DiceBear faces: 2000): PSNR (over the
+whole set, `bld.metrics.psnr`), SSIM, L1, reconstruction FD (in the feature space of the
+project classifier of that dataset: ``--classifier``, else one trained into
+<out>/classifier[-<source>]; half the test set's reconstructions against the other half,
+with the real-vs-real floor at the same N: 5000 or 1000), and code usage: for binary codes
+the bit entropy and dead-bit fraction, for every tokenizer the perplexity of its codes over
+the test tokens (log2 of it = effective bits) and the share of its codebook used.
+``tokenizer_psnr_gap_db`` in headline.json (``tokenizer_psnr_gap_db_<source>`` on another
+dataset than Fashion-MNIST, e.g. ``_dicebear``) is the best mean PSNR of LFQ / FSQ minus
+ours (bernoulli-B) at the preset's B, means over the seeds. The files are
+<out>/<name>.md / .json / _*.png, ``--name`` by default ``tokenizers`` on Fashion-MNIST and
+``tokenizers_<source>`` on another dataset.
 
     python benchmarks/tokenizers.py --threads 1   # ~1.5 h on 1 thread (12 trainings)
+    python benchmarks/tokenizers.py --threads 1 --preset faces64 \
+        --classifier runs/demo-faces/classifier   # ~2 h: 64 bits on 8 x 8 (0.2-0.4 s/step)
     python benchmarks/tokenizers.py --quick
 """
 
@@ -42,7 +53,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -68,10 +81,15 @@ class Spec:
 
 def fsq_levels(bits: int) -> tuple[int, ...]:
     """FSQ levels for about ``bits`` bits: the FSQ paper's (8, 8, 8, 5, 5, 5) for 16, else
-    levels of 8 (3 bits each) and one smaller power of two for the rest."""
+    levels of 8 (3 bits each) and one other power of two for the rest: a 4 for 2 bits left,
+    and for 1 bit left one 8 less and a 16 (vector-quantize-pytorch's FSQ refuses a level of
+    2 outside its symmetric variant), so 64 bits are twenty 8s and a 16."""
     if bits == 16:
         return (8, 8, 8, 5, 5, 5)
-    return (8,) * (bits // 3) + ((2 ** (bits % 3),) if bits % 3 else ())
+    eights, rest = divmod(bits, 3)
+    if rest == 1 and eights:
+        return (8,) * (eights - 1) + (16,)
+    return (8,) * eights + ((2 ** rest,) if rest else ())
 
 
 def make_specs(bits: int, train_bits: str) -> dict[str, Spec]:
@@ -92,14 +110,32 @@ def make_specs(bits: int, train_bits: str) -> dict[str, Spec]:
     return {s.name: s for s in specs}
 
 
+def _mixed_radix_index(digits: torch.Tensor, radices: tuple[int, ...]) -> torch.Tensor:
+    """(B, D, h, w) int64 digits (digit c in [0, radices[c])) -> the code index per
+    position, digit 0 the lowest: (B, h, w) int64 where the code space prod(radices) fits in
+    int64, else (B, h, w, G), the index of each of G runs of consecutive digits that does
+    (64 bits: 63 and 1), so that no index overflows."""
+    runs, start, size = [], 0, 1
+    for c, r in enumerate(radices):
+        if size * r > 2 ** 63:
+            runs.append((start, c))
+            start, size = c, 1
+        size *= r
+    runs.append((start, len(radices)))
+    words = []
+    for a, b in runs:
+        basis = torch.tensor([math.prod(radices[a:c]) for c in range(a, b)], dtype=torch.int64,
+                             device=digits.device)
+        words.append((digits[:, a:b].long() * basis.view(1, -1, 1, 1)).sum(1))
+    return words[0] if len(words) == 1 else torch.stack(words, dim=-1)
+
+
 def _fsq_index(codes: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
-    """(B, D, h, w) FSQ codes in [-1, 1] -> (B, h, w) int64 code index (mixed radix)."""
+    """(B, D, h, w) FSQ codes in [-1, 1] -> the code index (mixed radix, `_mixed_radix_index`)."""
     lv = torch.tensor(levels, dtype=torch.float64, device=codes.device).view(1, -1, 1, 1)
     half = lv // 2  # FSQ's grid: code * half + half is the level index (even levels: offset)
     idx = (codes.double() * half + half).round().clamp(min=0)
-    idx = torch.minimum(idx, lv - 1).long()
-    basis = torch.cumprod(torch.tensor((1,) + tuple(levels[:-1]), dtype=torch.int64), 0)
-    return (idx * basis.to(codes.device).view(1, -1, 1, 1)).sum(1)
+    return _mixed_radix_index(torch.minimum(idx, lv - 1).long(), levels)
 
 
 def lfq_codebooks(dim: int, max_bits: int = 8) -> int:
@@ -115,11 +151,29 @@ def _preset(name: str):
     return config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
 
 
+def source_tag(source: str) -> str:
+    """A dataset source as part of a file or key name: ``dicebear``, ``emoji_twitter``; a
+    folder by its last part."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", Path(source).name).strip("_") or "data"
+
+
+def dataset_title(source: str) -> str:
+    """A dataset source as the report names it."""
+    return {"fashion-mnist": "Fashion-MNIST", "dicebear": "DiceBear faces"}.get(source, source)
+
+
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="fashion-mnist",
-                   help="autoencoder preset (or YAML) whose bits, width, loss and training "
-                        "budget to use")
+                   help="autoencoder preset (or YAML) whose dataset, bits, architecture, loss "
+                        "and training budget to use (faces64: the colour demo's faces)")
+    p.add_argument("--dataset", default=None,
+                   help="bld.data.build_dataset source to train and test on instead of the "
+                        "preset's data.source (its images must have the preset's size and "
+                        "channels)")
+    p.add_argument("--name", default=None,
+                   help="output name: <out>/<name>.md, .json, _*.png (default: tokenizers on "
+                        "fashion-mnist, else tokenizers_<source>)")
     p.add_argument("--tokenizers", nargs="+", default=None,
                    help="names of make_specs (default: all of them at the preset's bits)")
     p.add_argument("--train-steps", type=int, default=None, help="steps each (default: preset)")
@@ -131,8 +185,9 @@ def parse_args():
                    help="width before the D-channel head (default: the preset's)")
     p.add_argument("--seeds", type=int, default=2, help="training seeds per tokenizer")
     p.add_argument("--train-images", type=int, default=None,
-                   help="training images (default: all 60000)")
-    p.add_argument("--test-images", type=int, default=None, help="default: all 10000")
+                   help="the first N training images (default: all of the split)")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="the first N test images (default: all of the split)")
     return p.parse_args()
 
 
@@ -155,21 +210,24 @@ class Quantized(NamedTuple):
 
 
 def _bits_to_index(bits: torch.Tensor) -> torch.Tensor:
-    """(B, D, h, w) 0/1 -> (B, h, w) int64 = sum_c bits_c 2^c."""
-    w = (2 ** torch.arange(bits.shape[1], dtype=torch.int64)).view(1, -1, 1, 1)
-    return (bits.long() * w).sum(dim=1)
+    """(B, D, h, w) 0/1 -> sum_c bits_c 2^c: (B, h, w) int64 up to 63 bits, above that
+    (B, h, w, 2) (`_mixed_radix_index`)."""
+    return _mixed_radix_index(bits.long(), (2,) * bits.shape[1])
 
 
 class Tokenizer(nn.Module):
     """Encoder -> quantizer -> Decoder, one shared architecture for every quantizer."""
 
     def __init__(self, spec: Spec, base, channels: int, hidden: int) -> None:
-        """``base``: the preset's AutoencoderConfig (layout); bits, widths set here."""
+        """``base``: the preset's AutoencoderConfig (layout: image channels and size, padding,
+        patch, channel multipliers, attention...); bits and widths set here."""
         super().__init__()
-        from dataclasses import replace
         from bld.autoencoder import BernoulliQuantizer, Decoder, Encoder
         self.spec = spec
-        cfg = replace(base, channels=channels, hidden=hidden, bits=spec.dim, norm_bits=False)
+        self.config = cfg = replace(base, channels=channels, hidden=hidden, bits=spec.dim,
+                                    norm_bits=False)
+        # pixel-unshuffle (patch) is the Encoder's and pixel-shuffle the Decoder's; the
+        # padding to padded_size is BinaryAutoencoder's, so `forward` does it here
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
         if spec.kind == "bernoulli":
             self.quantizer = BernoulliQuantizer()
@@ -215,12 +273,22 @@ class Tokenizer(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, Quantized]:
-        """(B, 1, 28, 28) -> reconstruction (B, 1, 28, 28) and the quantizer's output."""
+        """(B, c, H, W) -> reconstruction (B, c, H, W) and the quantizer's output (on the
+        preset's grid). Padding and cropping as `BinaryAutoencoder` does them."""
+        c = self.config
+        if x.shape[1:] != (c.in_channels, c.image_size, c.image_size):
+            raise ValueError(f"tokenizer expects images (B, {c.in_channels}, {c.image_size}, "
+                             f"{c.image_size}), got {tuple(x.shape)}")
+        extra = (c.padded_size or c.image_size) - c.image_size
+        lo = extra // 2
+        if extra:
+            x = F.pad(x, (lo, extra - lo, lo, extra - lo), mode="replicate")
         q = self.quantize(self.encoder(x), generator)
         # the library quantizers return channel-last strides; GroupNorm on CPU is several
         # times slower on those, so hand the decoder a contiguous (B, D, h, w) tensor
         codes = q.codes.contiguous() / math.sqrt(self.spec.dim)
-        return self.decoder(codes), q
+        recon = self.decoder(codes)
+        return recon[..., lo:lo + c.image_size, lo:lo + c.image_size], q
 
 
 def usage_stats(spec: Spec, index: torch.Tensor, bits: torch.Tensor | None,
@@ -228,7 +296,11 @@ def usage_stats(spec: Spec, index: torch.Tensor, bits: torch.Tensor | None,
     """Code usage over the test tokens: perplexity (log2 = effective bits), share of the
     codebook used, and for binary codes the bit entropy / dead bits (`bld.metrics`)."""
     from bld.metrics import bit_usage
-    counts = torch.unique(index.flatten(), return_counts=True)[1].double()
+    if index.dim() == 4:  # (B, h, w, G): a code is a row of G words
+        counts = torch.unique(index.reshape(-1, index.shape[-1]), dim=0, return_counts=True)[1]
+    else:
+        counts = torch.unique(index.flatten(), return_counts=True)[1]
+    counts = counts.double()
     p = counts / counts.sum()
     ent = float(-(p * p.log2()).sum())
     size = 2.0 ** spec.bits
@@ -277,16 +349,26 @@ def main() -> None:
     args.hidden = args.hidden or (16 if q else preset.model.hidden)
     n_train = args.train_images or (256 if q else None)
     n_test = args.test_images or (400 if q else None)
-    bench = common.setup("tokenizers", args,
+    source = args.dataset or preset.data.source
+    fashion = source == "fashion-mnist"
+    args.name = args.name or ("tokenizers" if fashion else f"tokenizers_{source_tag(source)}")
+    bench = common.setup(args.name, args,
                          expected_full=f"~{len(args.tokenizers) * args.seeds * 8} min with 1 "
                                        "thread on a shared 2-core CPU (~8 min per training at the "
-                                       "demo's budget)")
+                                       "demo's budget)" if fashion else
+                                       f"{len(args.tokenizers) * args.seeds} trainings of "
+                                       f"{steps} steps (their s/step is logged as each ends)")
     from bld.evaluation import extract_features
     from bld.metrics import fd_from_features, psnr, ssim
 
-    x_train, _ = common.fashion_mnist("train", n_train)
-    xt, yt = common.fashion_mnist("test", n_test)
-    clf, clf_meta = common.get_classifier(bench)
+    x_train, _ = common.dataset_split(source, "train", n_train)
+    xt, yt = common.dataset_split(source, "test", n_test)
+    m, title = preset.model, dataset_title(source)
+    if tuple(xt.shape[1:]) != (m.in_channels, m.image_size, m.image_size):
+        raise SystemExit(f"{source} has images {tuple(xt.shape[1:])}, preset {args.preset} is "
+                         f"built for ({m.in_channels}, {m.image_size}, {m.image_size}); pick a "
+                         "preset for that dataset (--preset)")
+    clf, clf_meta = common.get_classifier(bench, None, source)  # refuses another dataset's
     n_fd = len(xt) // 2
     ref = common.FDReference(clf, xt, yt, n_fd, seed=0)
     ref_feats = extract_features(clf, ref.reference)
@@ -340,7 +422,8 @@ def main() -> None:
                 pts.sort()
                 series[kind] = ([a for a, _ in pts], [b for _, b in pts])
         common.plot_lines(bench.path(f"_{metric}.png"), series, xlabel="bits per position",
-                          ylabel=ylabel, title=f"tokenizers at equal bits ({steps} steps each)",
+                          ylabel=ylabel, title=f"tokenizers at equal bits, {title} "
+                                                  f"({steps} steps each)",
                           hlines={"real-vs-real floor": floor_fd} if metric == "fd_recon" else None)
     # means and seed-to-seed spread per tokenizer; the headline gap at the demo's bits
     summary = []
@@ -370,9 +453,12 @@ def main() -> None:
                              f"({means[variant]['psnr_mean'] - means[ours]['psnr_mean']:+.2f} dB "
                              f"against {ours}).")
         if not q and args.seeds >= 2:
-            headline["tokenizer_psnr_gap_db"] = gap
+            key = "tokenizer_psnr_gap_db" + ("" if fashion else f"_{source_tag(source)}")
+            headline[key] = gap
+            # the key's source names the script, whatever --name the files were given
             common.update_headline(bench, headline)
-    bench.results = {"steps": steps, "batch_size": args.batch_size, "channels": args.channels,
+    bench.results = {"dataset": source, "preset": args.preset,
+                     "steps": steps, "batch_size": args.batch_size, "channels": args.channels,
                      "summary": summary, "headline": headline,
                      "hidden": args.hidden, "train_images": len(x_train), "test_images": len(xt),
                      "fd_n": n_fd, "fd_floor": floor_fd, "classifier": clf_meta,
@@ -382,19 +468,31 @@ def main() -> None:
     cols = ["tokenizer", "seed", "bits_per_position", "latent_dim_D", "psnr", "ssim", "l1",
             "fd_recon", "fd_floor", "bit_entropy", "dead_bit_fraction", "code_perplexity",
             "effective_bits", "codebook_usage", "train_s_per_step"]
+    unshuffle = (f"pixel-unshuffle {m.patch} ({m.patch} x {m.patch} pixel blocks as channels "
+                 "at the input, pixel-shuffled back at the output), " if m.patch > 1 else "")
+    padded = (f"padded to {m.padded_size} px, " if m.padded_size not in (0, m.image_size)
+              else "")
+    fsq = [s for s in specs.values() if s.kind == "fsq" and s.name in args.tokenizers]
     sections = [
         "## Settings", "",
-        f"Each tokenizer: {steps} steps x batch {args.batch_size} on {len(x_train)} "
-        f"Fashion-MNIST training images, AdamW lr {args.lr} (warm-up {min(o.warmup, steps)}, EMA "
+        f"Dataset {title} (`{source}`: {m.image_size} px, {m.in_channels} channel"
+        f"{'s' if m.in_channels > 1 else ''}), autoencoder preset `{args.preset}`. Each "
+        f"tokenizer: {steps} steps x batch {args.batch_size} on {len(x_train)} training "
+        f"images of {title}, AdamW lr {args.lr} (warm-up {min(o.warmup, steps)}, EMA "
         f"{o.ema_decay}), loss {preset.loss.l1_weight:g} L1 + {preset.loss.mse_weight:g} MSE "
-        f"(+ the quantizer's own auxiliary loss for LFQ / VQ), encoder/decoder width {args.channels}, hidden "
-        f"{args.hidden}, channel multipliers {list(preset.model.channel_mult)}, 7 x 7 "
-        f"positions. Test set: {len(xt)} images; reconstruction FD of "
+        f"(+ the quantizer's own auxiliary loss for LFQ / VQ), {padded}{unshuffle}"
+        f"encoder/decoder width {args.channels}, hidden {args.hidden}, channel multipliers "
+        f"{list(m.channel_mult)}, {m.num_res_blocks} residual block(s) per level, attention "
+        f"{'on' if m.attention else 'off'}, {m.grid} x {m.grid} positions. Test set: "
+        f"{len(xt)} images of {title}; reconstruction FD of "
         f"{n_fd} reconstructions against the other {len(ref.reference)} real test images "
-        f"(floor: {n_fd} real images against the same reference). FD in the project "
-        f"classifier's feature space (test accuracy {common.fmt(clf_meta.get('test_accuracy'))})."
+        f"(floor: {n_fd} real images against the same reference). FD in the feature space of "
+        f"the project classifier trained on {clf_meta.get('dataset', source)} (test accuracy "
+        f"{common.fmt(clf_meta.get('test_accuracy'))})."
         " Bits per position = log2(number of codes): see the module docstring for each "
-        "quantizer's exact settings; FSQ-16 holds 15.966 bits.", "",
+        "quantizer's exact settings"
+        + "".join(f"; {s.name} has levels {list(s.levels)} ({s.bits:.4g} bits)" for s in fsq)
+        + ".", "",
         "## Means over seeds", "", common.markdown_table(summary), "", *notes, "",
         "## Every run", "", common.markdown_table(rows, cols), "",
         f"![PSNR]({bench.path('_psnr.png').name}) ![FD]({bench.path('_fd_recon.png').name})", "",

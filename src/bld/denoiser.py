@@ -2,15 +2,16 @@
 
 Input embedding ``(2z - 1) @ W_in``, learned positional embedding initialised to 2-D
 sin-cos, pre-LN blocks (attention + 4x GELU MLP), final LayerNorm, linear head to one logit
-per bit. Time (sinusoidal -> MLP) and the optional class enter in one of two ways
-(``conditioning``):
+per bit (or, with ``bit_group`` g > 1, to 2^g logits per group of g bits: the categorical
+of the grouped head, see bld.diffusion). Time (sinusoidal -> MLP) and the optional class
+enter in one of two ways (``conditioning``):
 
 * ``"adaln"``: adaLN-Zero as in DiT (Peebles & Xie 2023, arXiv 2212.09748): the sum of the
   time and class embeddings regresses a shift, scale and gate for every LayerNorm and
   residual branch, the gates start at zero so every block starts as the identity;
 * ``"tokens"``: a time token and a class token are prepended to the sequence.
 
-Imports no bld module.
+Imports only bld.diffusion (for the grouped head's output size).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
+
+from .diffusion import MAX_BIT_GROUP, group_outputs
 
 
 @dataclass
@@ -45,6 +48,9 @@ class DenoiserConfig:
     # activation checkpointing: in training, keep only each block's input and recompute its
     # activations in the backward pass (less memory for about a third more compute)
     grad_checkpointing: bool = False
+    # the head: 1 = one logit per bit; g > 1 = 2^g logits per group of g consecutive bits
+    # of a position (set from diffusion.bit_group by resolve_prior_config)
+    bit_group: int = 1
 
     def __post_init__(self) -> None:
         if self.conditioning not in ("adaln", "tokens"):
@@ -53,6 +59,14 @@ class DenoiserConfig:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
         if not 1 <= self.patch <= self.grid:
             raise ValueError(f"patch must be in 1..grid ({self.grid}), got {self.patch}")
+        if not 1 <= self.bit_group <= MAX_BIT_GROUP:
+            raise ValueError(f"bit_group must be in 1..{MAX_BIT_GROUP}, got {self.bit_group}")
+        group_outputs(self.bits, self.bit_group)  # g must divide bits
+
+    @property
+    def out_channels(self) -> int:
+        """Outputs per grid position: bits, or (bits / g) 2^g with the grouped head."""
+        return group_outputs(self.bits, self.bit_group)
 
     @property
     def token_grid(self) -> int:
@@ -156,7 +170,8 @@ class Block(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """f(z_t, t/T, y) -> one logit per bit; z_t (B, C, H, W) in {0,1}, t (B,) in [0, 1]."""
+    """f(z_t, t/T, y) -> one logit per bit (or 2^g per group of g bits, ``bit_group``);
+    z_t (B, C, H, W) in {0,1}, t (B,) in [0, 1]."""
 
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__()
@@ -176,9 +191,10 @@ class Denoiser(nn.Module):
                                     for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.width, elementwise_affine=not adaln)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.width, 2 * c.width)) if adaln else None
-        self.head = nn.Linear(c.width, token_bits)
+        self.head = nn.Linear(c.width, c.out_channels * c.patch ** 2)
         self.apply(self._init)
-        nn.init.zeros_(self.head.weight)  # start by predicting "no flip" at 50%
+        # start by predicting "no flip" at 50% (grouped head: every pattern at 2^-g)
+        nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=c.class_embed_std)
@@ -203,7 +219,8 @@ class Denoiser(nn.Module):
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 z0_prev: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, C, H, W) bits, t: (B,) time / T, y: (B,) labels or None -> (B, C, H, W).
+        """z: (B, C, H, W) bits, t: (B,) time / T, y: (B,) labels or None -> (B, C, H, W),
+        or (B, (C / g) 2^g, H, W) with the grouped head.
 
         z0_prev: (B, C, H, W) the network's earlier estimate of P(z_0 = 1) (self-conditioned
         networks only; None = no estimate, the same as 0.5 everywhere).
@@ -235,7 +252,7 @@ class Denoiser(nn.Module):
             out = self.head(self.norm(x[:, len(conds):]))  # (B, N, C)
         p, g = c.patch, c.token_grid
         out = rearrange(out, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, p1=p, p2=p)
-        return out[:, :, :H, :W]  # (B, C, H, W): the padding's outputs are dropped
+        return out[:, :, :H, :W]  # (B, out_channels, H, W): the padding's outputs are dropped
 
     def _tokens(self, signs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) values in [-1, 1] -> (B, N, C p p) tokens; the grid is padded with
@@ -259,6 +276,6 @@ class Denoiser(nn.Module):
         d, hidden = c.width, int(c.width * c.mlp_ratio)
         per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * n * n * d
         per_block += 2 * d * 6 * d if adaln else 0  # the modulation regression, once per sample
-        token_bits = c.bits * c.patch ** 2
-        return (c.depth * per_block + 2 * self.n_pos * (token_bits * d + d * token_bits)
+        token_bits, token_out = c.bits * c.patch ** 2, c.out_channels * c.patch ** 2
+        return (c.depth * per_block + 2 * self.n_pos * (token_bits * d + d * token_out)
                 + (2 * d * 2 * d if adaln else 0))

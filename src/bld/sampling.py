@@ -55,6 +55,9 @@ def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Ten
                   null_label: int | None, z0_prev: torch.Tensor | None = None) -> torch.Tensor:
     """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. SPEC 2.
 
+    With the grouped head the same combination acts on each group's categorical logits
+    (a constant added to a group's logits changes nothing after the softmax).
+
     Returned in float32: under bf16 autocast the network's head is bf16, and the guided
     difference of two bf16 logits would lose most of its precision.
     """
@@ -83,7 +86,9 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     """Draw binary latents from the prior in ``steps`` of the trained T steps.
 
     Args:
-        model: denoiser, called as ``model(z_t, t / T, y)`` -> one logit per bit.
+        model: denoiser, called as ``model(z_t, t / T, y)`` -> one logit per bit (with
+            ``diffusion.config.bit_group`` g > 1: 2^g logits per group of g bits; each step
+            then draws every group's bits jointly, see ``BernoulliDiffusion.group_step``).
         shape: latent shape ``(B, C, H, W)`` (any ``(B, ...)`` works).
         steps: S visited steps, 2 <= S <= T (default T). Time is always normalised by T.
         y: class labels (B,), or None for unconditional sampling.
@@ -92,7 +97,8 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
             lo <= t / T <= hi (Kynkaanniemi et al. 2024, arXiv 2404.07724), plain conditional
             logits elsewhere. The default (0, 1) guides every step.
         temperature: the evidence-free logit l' is divided by it before each step
-            (tau < 1: less diverse, more faithful). SPEC 2.
+            (tau < 1: less diverse, more faithful); the grouped head's categorical logits
+            l'(v) likewise. SPEC 2.
         evidence_weight: lambda of SPEC 2: 1 = the exact step; 0 = the original code's
             product, which keeps bits of z_t more often (lower noise); values in between
             (or below 0) trade between them.
@@ -140,20 +146,45 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
         t = torch.full((B,), t_int, device=device, dtype=torch.long)
         w = guidance if lo <= t_int / T <= hi else 0.0
         net = guided_logits(model, diffusion, z, t, y, w, null_label, z0_prev)
-        z0_logits = diffusion.z0_logits(net, z, t)  # logit P(z_0 = 1 | z_t), float32
-        if self_cond:
-            z0_prev = torch.sigmoid(z0_logits)
-        if i == len(ts) - 1:
-            z = (z0_logits > 0).float()  # final step: z_0 = [p > 0.5]
+        if diffusion.grouped:  # the grouped head: a categorical per group of bits
+            z, z0_prev = _grouped_step(diffusion, net, z, t, ts, i, evidence_weight,
+                                       temperature, generator, self_cond)
         else:
-            s = torch.full((B,), ts[i + 1], device=device, dtype=torch.long)
-            probs = torch.sigmoid(diffusion.posterior_logits(
-                z0_logits, z, t, s, evidence_weight=evidence_weight, temperature=temperature))
-            u = torch.rand(probs.shape, generator=generator, device=device)
-            z = (u < probs).float()
+            z0_logits = diffusion.z0_logits(net, z, t)  # logit P(z_0 = 1 | z_t), float32
+            if self_cond:
+                z0_prev = torch.sigmoid(z0_logits)
+            if i == len(ts) - 1:
+                z = (z0_logits > 0).float()  # final step: z_0 = [p > 0.5]
+            else:
+                s = torch.full((B,), ts[i + 1], device=device, dtype=torch.long)
+                probs = torch.sigmoid(diffusion.posterior_logits(
+                    z0_logits, z, t, s, evidence_weight=evidence_weight,
+                    temperature=temperature))
+                u = torch.rand(probs.shape, generator=generator, device=device)
+                z = (u < probs).float()
         z = impose(z)
         if return_intermediates:
             inter.append(z.cpu())
         if callback is not None:
             callback(i + 1, len(ts))
     return SampleOutput(z, inter, ts, z_start)
+
+
+def _grouped_step(diffusion: BernoulliDiffusion, net: torch.Tensor, z: torch.Tensor,
+                  t: torch.Tensor, ts: list[int], i: int, evidence_weight: float,
+                  temperature: float, generator: torch.Generator | None, self_cond: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step i of ``sample`` with the grouped head (bit_group > 1): (z_s, the per-bit
+    marginals of P(z_0 | z_t) for a self-conditioned network, else None).
+
+    ``net`` (guided) are the categorical logits of each group. The last step returns the
+    most probable pattern of each group (the per-bit head's [p > 0.5]); the others draw
+    z_s jointly per group with the evidence weight and temperature (``group_step``).
+    """
+    logp = diffusion.group_logits(net, z)  # log P(z_0 group = v | z_t), (B, G, 2^g, ...)
+    z0_prev = torch.sigmoid(diffusion.marginal_logits(logp)) if self_cond else None
+    if i == len(ts) - 1:
+        return diffusion.group_argmax(logp), z0_prev
+    s = torch.full_like(t, ts[i + 1])
+    return diffusion.group_step(logp, z, t, s, evidence_weight=evidence_weight,
+                                temperature=temperature, generator=generator), z0_prev

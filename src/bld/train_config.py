@@ -119,6 +119,10 @@ class PriorTrainConfig:
         _check(self, cond_drop=(0, 1), sample_steps=(2, None), sample_guidance=(0, None))
         _check(self, strict=True, sample_temperature=(0, None))
         check_guidance_interval(self.sample_guidance_interval, "sample_guidance_interval")
+        if self.model.bit_group not in (1, self.diffusion.bit_group):
+            raise ValueError(f"model.bit_group {self.model.bit_group} differs from "
+                             f"diffusion.bit_group {self.diffusion.bit_group}; set "
+                             "diffusion.bit_group only (the head follows it)")
 
 
 def _check(obj: Any, strict: bool = False, **ranges: tuple[float, float | None]) -> None:
@@ -138,13 +142,20 @@ CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig
 
 def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A config written by an earlier bld, in today's keys: ``run.bf16: true / false`` (before
-    ``run.precision``) becomes ``run.precision: bf16 / fp32``, what those runs computed in."""
+    ``run.precision``) becomes ``run.precision: bf16 / fp32``, what those runs computed in; a
+    prior's config from before ``bit_group`` gets ``bit_group: 1`` (one logit per bit, all
+    there was) in ``diffusion`` and ``model``, so that such a run still resumes."""
     run = data.get("run")
     if isinstance(run, dict) and "bf16" in run:
         run = {k: v for k, v in run.items() if k != "bf16"}
         if "precision" not in run:
             run["precision"] = "bf16" if data["run"]["bf16"] else "fp32"
         data = {**data, "run": run}
+    diffusion, model = data.get("diffusion"), data.get("model")
+    if (isinstance(diffusion, dict) and isinstance(model, dict) and "timesteps" in diffusion
+            and "bit_group" not in diffusion and "bit_group" not in model):
+        data = {**data, "diffusion": {**diffusion, "bit_group": 1},
+                "model": {**model, "bit_group": 1}}
     return data
 
 

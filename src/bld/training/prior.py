@@ -19,7 +19,7 @@ from .. import checkpoint as ckpt
 from ..autoencoder import AutoencoderConfig
 from ..config import ConfigError
 from ..denoiser import PRESETS, Denoiser
-from ..diffusion import BernoulliDiffusion, LossOutput
+from ..diffusion import MAX_BIT_GROUP, BernoulliDiffusion, LossOutput
 from ..loading import load_autoencoder, load_latent_cache
 from ..plots import image_grid, save_image, write_snapshot_index
 from ..sampling import sample
@@ -31,7 +31,8 @@ from .task import Task
 
 def resolve_prior_config(cfg: PriorTrainConfig, ae_cfg: AutoencoderConfig,
                          num_classes: int) -> PriorTrainConfig:
-    """Fill bits / grid / num_classes from the autoencoder and data; apply the preset."""
+    """Fill bits / grid / num_classes from the autoencoder and data, the head's bit_group
+    from diffusion.bit_group; apply the preset."""
     m = cfg.model
     if cfg.preset:
         if cfg.preset not in PRESETS:
@@ -40,7 +41,12 @@ def resolve_prior_config(cfg: PriorTrainConfig, ae_cfg: AutoencoderConfig,
         m = dataclasses.replace(m, width=w, depth=d, heads=h)
     bits, grid = ae_cfg.bits, ae_cfg.grid
     nc = num_classes if cfg.class_conditional else 0
-    m = dataclasses.replace(m, bits=bits, grid=grid, num_classes=nc)
+    g = cfg.diffusion.bit_group
+    if bits % g:
+        ok = [d for d in range(1, MAX_BIT_GROUP + 1) if bits % d == 0]
+        raise ConfigError(f"diffusion.bit_group {g} must divide the autoencoder's {bits} bits "
+                          f"per position; choose one of {ok}")
+    m = dataclasses.replace(m, bits=bits, grid=grid, num_classes=nc, bit_group=g)
     return dataclasses.replace(cfg, model=m, preset="")
 
 

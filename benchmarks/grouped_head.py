@@ -1,0 +1,187 @@
+"""The prior's head: bits predicted one by one (independent given z_t) against a head that
+predicts each group of g bits jointly (``diffusion.bit_group``: a categorical over the 2^g
+patterns of the group, the exact step summed over them; SPEC 2).
+
+BiGR (ICLR 2025) reports FID 5.84 with an independent per-bit loss against 3.17 with a head
+that models the bits of a token jointly; MaskBit predicts groups of 7 bits with one 128-way
+softmax each. This script measures the idea on our own trained `bld demo` runs: for each run
+it retrains the run's prior (its own config: architecture, steps x batch, optimiser, seed,
+on the run's latent cache) once per arm, all here with the same threads, and samples each at
+the run's sampler settings (S = 16, its guidance, interval and temperature):
+
+  per-bit          the run's prior config unchanged (the presets' loss: class-balanced BCE)
+  per-bit-mean     the same with the plain BCE ("mean"), the loss the grouped head uses
+  group4, group8   the grouped head over 4 / 8 bits (16 / 256 patterns), cross-entropy loss
+
+Reported per run and arm: FD (with its real-vs-real floor and the reconstruction FD at N),
+class accuracy, precision, recall, training seconds and sampling seconds per image, on the
+run's own FD classifier and the test split of its dataset. Finished arms are kept in
+``--work`` (a file per run) and skipped on the next call, so two processes can measure one
+run each and a third call reports both.
+
+    python benchmarks/grouped_head.py --runs runs/demo-faces runs/demo --threads 1
+    python benchmarks/grouped_head.py --quick --runs runs/demo
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import common  # noqa: I001  (benchmarks/common.py; first, so the path fix applies)
+import torch
+
+log = logging.getLogger("bench")
+
+ARMS = {
+    "per-bit": ([], "the run's prior config (per-bit head, its loss)"),
+    "per-bit-mean": (["diffusion.loss_type=mean"], "per-bit head, plain BCE"),
+    "group4": (["diffusion.bit_group=4", "diffusion.loss_type=mean"],
+               "grouped head, 4 bits -> 16 patterns, cross-entropy"),
+    "group8": (["diffusion.bit_group=8", "diffusion.loss_type=mean"],
+               "grouped head, 8 bits -> 256 patterns, cross-entropy"),
+}
+
+
+def parse_args():
+    p = common.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="`bld demo --out RUN_DIR` folders (prior/, autoencoder/, classifier/, "
+                        "latents_train.safetensors)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--n", type=int, default=None, help="samples per arm (1000; 50 quick)")
+    p.add_argument("--work", type=Path, default=Path("runs/grouped_head"),
+                   help="trained priors and finished measurements (reused on the next call)")
+    p.add_argument("--name", default="grouped_head", help="file name of the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and sample nothing: report the arms kept in --work")
+    return p.parse_args()
+
+
+def _source(run: Path) -> str:
+    report = run / "report.json"
+    return json.loads(report.read_text()).get("source", "fashion-mnist") if report.exists() \
+        else "fashion-mnist"
+
+
+def main() -> None:
+    args = parse_args()
+    q = args.quick
+    n = args.n or (50 if q else 1000)
+    bench = common.setup(args.name, args, expected_full=(
+        f"per run: {len(args.arms)} prior trainings (each as long as the run's prior) and "
+        f"{len(args.arms)} x 1-2 min of sampling at N = {n}"))
+
+    from bld import checkpoint as ckpt
+    from bld.config import apply_overrides
+    from bld.evaluation import evaluate_autoencoder
+    from bld.loading import load_autoencoder, load_prior
+    from bld.pipeline import generate
+    from bld.train import train_prior
+    from bld.train_config import config_from_dict
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows, sections = [], []
+    for run in args.runs:
+        # one file per run, so that two processes (one run each) never write the same file
+        kept_path = args.work / f"{run.name}-results{'-quick' if q else ''}.json"
+        kept = json.loads(kept_path.read_text()) if kept_path.exists() else {}
+        for sub in ("prior", "autoencoder", "classifier", "latents_train.safetensors"):
+            if not (run / sub).exists():
+                raise SystemExit(f"{run / sub} is missing: make the run with "
+                                 f"`bld demo --out {run}`")
+        base = ckpt.load_checkpoint(run / "prior", kind="prior").config
+        run_cfg = config_from_dict("prior", base)
+        ae = load_autoencoder(run / "autoencoder")
+        clf, clf_meta = common.get_classifier(bench, run)
+        xt, yt = common.dataset_split(_source(run), "test")
+        if n > len(xt) // 2:
+            raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "
+                             f"need two halves of N = {n}: pass --n {len(xt) // 2} or less")
+        ref = common.FDReference(clf, xt, yt, n, seed=0)
+        ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
+        run_rows = []
+        for arm in args.arms:
+            overrides, note = ARMS[arm]
+            key = f"{run}|{arm}|{args.seed}|n={n}"
+            if key in kept:
+                log.info("%s: kept", key)
+                run_rows.append(kept[key])
+                continue
+            if args.report_only:
+                log.info("%s: not measured yet, left out (--report-only)", key)
+                continue
+            flags = [f"run.seed={args.seed}", f"run.threads={torch.get_num_threads()}",
+                     "run.device=cpu", "run.sample_every=0", "run.ckpt_every=0",
+                     f"autoencoder={run / 'autoencoder'}",
+                     f"latents={run / 'latents_train.safetensors'}"]
+            if q:
+                flags += ["optim.steps=20", "optim.warmup=2"]
+            cfg = config_from_dict("prior", apply_overrides(base, overrides + flags))
+            out = args.work / f"{run.name}-{arm}-s{args.seed}{'-quick' if q else ''}"
+            if not (out / "done.json").exists():
+                import shutil
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.perf_counter()
+                train_prior(cfg, out)
+                (out / "done.json").write_text(json.dumps(
+                    {"seconds": time.perf_counter() - t0}))
+            train_s = json.loads((out / "done.json").read_text())["seconds"]
+            prior = load_prior(out)
+            nc = prior.config.model.num_classes
+            labels = common.cycled_labels(n, nc) if nc else None
+            res = generate(prior, ae, n, steps=16, labels=labels, seed=args.seed,
+                           guidance=cfg.sample_guidance if nc else 0.0,
+                           guidance_interval=tuple(cfg.sample_guidance_interval),
+                           temperature=cfg.sample_temperature, batch_size=250)
+            m = ref.evaluate(res.images, labels)
+            row = {"run": run.name, "arm": arm, "head": note, "seed": args.seed, "n": n,
+                   "steps_x_batch": f"{cfg.optim.steps} x {cfg.optim.batch_size}",
+                   "train_s": train_s, "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
+                   "fd_recon": ae_fig["fd_recon"], "fd_ratio": m["fd"] / ae_fig["fd_recon"],
+                   "class_accuracy": m.get("class_accuracy"), "precision": m["precision"],
+                   "recall": m["recall"], "s_per_image": res.seconds / n}
+            log.info("%s", row)
+            kept[key] = row
+            tmp = kept_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(kept, indent=1))
+            tmp.replace(kept_path)  # atomic: a crash keeps every finished arm
+            run_rows.append(row)
+        rows += run_rows
+        if not run_rows:
+            continue
+        c = run_cfg
+        sampler = (f"guidance {c.sample_guidance:g} at {c.sample_guidance_interval[0]:g} "
+                   f"<= t / T <= {c.sample_guidance_interval[1]:g}, temperature "
+                   f"{c.sample_temperature:g}")
+        sections += [f"## `{run}` ({_source(run)}; prior {c.model.width} x {c.model.depth}, "
+                     f"{c.model.bits} bits per position; {sampler}; classifier test accuracy "
+                     f"{common.fmt(clf_meta.get('test_accuracy'))})", "",
+                     common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "train_s",
+                                                      "fd", "fd_floor", "fd_recon", "fd_ratio",
+                                                      "class_accuracy", "precision", "recall",
+                                                      "s_per_image"]), ""]
+    labels = [f"{r['run']}: {r['arm']}" for r in rows]
+    common.plot_bars(bench.path("_recall.png"), labels,
+                     {"recall": [r["recall"] for r in rows],
+                      "class accuracy": [r["class_accuracy"] or 0.0 for r in rows]},
+                     xlabel="share", title="per-bit vs grouped head (S = 16)")
+    common.plot_bars(bench.path("_fd_ratio.png"), labels,
+                     {"sample FD / reconstruction FD": [r["fd_ratio"] for r in rows]},
+                     xlabel="ratio (lower is better)", title="per-bit vs grouped head (S = 16)")
+    bench.results = {"n": n, "rows": rows}
+    intro = ["## Settings", "",
+             f"Each arm retrains the run's prior from its own config with {torch.get_num_threads()}"
+             f" threads (seed {args.seed}) and samples N = {n} images at S = 16 with the run's "
+             "sampler settings, labels cycled through the classes. FD, precision, recall and "
+             "class accuracy on each run's own classifier and test split (compare rows within "
+             "a run); fd_ratio = sample FD / reconstruction FD at the same N.", "",
+             f"![recall]({bench.path('_recall.png').name}) "
+             f"![FD ratio]({bench.path('_fd_ratio.png').name})", ""]
+    common.write_report(bench, "Per-bit against grouped prior heads", intro + sections)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""benchmarks/gaussian_baseline.py on a colour dataset with a bits sweep (kept per pipeline and
+training seed, so two processes can share the seeds and a crash loses nothing) and
+benchmarks/grouped_head.py (per-bit against grouped prior heads) on a trained run, both in
+quick mode on small data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _bench(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, env=env or ENV, timeout=600)
+
+
+def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
+    """--preset faces64 trains on the preset's dataset (dicebear: a generated folder here);
+    bld-B pipelines change only the bits per position; --only-train-seed keeps its results in
+    --work and writes no report, and the next call reuses them and reports."""
+    from colour_faces import write_colour_faces
+
+    from bld.evaluation import train_and_save_classifier
+    cache = tmp_path / "cache"
+    write_colour_faces(cache / "bld" / "dicebear-64", per_class=48)  # 36 test images
+    env = {**ENV, "XDG_CACHE_HOME": str(cache)}
+    clf = tmp_path / "classifier"
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        train_and_save_classifier("dicebear", clf, steps=2, seed=0, progress=False)
+    finally:
+        os.environ.pop("XDG_CACHE_HOME")
+    out, work = tmp_path / "out", tmp_path / "work"
+    common = ["--quick", "--preset", "faces64", "--pipelines", "bld-32", "bld-16",
+              "--train-seeds", "1", "--steps", "16", "--n", "16", "--classifier", str(clf),
+              "--out", str(out), "--work", str(work)]
+    first = _bench("gaussian_baseline.py", *common, "--only-train-seed", "0", env=env)
+    assert first.returncode == 0, first.stderr[-2000:] + first.stdout[-2000:]
+    assert sorted(p.name for p in work.iterdir()) == ["bld-16-seed0.json", "bld-32-seed0.json"]
+    assert not out.exists() or not list(out.glob("gaussian_baseline*"))
+    kept = json.loads((work / "bld-16-seed0.json").read_text())
+    assert kept["train"]["bits"] == 16 and kept["train"]["latent"] == "16x8x8"
+    assert {(r["steps"], r["seed"]) for r in kept["rows"]} == {(16, 0), (16, 1)}
+
+    second = _bench("gaussian_baseline.py", *common, env=env)
+    assert second.returncode == 0, second.stderr[-2000:] + second.stdout[-2000:]
+    assert second.stdout.count("kept in") == 2  # nothing trained again
+    results = json.loads((out / "gaussian_baseline_dicebear.json").read_text())["results"]
+    assert results["source"] == "dicebear"
+    kept32 = json.loads((work / "bld-32-seed0.json").read_text())
+    assert results["rows"] == kept32["rows"] + kept["rows"]  # in --pipelines order
+    for png in ("_fd_vs_psnr.png", "_fd_vs_train_s.png"):
+        assert (out / f"gaussian_baseline_dicebear{png}").stat().st_size > 0
+    report = (out / "gaussian_baseline_dicebear.md").read_text()
+    assert "BLD (Bernoulli), 16 bits" in report and "dicebear training images" in report
+    assert "16 / 32 Bernoulli bits per position" in report
+
+    bad = _bench("gaussian_baseline.py", "--quick", "--pipelines", "bld-x", env=env)
+    assert bad.returncode == 2 and "unknown pipeline 'bld-x'" in bad.stderr
+
+
+def test_grouped_head_measures_each_arm_once(tmp_path, runs):
+    """Each arm retrains the run's prior with its overrides (quick: 20 steps) and is sampled
+    at the run's settings; finished arms are kept and not trained again."""
+    from bld.evaluation import train_and_save_classifier
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "autoencoder").symlink_to(runs.ae)
+    (run / "prior").symlink_to(runs.prior)
+    (run / "latents_train.safetensors").symlink_to(runs.latents)
+    train_and_save_classifier("fashion-mnist", run / "classifier", steps=2, seed=0,
+                              progress=False)
+    args = ["--quick", "--runs", str(run), "--arms", "per-bit", "group4", "--n", "20",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    res = _bench("grouped_head.py", *args)
+    assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
+    results = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]
+    assert [r["arm"] for r in results["rows"]] == ["per-bit", "group4"]
+    assert all(r["n"] == 20 and r["fd"] > 0 and 0 <= r["recall"] <= 1 for r in results["rows"])
+    trained = sorted(p.name for p in (tmp_path / "work").iterdir() if p.is_dir())
+    assert trained == ["run-group4-s0-quick", "run-per-bit-s0-quick"]
+    from bld.loading import load_prior
+    grouped = load_prior(tmp_path / "work" / "run-group4-s0-quick")
+    assert grouped.config.diffusion.bit_group == 4
+    assert grouped.config.diffusion.loss_type == "mean"
+
+    again = _bench("grouped_head.py", *args)
+    assert again.returncode == 0 and again.stdout.count(": kept") == 2
+    # --report-only trains nothing: an arm not measured yet is left out of the report
+    only = _bench("grouped_head.py", *args, "--arms", "per-bit", "group4", "group8",
+                  "--report-only")
+    assert only.returncode == 0 and "not measured yet" in only.stdout
+    assert not (tmp_path / "work" / "run-group8-s0-quick").exists()
+    results = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]
+    assert [r["arm"] for r in results["rows"]] == ["per-bit", "group4"]
