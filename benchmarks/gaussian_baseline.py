@@ -85,6 +85,13 @@ def parse_args():
                    help="training seeds of the gaussian-matched pipeline (default: "
                         "--train-seeds); the matched-compute pair is the one the targets name")
     p.add_argument("--batch-size", type=int, default=500, help="sampling batch")
+    p.add_argument("--samplers", nargs="+", default=[], type=_sampler,
+                   help="more sampler settings W:LO:HI[:TEMPERATURE] measured at S = 16 for "
+                        "every pipeline (guidance w at LO <= t / T <= HI; the temperature is "
+                        "BLD's, DDIM has none), to check that a comparison does not hang on "
+                        "the presets' sampler")
+    p.add_argument("--no-headline", action="store_true",
+                   help="leave headline.json alone (a side check, e.g. of --samplers)")
     p.add_argument("--work", type=Path, default=None,
                    help="where each finished (pipeline, training seed) is kept, so a rerun "
                         "or a crash loses nothing (default runs/<name>)")
@@ -106,6 +113,15 @@ def _pipeline(name: str) -> str:
     raise argparse.ArgumentTypeError(
         f"unknown pipeline {name!r}: use bld, bld-B (B bits per position, e.g. bld-64), "
         "gaussian or gaussian-matched")
+
+
+def _sampler(text: str) -> tuple[float, float, float, float]:
+    """argparse type of --samplers: W:LO:HI or W:LO:HI:TEMPERATURE."""
+    import argparse
+    try:
+        return common.sampler_setting(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def pipeline_name(pipe: str) -> str:
@@ -332,6 +348,8 @@ def main() -> None:
                  "guidance": guidance, "interval": list(interval), "temperature": temperature,
                  "train_images": len(x_train), "matched_channels": args.matched_channels,
                  "classifier": clf_meta.get("path")}
+    if args.samplers:  # (only then: results kept before --samplers existed stay valid)
+        signature["samplers"] = [list(v) for v in args.samplers]
     signature = json.loads(json.dumps(signature, default=str))
     rows, recon_rows, train_rows = [], [], []
     seeds = range(args.seed, args.seed + args.train_seeds)
@@ -351,7 +369,7 @@ def main() -> None:
                     log.info("%s, training seed %d: kept in %s", pipe, tseed, kept)
                     train_rows.append(saved["train"])
                     recon_rows.append(saved["recon"])
-                    rows.extend(saved["rows"])
+                    rows.extend({"sampler": "preset", **r} for r in saved["rows"])
                     continue
                 log.info("%s was measured with other settings: measuring again", kept)
             first_row = len(rows)
@@ -378,9 +396,14 @@ def main() -> None:
                                "fd_recon": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
                                "psnr": psnr(rec, ref.floor), "precision": m["precision"],
                                "recall": m["recall"], "class_accuracy": m["class_accuracy"]})
-            settings = [(s, args.seed) for s in args.steps]
+            preset = (guidance, *interval, temperature, "preset")
+            settings = [(s, args.seed, *preset) for s in args.steps]
             if 16 in args.steps:
-                settings.append((16, args.seed + 1))
+                settings.append((16, args.seed + 1, *preset))
+            settings += [(16, args.seed, w, lo, hi, temp,
+                          f"w {w:g} at [{lo:g}, {hi:g}]" + (f", T {temp:g}" if kind == "bld"
+                                                             else ""))
+                         for w, lo, hi, temp in args.samplers]
             warm = labels[:8]  # warm-up before timing (SPEC 5)
             if kind == "bld":
                 sample_bld(side["prior"], side["diffusion"], 2, 8, shape, warm, guidance, 0, 8,
@@ -388,25 +411,26 @@ def main() -> None:
             else:
                 sample_gaussian(side["prior"], 2, 8, shape, warm, guidance, 0.0, 1.0, 0, 8,
                                 interval)
-            for s, seed in tqdm(settings, desc=f"{pipe} sampling"):
+            for s, seed, w, lo, hi, temp, sampler in tqdm(settings, desc=f"{pipe} sampling"):
                 t0 = time.perf_counter()
                 if kind == "bld":
                     z = sample_bld(side["prior"], side["diffusion"], s, n, shape, labels,
-                                   guidance, seed, args.batch_size, interval, temperature)
+                                   w, seed, args.batch_size, (lo, hi), temp)
                 else:
-                    z = sample_gaussian(side["prior"], s, n, shape, labels, guidance,
+                    z = sample_gaussian(side["prior"], s, n, shape, labels, w,
                                         side["mean"], side["std"], seed, args.batch_size,
-                                        interval)
+                                        (lo, hi))
                 images = decode_all(ae.decode, z)
                 sec = (time.perf_counter() - t0) / n
                 m = ref.evaluate(images, labels)
-                rows.append({"pipeline": name, "train_seed": tseed, "steps": s, "seed": seed,
+                rows.append({"pipeline": name, "train_seed": tseed, "sampler": sampler,
+                             "steps": s, "seed": seed,
                              "n": n, "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
                              "fd_recon": recon_rows[-1]["fd_recon"],
                              "precision": m["precision"], "recall": m["recall"],
                              "class_accuracy": m["class_accuracy"], "s_per_image": sec})
-                log.info("%s (train seed %d) S=%d seed %d: FD %.3f (floor %.3f, recon %.3f), "
-                         "%.4f s/image", name, tseed, s, seed, m["fd"],
+                log.info("%s (train seed %d, sampler %s) S=%d seed %d: FD %.3f (floor %.3f, "
+                         "recon %.3f), %.4f s/image", name, tseed, sampler, s, seed, m["fd"],
                          m["fd_floor_real_vs_real"], recon_rows[-1]["fd_recon"], sec)
             tmp = kept.with_suffix(".tmp")
             tmp.write_text(json.dumps({"signature": signature, "train": train_rows[-1],
@@ -421,7 +445,7 @@ def main() -> None:
     # ------------------------------------------------------------------------ report
     def mean_over_train_seeds(pipe_name: str, key: str, steps: int) -> float:
         vals = [r[key] for r in rows if r["pipeline"] == pipe_name and r["steps"] == steps
-                and r["seed"] == args.seed]
+                and r["seed"] == args.seed and r.get("sampler", "preset") == "preset"]
         return sum(vals) / len(vals)
 
     names = [pipeline_name(p) for p in args.pipelines]
@@ -469,20 +493,21 @@ def main() -> None:
                           hlines={f"real-vs-real floor {floor:.3g}": floor})
     notes = []
     for m in names:
-        at16 = [r for r in rows if r["pipeline"] == m and r["steps"] == 16]
+        at16 = [r for r in rows if r["pipeline"] == m and r["steps"] == 16
+                and r.get("sampler", "preset") == "preset"]
         if at16:
             vals = ", ".join(f"{r['fd']:.4g} (train seed {r['train_seed']}, sampling seed "
                              f"{r['seed']})" for r in at16)
             notes.append(f"- {m}: FD at S = 16: {vals}.")
     headline = {}
-    if 16 in args.steps and not q:
+    if 16 in args.steps and not q and not args.no_headline:
         # the preset's bits: "bld", or the sweep's point at the preset's B
         bld_pipe = "bld" if "bld" in args.pipelines else f"bld-{ae_train.model.bits}"
         for key, pipe in [("bld_fd_s16", bld_pipe), ("gaussian_fd_s16", "gaussian"),
                           ("gaussian_fd_s16_matched_recon", "gaussian-matched")]:
             if pipe in args.pipelines:
                 headline[key + suffix] = mean_over_train_seeds(pipeline_name(pipe), "fd", 16)
-        if bld_pipe in args.pipelines:
+        if bld_pipe in args.pipelines and "gaussian-matched" in args.pipelines:
             headline["bld_fd_s16_matched_recon" + suffix] = headline["bld_fd_s16" + suffix]
         for pipe in args.pipelines:
             if pipe.startswith("bld-"):
@@ -495,7 +520,7 @@ def main() -> None:
                      "denoiser": vars(den_cfg), "classifier": clf_meta,
                      "matched_channels": args.matched_channels, "training": train_rows,
                      "reconstruction": recon_rows, "rows": rows, "headline": headline}
-    cols = ["pipeline", "train_seed", "steps", "seed", "n", "fd", "fd_floor", "fd_recon",
+    cols = ["pipeline", "train_seed", "sampler", "steps", "seed", "n", "fd", "fd_floor", "fd_recon",
             "precision", "recall", "class_accuracy", "s_per_image"]
     o_ae, o_pr = ae_train.optim, pr_train.optim
     sweep_bits = [int(p[4:]) for p in args.pipelines if p.startswith("bld-")]

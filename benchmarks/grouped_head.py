@@ -95,7 +95,7 @@ def main() -> None:
         base = ckpt.load_checkpoint(run / "prior", kind="prior").config
         run_cfg = config_from_dict("prior", base)
         ae = load_autoencoder(run / "autoencoder")
-        clf, clf_meta = common.get_classifier(bench, run)
+        clf, clf_meta = common.get_classifier(bench, run, _source(run))
         xt, yt = common.dataset_split(_source(run), "test")
         if n > len(xt) // 2:
             raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "

@@ -35,17 +35,9 @@ DEFAULT_SETTINGS = ["0.5:0:1", "1.5:0:0.6", "0:0:1", "1:0:0.6", "2:0:0.5", "1.5:
 def _setting(text: str) -> tuple[float, float, float, float]:
     """W:LO:HI or W:LO:HI:TEMPERATURE (temperature 1 when left out)."""
     try:
-        vals = [float(v) for v in text.split(":")]
-        if len(vals) not in (3, 4):
-            raise ValueError
-    except ValueError:
-        raise SystemExit(f"--settings takes W:LO:HI[:TEMPERATURE] (e.g. 1.5:0:0.6 or "
-                         f"1.5:0:0.6:1.1), got {text!r}") from None
-    w, lo, hi, temp = vals + [1.0] * (4 - len(vals))
-    if not (w >= 0 and 0 <= lo <= hi <= 1 and temp > 0):
-        raise SystemExit(f"--settings {text!r}: need w >= 0, 0 <= lo <= hi <= 1 and "
-                         "temperature > 0")
-    return w, lo, hi, temp
+        return common.sampler_setting(text)
+    except ValueError as e:
+        raise SystemExit(f"--settings: {e}") from None
 
 
 def _source(run: Path) -> str:
@@ -97,8 +89,8 @@ def main() -> None:
         nc = prior.config.model.num_classes
         if not nc:
             raise SystemExit(f"{run}: the prior is unconditional; guidance needs labels")
-        clf, clf_meta = common.get_classifier(bench, run)
         source = _source(run)
+        clf, clf_meta = common.get_classifier(bench, run, source)
         if source not in tests:
             tests[source] = common.dataset_split(source, "test")
         xt, yt = tests[source]

@@ -108,6 +108,23 @@ class FDReference:
         return evaluate_images(self.classifier, self.reference, self.floor, images, labels)
 
 
+def sampler_setting(text: str) -> tuple[float, float, float, float]:
+    """A sampler setting W:LO:HI[:TEMPERATURE] (guidance w at LO <= t / T <= HI; temperature
+    1 when left out) as (w, lo, hi, temperature); ValueError with what to write instead."""
+    try:
+        vals = [float(v) for v in text.split(":")]
+        if len(vals) not in (3, 4):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"a sampler setting is W:LO:HI[:TEMPERATURE] (e.g. 1.5:0:0.6 or "
+                         f"1.5:0:0.6:1.3), got {text!r}") from None
+    w, lo, hi, temp = vals + [1.0] * (4 - len(vals))
+    if not (w >= 0 and 0 <= lo <= hi <= 1 and temp > 0):
+        raise ValueError(f"sampler setting {text!r}: need w >= 0, 0 <= lo <= hi <= 1 and "
+                         "temperature > 0")
+    return w, lo, hi, temp
+
+
 def spread(a: float, b: float) -> float:
     """Relative difference |a - b| / mean(a, b)."""
     m = 0.5 * (abs(a) + abs(b))

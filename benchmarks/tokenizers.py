@@ -51,6 +51,7 @@ ours (bernoulli-B) at the preset's B, means over the seeds. The files are
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -174,6 +175,15 @@ def parse_args():
     p.add_argument("--name", default=None,
                    help="output name: <out>/<name>.md, .json, _*.png (default: tokenizers on "
                         "fashion-mnist, else tokenizers_<source>)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where each finished (tokenizer, seed) is kept, so a rerun or a crash "
+                        "loses nothing (default runs/<name>)")
+    p.add_argument("--only-seed", type=int, default=None,
+                   help="train only this seed and write no report: two processes with one "
+                        "thread each can share the seeds, then a call without it reports from "
+                        "what they kept in --work")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the (tokenizer, seed) pairs kept in --work")
     p.add_argument("--tokenizers", nargs="+", default=None,
                    help="names of make_specs (default: all of them at the preset's bits)")
     p.add_argument("--train-steps", type=int, default=None, help="steps each (default: preset)")
@@ -374,11 +384,34 @@ def main() -> None:
     ref_feats = extract_features(clf, ref.reference)
     floor_fd = fd_from_features(ref_feats, extract_features(clf, ref.floor))
 
-    runs = [(name, seed) for seed in range(args.seed, args.seed + args.seeds)
-            for name in args.tokenizers]
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.only_seed is not None:
+        if args.only_seed not in seeds:
+            raise SystemExit(f"--only-seed {args.only_seed} is not one of the seeds {seeds} "
+                             "(--seed, --seeds)")
+        seeds = [args.only_seed]
+    runs = [(name, seed) for seed in seeds for name in args.tokenizers]
+    work = args.work or Path("runs") / bench.name
+    work.mkdir(parents=True, exist_ok=True)
+    # what a kept result must have been measured with to be reused
+    signature = json.loads(json.dumps({
+        "preset": args.preset, "source": source, "quick": q, "steps": steps,
+        "batch_size": args.batch_size, "lr": args.lr, "channels": args.channels,
+        "hidden": args.hidden, "n_train": len(x_train), "n_test": len(xt),
+        "classifier": clf_meta.get("path")}, default=str))
     rows, grids = [], [xt[:12]]
     for name, seed in tqdm(runs, desc="tokenizers"):
         spec = specs[name]
+        kept = work / f"{name}-seed{seed}.json"
+        if kept.exists() and json.loads(kept.read_text()).get("signature") == signature:
+            log.info("%s seed %d: kept in %s", name, seed, kept)
+            rows.append(json.loads(kept.read_text())["row"])
+            if seed == args.seed:
+                grids.append(torch.load(kept.with_suffix(".pt")))
+            continue
+        if args.report_only:
+            log.info("%s seed %d: not measured yet, left out (--report-only)", name, seed)
+            continue
         torch.manual_seed(seed)
         model = Tokenizer(spec, preset.model, args.channels, args.hidden)
 
@@ -404,10 +437,19 @@ def main() -> None:
         rows.append(row)
         if seed == args.seed:
             grids.append(rec[:12])
+        torch.save(rec[:12].clone(), kept.with_suffix(".pt"))
+        tmp = kept.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"signature": signature, "row": row}, default=float))
+        tmp.replace(kept)  # atomic, and after the grid: a kept row always has its grid
         log.info("%s seed %d: PSNR %.2f dB, SSIM %.3f, recon FD %.3f (floor %.3f), "
                  "perplexity %.0f (%.2f of %.2f bits), %.3f s/step", name, seed, row["psnr"],
                  row["ssim"], row["fd_recon"], floor_fd, row["code_perplexity"],
                  row["effective_bits"], spec.bits, row["train_s_per_step"])
+
+    if args.only_seed is not None:
+        log.info("seed %d done and kept in %s; run without --only-seed to write the report",
+                 args.only_seed, work)
+        return
 
     # ------------------------------------------------------------------------ report
     from bld.plots import image_grid, save_image
@@ -429,6 +471,8 @@ def main() -> None:
     summary = []
     for name in args.tokenizers:
         rs = [r for r in rows if r["tokenizer"] == name]
+        if not rs:  # --report-only before it was measured
+            continue
         summary.append({"tokenizer": name, "bits_per_position": specs[name].bits,
                         "seeds": len(rs), "psnr_mean": sum(r["psnr"] for r in rs) / len(rs),
                         "psnr_spread": max(r["psnr"] for r in rs) - min(r["psnr"] for r in rs),
@@ -452,7 +496,7 @@ def main() -> None:
                 notes.append(f"- {variant}: {means[variant]['psnr_mean']:.2f} dB "
                              f"({means[variant]['psnr_mean'] - means[ours]['psnr_mean']:+.2f} dB "
                              f"against {ours}).")
-        if not q and args.seeds >= 2:
+        if not q and args.seeds >= 2 and min(best["seeds"], means[ours]["seeds"]) >= 2:
             key = "tokenizer_psnr_gap_db" + ("" if fashion else f"_{source_tag(source)}")
             headline[key] = gap
             # the key's source names the script, whatever --name the files were given

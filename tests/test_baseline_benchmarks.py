@@ -42,7 +42,8 @@ def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
         os.environ.pop("XDG_CACHE_HOME")
     out, work = tmp_path / "out", tmp_path / "work"
     common = ["--quick", "--preset", "faces64", "--pipelines", "bld-32", "bld-16",
-              "--train-seeds", "1", "--steps", "16", "--n", "16", "--classifier", str(clf),
+              "--train-seeds", "1", "--steps", "16", "--n", "16", "--samplers", "0:0:1:1",
+              "--classifier", str(clf),
               "--out", str(out), "--work", str(work)]
     first = _bench("gaussian_baseline.py", *common, "--only-train-seed", "0", env=env)
     assert first.returncode == 0, first.stderr[-2000:] + first.stdout[-2000:]
@@ -50,7 +51,8 @@ def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
     assert not out.exists() or not list(out.glob("gaussian_baseline*"))
     kept = json.loads((work / "bld-16-seed0.json").read_text())
     assert kept["train"]["bits"] == 16 and kept["train"]["latent"] == "16x8x8"
-    assert {(r["steps"], r["seed"]) for r in kept["rows"]} == {(16, 0), (16, 1)}
+    assert [(r["sampler"], r["steps"], r["seed"]) for r in kept["rows"]] == [
+        ("preset", 16, 0), ("preset", 16, 1), ("w 0 at [0, 1], T 1", 16, 0)]
 
     second = _bench("gaussian_baseline.py", *common, env=env)
     assert second.returncode == 0, second.stderr[-2000:] + second.stdout[-2000:]
@@ -67,6 +69,8 @@ def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
 
     bad = _bench("gaussian_baseline.py", "--quick", "--pipelines", "bld-x", env=env)
     assert bad.returncode == 2 and "unknown pipeline 'bld-x'" in bad.stderr
+    bad = _bench("gaussian_baseline.py", "--quick", "--samplers", "1.5:0.6:0.2", env=env)
+    assert bad.returncode == 2 and "0 <= lo <= hi <= 1" in bad.stderr
 
 
 def test_grouped_head_measures_each_arm_once(tmp_path, runs):

@@ -133,3 +133,28 @@ def test_quick_run_on_colour_faces_writes_its_own_files(tmp_path, monkeypatch):
     (clf / "config.json").write_text(json.dumps(fashion))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode != 0 and "trained on fashion-mnist, not dicebear" in res.stderr
+
+
+def test_seeds_shared_between_processes_are_kept_and_reported(tmp_path, fashion_mnist):
+    """--only-seed trains one seed into --work and writes no report; --report-only then
+    reports what was kept without training the seed that is missing."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    base = [sys.executable, str(ROOT / "benchmarks" / "tokenizers.py"), "--quick", "--seeds",
+            "2", "--tokenizers", "bernoulli-32", "--out", str(out), "--work", str(work)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(base + ["--only-seed", "1"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
+    assert sorted(p.name for p in work.iterdir()) == ["bernoulli-32-seed1.json",
+                                                       "bernoulli-32-seed1.pt"]
+    assert not (out / "tokenizers.json").exists()
+    res = subprocess.run(base + ["--report-only"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
+    assert "bernoulli-32 seed 0: not measured yet" in res.stdout
+    assert "bernoulli-32 seed 1: kept in" in res.stdout
+    rows = json.loads((out / "tokenizers.json").read_text())["results"]["rows"]
+    assert [(r["tokenizer"], r["seed"]) for r in rows] == [("bernoulli-32", 1)]
+    bad = subprocess.run(base + ["--only-seed", "5"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode != 0 and "--only-seed 5 is not one of the seeds [0, 1]" in bad.stderr
