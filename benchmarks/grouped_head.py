@@ -138,6 +138,7 @@ def main() -> None:
                            temperature=cfg.sample_temperature, batch_size=250)
             m = ref.evaluate(res.images, labels)
             row = {"run": run.name, "arm": arm, "head": note, "seed": args.seed, "n": n,
+                   "threads": torch.get_num_threads(),
                    "steps_x_batch": f"{cfg.optim.steps} x {cfg.optim.batch_size}",
                    "train_s": train_s, "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
                    "fd_recon": ae_fig["fd_recon"], "fd_ratio": m["fd"] / ae_fig["fd_recon"],
@@ -159,7 +160,8 @@ def main() -> None:
         sections += [f"## `{run}` ({_source(run)}; prior {c.model.width} x {c.model.depth}, "
                      f"{c.model.bits} bits per position; {sampler}; classifier test accuracy "
                      f"{common.fmt(clf_meta.get('test_accuracy'))})", "",
-                     common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "train_s",
+                     common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "threads",
+                                                      "train_s",
                                                       "fd", "fd_floor", "fd_recon", "fd_ratio",
                                                       "class_accuracy", "precision", "recall",
                                                       "s_per_image"]), ""]
@@ -173,8 +175,9 @@ def main() -> None:
                      xlabel="ratio (lower is better)", title="per-bit vs grouped head (S = 16)")
     bench.results = {"n": n, "rows": rows}
     intro = ["## Settings", "",
-             f"Each arm retrains the run's prior from its own config with {torch.get_num_threads()}"
-             f" threads (seed {args.seed}) and samples N = {n} images at S = 16 with the run's "
+             f"Each arm retrains the run's prior from its own config (seed {args.seed}; "
+             "`threads`: torch threads of its training) and samples N = "
+             f"{n} images at S = 16 with the run's "
              "sampler settings, labels cycled through the classes. FD, precision, recall and "
              "class accuracy on each run's own classifier and test split (compare rows within "
              "a run); fd_ratio = sample FD / reconstruction FD at the same N.", "",

@@ -195,9 +195,10 @@ def parse_args():
                    help="width before the D-channel head (default: the preset's)")
     p.add_argument("--seeds", type=int, default=2, help="training seeds per tokenizer")
     p.add_argument("--train-images", type=int, default=None,
-                   help="the first N training images (default: all of the split)")
+                   help="N training images (default: all of the split; the first N of "
+                        "Fashion-MNIST, a seeded random N of an image folder)")
     p.add_argument("--test-images", type=int, default=None,
-                   help="the first N test images (default: all of the split)")
+                   help="N test images, chosen as --train-images")
     return p.parse_args()
 
 
