@@ -345,6 +345,12 @@ def reconstruct(model: Tokenizer, x: torch.Tensor, batch: int = 500):
 def main() -> None:
     args = parse_args()
     q = args.quick
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.only_seed is not None:  # checked before any data is loaded
+        if args.only_seed not in seeds:
+            raise SystemExit(f"--only-seed {args.only_seed} is not one of the seeds {seeds} "
+                             "(--seed, --seeds)")
+        seeds = [args.only_seed]
     preset = _preset(args.preset)
     o = preset.optim
     specs = make_specs(preset.model.bits, preset.model.train_bits)
@@ -385,12 +391,6 @@ def main() -> None:
     ref_feats = extract_features(clf, ref.reference)
     floor_fd = fd_from_features(ref_feats, extract_features(clf, ref.floor))
 
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    if args.only_seed is not None:
-        if args.only_seed not in seeds:
-            raise SystemExit(f"--only-seed {args.only_seed} is not one of the seeds {seeds} "
-                             "(--seed, --seeds)")
-        seeds = [args.only_seed]
     runs = [(name, seed) for seed in seeds for name in args.tokenizers]
     work = args.work or Path("runs") / bench.name
     work.mkdir(parents=True, exist_ok=True)
