@@ -34,7 +34,7 @@ DEFAULT_OUT = BENCH_DIR / "results"
 # the shared measurements, re-exported (imported while this folder is still on sys.path)
 from measures import (CLASSIFIER_STEPS, FDReference, TrainResult, autocast,  # noqa: F401
                       batches, cycled_labels, dataset_split, fashion_mnist, get_classifier,
-                      precision_name, sampler_setting, spread, train_model)
+                      precision_name, run_source, sampler_setting, spread, train_model)
 
 # `python benchmarks/NAME.py` puts this folder first on sys.path; once `common` is imported,
 # drop it, so that a script's name (tokenizers.py) cannot shadow an installed package.
@@ -240,6 +240,14 @@ def update_headline(bench: Bench, values: dict[str, Any]) -> Path:
     return path
 
 
+def write_json(path: Path, obj: Any, indent: int = 1) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file, then a rename): a crash leaves
+    the old file or none, never half of one. Values JSON lacks are written as floats."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=float))
+    tmp.replace(path)
+
+
 def run_bld(argv: list[str]) -> None:
     """Run one `bld` command in this process; a non-zero exit stops the benchmark."""
     from bld.cli import main as bld
@@ -259,9 +267,7 @@ def resumable_stage(work: Path, name: str, fn: Callable[[], dict | None]) -> dic
     t0 = time.perf_counter()
     rec = fn() or {}
     rec["seconds"] = time.perf_counter() - t0
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec, indent=2))
-    tmp.replace(done)
+    write_json(done, rec, indent=2)
     return rec
 
 

@@ -432,11 +432,8 @@ def main() -> None:
                 log.info("%s (train seed %d, sampler %s) S=%d seed %d: FD %.3f (floor %.3f, "
                          "recon %.3f), %.4f s/image", name, tseed, sampler, s, seed, m["fd"],
                          m["fd_floor_real_vs_real"], recon_rows[-1]["fd_recon"], sec)
-            tmp = kept.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"signature": signature, "train": train_rows[-1],
-                                       "recon": recon_rows[-1], "rows": rows[first_row:]},
-                                      indent=1, default=float))
-            tmp.replace(kept)  # atomic: a crash leaves the old file or none
+            common.write_json(kept, {"signature": signature, "train": train_rows[-1],
+                                     "recon": recon_rows[-1], "rows": rows[first_row:]})
     if args.only_train_seed is not None:
         log.info("training seed %d done and kept in %s; run without --only-train-seed to "
                  "write the report", args.only_train_seed, work)

@@ -60,12 +60,6 @@ def parse_args():
     return p.parse_args()
 
 
-def _source(run: Path) -> str:
-    report = run / "report.json"
-    return json.loads(report.read_text()).get("source", "fashion-mnist") if report.exists() \
-        else "fashion-mnist"
-
-
 def main() -> None:
     args = parse_args()
     q = args.quick
@@ -95,8 +89,9 @@ def main() -> None:
         base = ckpt.load_checkpoint(run / "prior", kind="prior").config
         run_cfg = config_from_dict("prior", base)
         ae = load_autoencoder(run / "autoencoder")
-        clf, clf_meta = common.get_classifier(bench, run, _source(run))
-        xt, yt = common.dataset_split(_source(run), "test")
+        source = common.run_source(run)
+        clf, clf_meta = common.get_classifier(bench, run, source)
+        xt, yt = common.dataset_split(source, "test")
         if n > len(xt) // 2:
             raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "
                              f"need two halves of N = {n}: pass --n {len(xt) // 2} or less")
@@ -146,9 +141,7 @@ def main() -> None:
                    "recall": m["recall"], "s_per_image": res.seconds / n}
             log.info("%s", row)
             kept[key] = row
-            tmp = kept_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(kept, indent=1))
-            tmp.replace(kept_path)  # atomic: a crash keeps every finished arm
+            common.write_json(kept_path, kept)  # a crash keeps every finished arm
             run_rows.append(row)
         rows += run_rows
         if not run_rows:
@@ -157,7 +150,7 @@ def main() -> None:
         sampler = (f"guidance {c.sample_guidance:g} at {c.sample_guidance_interval[0]:g} "
                    f"<= t / T <= {c.sample_guidance_interval[1]:g}, temperature "
                    f"{c.sample_temperature:g}")
-        sections += [f"## `{run}` ({_source(run)}; prior {c.model.width} x {c.model.depth}, "
+        sections += [f"## `{run}` ({source}; prior {c.model.width} x {c.model.depth}, "
                      f"{c.model.bits} bits per position; {sampler}; classifier test accuracy "
                      f"{common.fmt(clf_meta.get('test_accuracy'))})", "",
                      common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "threads",

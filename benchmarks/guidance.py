@@ -40,15 +40,6 @@ def _setting(text: str) -> tuple[float, float, float, float]:
         raise SystemExit(f"--settings: {e}") from None
 
 
-def _source(run: Path) -> str:
-    """The data source a `bld demo` run trained on (its report; Fashion-MNIST before the
-    report named it)."""
-    import json
-    report = run / "report.json"
-    return json.loads(report.read_text()).get("source", "fashion-mnist") if report.exists() \
-        else "fashion-mnist"
-
-
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -89,7 +80,7 @@ def main() -> None:
         nc = prior.config.model.num_classes
         if not nc:
             raise SystemExit(f"{run}: the prior is unconditional; guidance needs labels")
-        source = _source(run)
+        source = common.run_source(run)
         clf, clf_meta = common.get_classifier(bench, run, source)
         if source not in tests:
             tests[source] = common.dataset_split(source, "test")

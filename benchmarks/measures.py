@@ -35,6 +35,15 @@ def fashion_mnist(split: str = "test", limit: int | None = None
     return to_model_range(images), labels
 
 
+def run_source(run: Path) -> str:
+    """The data source a `bld demo` run trained on (its report; Fashion-MNIST before the
+    report named it)."""
+    import json
+    report = run / "report.json"
+    return json.loads(report.read_text()).get("source", "fashion-mnist") if report.exists() \
+        else "fashion-mnist"
+
+
 def dataset_split(source: str, split: str = "test", limit: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Any `bld.data.build_dataset` source (``fashion-mnist``, ``dicebear`` = the demo's

@@ -404,9 +404,10 @@ def main() -> None:
     for name, seed in tqdm(runs, desc="tokenizers"):
         spec = specs[name]
         kept = work / f"{name}-seed{seed}.json"
-        if kept.exists() and json.loads(kept.read_text()).get("signature") == signature:
+        saved = json.loads(kept.read_text()) if kept.exists() else {}
+        if saved.get("signature") == signature:
             log.info("%s seed %d: kept in %s", name, seed, kept)
-            rows.append(json.loads(kept.read_text())["row"])
+            rows.append(saved["row"])
             if seed == args.seed:
                 grids.append(torch.load(kept.with_suffix(".pt")))
             continue
@@ -439,9 +440,8 @@ def main() -> None:
         if seed == args.seed:
             grids.append(rec[:12])
         torch.save(rec[:12].clone(), kept.with_suffix(".pt"))
-        tmp = kept.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"signature": signature, "row": row}, default=float))
-        tmp.replace(kept)  # atomic, and after the grid: a kept row always has its grid
+        # after the grid: a kept row always has its grid
+        common.write_json(kept, {"signature": signature, "row": row}, indent=None)
         log.info("%s seed %d: PSNR %.2f dB, SSIM %.3f, recon FD %.3f (floor %.3f), "
                  "perplexity %.0f (%.2f of %.2f bits), %.3f s/step", name, seed, row["psnr"],
                  row["ssim"], row["fd_recon"], floor_fd, row["code_perplexity"],
