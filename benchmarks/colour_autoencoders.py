@@ -1,92 +1,171 @@
 """Colour autoencoders at equal training seconds: which architecture the 20-minute colour demo
 can afford on a 2-core CPU.
 
-Each arm is a set of config overrides on an autoencoder preset (default `emoji64`, the one
-the faces demo used before), trained through the library's `train_autoencoder` on a colour
-dataset (default the DiceBear faces of `bld prepare-dicebear`) for a step count chosen so
-that the arms take about the same seconds; reported: training seconds, seconds per step,
-PSNR over the whole test split (one definition everywhere: 10 log10(4 / MSE), images in
-[-1, 1]) and the latent's size. Run it under the AVX2 restriction to measure the CPU the
-colour demo is budgeted for:
+Each arm is a set of config overrides on an autoencoder preset, trained through the library's
+`train_autoencoder` on a colour dataset (default the DiceBear faces of `bld prepare-dicebear`)
+for a step count chosen so that the arms take about the same seconds; reported: training
+seconds, seconds per step, PSNR over the whole test split (one definition everywhere:
+10 log10(4 / MSE), images in [-1, 1]), the latent's size and, with an FD classifier of the
+dataset (--classifier, e.g. a faces demo run's classifier/), the reconstructions' FD,
+precision, recall and class accuracy at N = 1000 (the demo's definitions). Each finished arm
+is kept in --work, so that two 1-thread processes can split the arms (`--arms A` and
+`--arms B`) and a last call with every arm writes the report. Run it under the AVX2
+restriction to measure the CPU the colour demo is budgeted for:
 
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
         python benchmarks/colour_autoencoders.py --name colour_autoencoders_avx2
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
+        python benchmarks/colour_autoencoders.py --preset faces64 \\
+        --classifier runs/demo-faces/classifier --name colour_autoencoders_faces_avx2
     python benchmarks/colour_autoencoders.py --quick     # 20 steps per arm, 200 test images
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import common  # noqa: F401  (sys.path set-up; imported before bld on purpose)
+import torch
 
 log = logging.getLogger("bench")
 
-# name -> (overrides, steps): the steps give each arm about 155 s in fp32 under the AVX2
-# restriction on this project's CPU (timed training steps: 181 ms for the patch-4 arms,
-# 260 ms for patch 2)
+# preset -> {name: (overrides, steps)}. emoji64's steps give each arm about 155 s in fp32 under
+# the AVX2 restriction on this project's CPU (timed training steps: 181 ms for the patch-4
+# arms, 260 ms for patch 2). faces64's give each about the demo's 365 s (2-thread fp32 steps
+# timed under the AVX2 restriction: 152 ms for the preset, 197 ms for the 16x16 grid at width
+# 64, 136 ms at width 48).
 ARMS = {
-    "patch4-w48-bits32": (["model.patch=4", "model.channels=48", "model.channel_mult=[1,2]"], 800),
-    "patch4-w48-bits64": (["model.patch=4", "model.channels=48", "model.channel_mult=[1,2]",
-                           "model.bits=64"], 800),
-    "patch2-w32-bits32": (["model.patch=2", "model.channels=32", "model.channel_mult=[1,2,2]"],
-                          560),
+    "emoji64": {
+        "patch4-w48-bits32": (["model.patch=4", "model.channels=48", "model.channel_mult=[1,2]"],
+                              800),
+        "patch4-w48-bits64": (["model.patch=4", "model.channels=48", "model.channel_mult=[1,2]",
+                               "model.bits=64"], 800),
+        "patch2-w32-bits32": (["model.patch=2", "model.channels=32", "model.channel_mult=[1,2,2]"],
+                              560),
+    },
+    "faces64": {
+        # the faces demo's first autoencoder (the preset faces64-grid8)
+        "grid8-w48-bits64": (["model.channels=48", "model.channel_mult=[1,2]", "model.bits=64"],
+                             2400),
+        "grid16-w64-bits16": (["model.channels=64", "model.channel_mult=[1]", "model.bits=16"],
+                              1850),
+        "grid16-w48-bits16": (["model.channels=48", "model.channel_mult=[1]", "model.bits=16"],
+                              2680),
+        "grid16-w48-bits32": (["model.channels=48", "model.channel_mult=[1]", "model.bits=32"],
+                              2680),
+    },
 }
+EVAL_N = 1000  # reconstructions measured against the reference half, as `bld demo` does
 
 
 def main() -> None:
     p = common.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--preset", default="emoji64", help="autoencoder preset the arms override")
+    p.add_argument("--preset", default="emoji64", choices=list(ARMS),
+                   help="autoencoder preset the arms override")
     p.add_argument("--data", default="dicebear", help="colour dataset (a bld data source)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--name", default="colour_autoencoders", help="file name of the results")
+    p.add_argument("--arms", nargs="+", default=None,
+                   help="arms to train (default: all of the preset's); the report needs all")
+    p.add_argument("--name", default=None, help="file name of the results (default "
+                   "colour_autoencoders, or colour_autoencoders_<preset> for a preset other "
+                   "than emoji64)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where each finished arm is kept (default runs/<name>, runs/quick/<name> "
+                   "with --quick)")
     args = p.parse_args()
-    bench = common.setup(args.name, args, "~3 min per arm")
+    arms = ARMS[args.preset]
+    chosen = args.arms or list(arms)
+    unknown = [a for a in chosen if a not in arms]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown} for preset {args.preset}; its arms: "
+                         f"{list(arms)}")
+    args.name = args.name or ("colour_autoencoders" if args.preset == "emoji64"
+                              else f"colour_autoencoders_{args.preset}")
+    bench = common.setup(args.name, args, "~3 min per arm for emoji64, ~6 min for faces64 "
+                                          "(2 threads, AVX2)")
     from bld.config import load_config_dict
     from bld.data import build_dataset
-    from bld.evaluation import dataset_tensors
-    from bld.inference import reconstruct
+    from bld.evaluation import dataset_tensors, evaluate_autoencoder
     from bld.loading import load_autoencoder
     from bld.train import train_autoencoder
     from bld.train_config import config_from_dict
-    xt, _ = dataset_tensors(build_dataset(args.data, split="test"),
-                            limit=200 if args.quick else None)
+    xt, yt = dataset_tensors(build_dataset(args.data, split="test"),
+                             limit=200 if args.quick else None)
+    clf = clf_meta = ref = None
+    if args.classifier is not None:
+        clf, clf_meta = common.get_classifier(bench, None, args.data)
+        ref = common.FDReference(clf, xt, yt, min(EVAL_N, len(xt) // 2), seed=0)
+    work = args.work or Path("runs") / ("quick" if args.quick else "") / args.name
+    work.mkdir(parents=True, exist_ok=True)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bld-colour-ae-") as work:
-        for name in args.arms:
-            over, steps = ARMS[name]
-            steps = 20 if args.quick else steps
-            cfg = config_from_dict("autoencoder", load_config_dict(
-                "autoencoder", args.preset, over + [
-                    f"data.source={args.data}", f"optim.steps={steps}", f"run.seed={args.seed}",
-                    "run.sample_every=0", "run.ckpt_every=0"]))
-            out = Path(work) / name
-            t0 = time.perf_counter()
-            train_autoencoder(cfg, out)
-            seconds = time.perf_counter() - t0
-            ae = load_autoencoder(out, "cpu")
-            rec = reconstruct(ae, xt)
-            rows.append({"arm": name, "overrides": " ".join(over), "steps": steps,
-                         "batch_size": cfg.optim.batch_size, "train_s": seconds,
-                         "s_per_step": seconds / steps, "psnr": rec.psnr,
-                         "latent": "x".join(map(str, ae.config.latent_shape)),
-                         "bits_per_image": math.prod(ae.config.latent_shape),
-                         "params_M": sum(q.numel() for q in ae.parameters()) / 1e6})
-            log.info("%s", rows[-1])
-            shutil.rmtree(out, ignore_errors=True)
+    for name in chosen:
+        over, steps = arms[name]
+        steps = 20 if args.quick else steps
+        signature = {"preset": args.preset, "data": args.data, "overrides": over, "steps": steps,
+                     "seed": args.seed, "test_images": len(xt),
+                     "classifier": clf_meta.get("path") if clf_meta else None}
+        kept = work / f"{name}.json"
+        saved = json.loads(kept.read_text()) if kept.exists() else {}
+        if saved.get("signature") == signature:
+            log.info("%s: kept in %s", name, kept)
+            rows.append(saved["row"])
+            continue
+        cfg = config_from_dict("autoencoder", load_config_dict(
+            "autoencoder", args.preset, over + [
+                f"data.source={args.data}", f"optim.steps={steps}", f"run.seed={args.seed}",
+                "run.sample_every=0", "run.ckpt_every=0"]))
+        out = work / f"{name}-model"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        train_autoencoder(cfg, out)
+        seconds = time.perf_counter() - t0
+        ae = load_autoencoder(out, "cpu")
+        rec = evaluate_autoencoder(ae, xt)
+        row = {"arm": name, "overrides": " ".join(over), "steps": steps,
+               "batch_size": cfg.optim.batch_size, "train_s": seconds,
+               "s_per_step": seconds / steps, "psnr": rec["psnr"], "ssim": rec["ssim"],
+               "latent": "x".join(map(str, ae.config.latent_shape)),
+               "bits_per_image": math.prod(ae.config.latent_shape),
+               "params_M": sum(q.numel() for q in ae.parameters()) / 1e6,
+               "threads": torch.get_num_threads()}
+        if ref is not None:
+            # the demo's reconstruction figures: the floor half's reconstructions against the
+            # reference half (`bld.evaluation.evaluate_prior`)
+            r = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
+            from bld.classifier import accuracy
+            with torch.no_grad():
+                recon = torch.cat([ae(ref.floor[i:i + 250], deterministic=True).recon.clamp(-1, 1)
+                                   for i in range(0, len(ref.floor), 250)])
+            row.update({"fd_recon": r["fd_recon"], "recon_precision": r["recon_precision"],
+                        "recon_recall": r["recon_recall"],
+                        "recon_class_accuracy": accuracy(clf, recon, ref.floor_labels)})
+        shutil.rmtree(out, ignore_errors=True)
+        common.write_json(kept, {"signature": signature, "row": row}, indent=None)
+        rows.append(row)
+        log.info("%s", row)
+    missing = [a for a in arms if a not in chosen]
+    if args.arms and missing:
+        log.info("arms %s kept in %s; run without --arms to write the report", chosen, work)
+        return
     bench.results = {"preset": args.preset, "data": args.data, "test_images": len(xt),
-                     "rows": rows}
+                     "classifier": clf_meta, "rows": rows}
+    cols = ["arm", "overrides", "steps", "threads", "train_s", "s_per_step", "psnr", "ssim",
+            "latent", "bits_per_image", "params_M"]
+    if ref is not None:
+        cols += ["fd_recon", "recon_precision", "recon_recall", "recon_class_accuracy"]
     common.write_report(bench, "Colour autoencoders at equal training seconds", [
         f"Preset `{args.preset}` with each arm's overrides, trained on `{args.data}` (batch "
-        f"{rows[0]['batch_size'] if rows else '?'}); PSNR over {len(xt)} test images. "
-        "`train_s` includes loading the data and writing the checkpoint.", "",
-        common.markdown_table(rows, ["arm", "overrides", "steps", "train_s", "s_per_step", "psnr",
-                                     "latent", "bits_per_image", "params_M"])])
+        f"{rows[0]['batch_size'] if rows else '?'}); PSNR and SSIM over {len(xt)} test images. "
+        "`train_s` includes loading the data and writing the checkpoint."
+        + (f" Reconstruction FD, precision, recall and class accuracy: N = {ref.n} test images "
+           f"against the other half, in the features of the classifier at "
+           f"`{clf_meta.get('path')}` (test accuracy {clf_meta.get('test_accuracy')})."
+           if ref is not None else ""), "",
+        common.markdown_table(rows, cols)])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every pipeline is trained here from scratch at the demo's size, with the settings of the
 shipped presets (``--preset``, default ``fashion-mnist``; ``faces64`` for the colour demo's
-DiceBear faces; autoencoder and prior: architecture, steps x batch, learning rate, warm-up,
+DiceBear faces, ``faces64-grid8`` for its first 8 x 8 x 64 autoencoder, which the published
+faces results used; autoencoder and prior: architecture, steps x batch, learning rate, warm-up,
 weight decay, EMA), on all training images of the presets' dataset (``data.source``), then
 sampled at S in {4, 8, 16, 32} steps (and S = 16 with a second sampling seed):
 
@@ -37,7 +38,7 @@ seeds) to headline.json; for a dataset other than Fashion-MNIST the keys end in
 ``_<source>`` (``bld_fd_s16_dicebear``), and every ``bld-B`` adds ``bld<B>_fd_s16[_<source>]``.
 
     python benchmarks/gaussian_baseline.py --threads 1    # ~2 h on 1 thread (6 trainings)
-    python benchmarks/gaussian_baseline.py --preset faces64 --name gaussian_baseline_faces \
+    python benchmarks/gaussian_baseline.py --preset faces64-grid8 --name gaussian_baseline_dicebear \
         --classifier runs/demo-faces/classifier --steps 16 \
         --pipelines bld-32 bld-64 bld-128 gaussian
     python benchmarks/gaussian_baseline.py --quick

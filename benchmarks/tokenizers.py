@@ -2,7 +2,8 @@
 
 Every tokenizer uses the same `bld.autoencoder.Encoder` / `Decoder` architecture and the
 settings of one autoencoder preset (``--preset``: the demo's ``fashion-mnist`` by default,
-``faces64`` for the colour demo's DiceBear faces): its dataset (``data.source``, or
+``faces64`` for the colour demo's DiceBear faces, ``faces64-grid8`` for its first 8 x 8 x 64
+autoencoder, which the published faces results used): its dataset (``data.source``, or
 ``--dataset``), bits per position, every architecture field (image channels and size,
 padding, pixel-unshuffle ``patch``, widths, channel multipliers, attention), reconstruction
 loss, steps x batch, learning rate, warm-up and EMA (the flags below change some of them),
@@ -44,7 +45,7 @@ ours (bernoulli-B) at the preset's B, means over the seeds. The files are
 ``tokenizers_<source>`` on another dataset.
 
     python benchmarks/tokenizers.py --threads 1   # ~1.5 h on 1 thread (12 trainings)
-    python benchmarks/tokenizers.py --threads 1 --preset faces64 \
+    python benchmarks/tokenizers.py --threads 1 --preset faces64-grid8 --name tokenizers_dicebear \
         --classifier runs/demo-faces/classifier   # ~2 h: 64 bits on 8 x 8 (0.2-0.4 s/step)
     python benchmarks/tokenizers.py --quick
 """
@@ -167,7 +168,8 @@ def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="fashion-mnist",
                    help="autoencoder preset (or YAML) whose dataset, bits, architecture, loss "
-                        "and training budget to use (faces64: the colour demo's faces)")
+                        "and training budget to use (faces64: the colour demo's faces; "
+                        "faces64-grid8: its first 8 x 8 x 64 autoencoder)")
     p.add_argument("--dataset", default=None,
                    help="bld.data.build_dataset source to train and test on instead of the "
                         "preset's data.source (its images must have the preset's size and "

@@ -24,24 +24,30 @@ def _bench(script: str, *args: str, env: dict | None = None) -> subprocess.Compl
                           capture_output=True, text=True, env=env or ENV, timeout=600)
 
 
-def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
-    """--preset faces64 trains on the preset's dataset (dicebear: a generated folder here);
-    bld-B pipelines change only the bits per position; --only-train-seed keeps its results in
-    --work and writes no report, and the next call reuses them and reports."""
+def _colour_faces(tmp_path: Path) -> tuple[dict, Path]:
+    """A generated DiceBear-like cache (3 classes x 48 faces, 36 of them test) and a 2-step
+    FD classifier of it: (the benchmarks' environment, the classifier folder)."""
     from colour_faces import write_colour_faces
 
     from bld.evaluation import train_and_save_classifier
     cache = tmp_path / "cache"
-    write_colour_faces(cache / "bld" / "dicebear-64", per_class=48)  # 36 test images
-    env = {**ENV, "XDG_CACHE_HOME": str(cache)}
+    write_colour_faces(cache / "bld" / "dicebear-64", per_class=48)
     clf = tmp_path / "classifier"
     os.environ["XDG_CACHE_HOME"] = str(cache)
     try:
         train_and_save_classifier("dicebear", clf, steps=2, seed=0, progress=False)
     finally:
         os.environ.pop("XDG_CACHE_HOME")
+    return {**ENV, "XDG_CACHE_HOME": str(cache)}, clf
+
+
+def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
+    """--preset faces64-grid8 trains on the preset's dataset (dicebear: a generated folder here);
+    bld-B pipelines change only the bits per position; --only-train-seed keeps its results in
+    --work and writes no report, and the next call reuses them and reports."""
+    env, clf = _colour_faces(tmp_path)
     out, work = tmp_path / "out", tmp_path / "work"
-    common = ["--quick", "--preset", "faces64", "--pipelines", "bld-32", "bld-16",
+    common = ["--quick", "--preset", "faces64-grid8", "--pipelines", "bld-32", "bld-16",
               "--train-seeds", "1", "--steps", "16", "--n", "16", "--samplers", "0:0:1:1",
               "--classifier", str(clf),
               "--out", str(out), "--work", str(work)]
@@ -107,3 +113,35 @@ def test_grouped_head_measures_each_arm_once(tmp_path, runs):
     assert not (tmp_path / "work" / "run-group8-s0-quick").exists()
     results = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]
     assert [r["arm"] for r in results["rows"]] == ["per-bit", "group4"]
+
+
+def test_colour_autoencoders_keeps_each_arm_and_reports_with_all(tmp_path):
+    """colour_autoencoders.py --preset faces64: an arm run alone is kept in --work and writes
+    no report; the call with every arm reuses it, trains the rest and reports the
+    reconstructions' FD, recall and class accuracy on the given classifier."""
+    env, clf = _colour_faces(tmp_path)
+    out, work = tmp_path / "out", tmp_path / "work"
+    common = ["--quick", "--preset", "faces64", "--classifier", str(clf), "--out", str(out),
+              "--work", str(work)]
+    first = _bench("colour_autoencoders.py", *common, "--arms", "grid16-w48-bits16", env=env)
+    assert first.returncode == 0, first.stderr[-2000:] + first.stdout[-2000:]
+    assert sorted(p.name for p in work.iterdir()) == ["grid16-w48-bits16.json"]
+    assert not out.exists() or not list(out.glob("colour_autoencoders*"))
+    kept = json.loads((work / "grid16-w48-bits16.json").read_text())["row"]
+    assert kept["latent"] == "16x16x16" and kept["steps"] == 20
+    assert 0 <= kept["recon_recall"] <= 1 and 0 <= kept["recon_class_accuracy"] <= 1
+
+    second = _bench("colour_autoencoders.py", *common, env=env)
+    assert second.returncode == 0, second.stderr[-2000:] + second.stdout[-2000:]
+    assert second.stdout.count("kept in") == 1  # only the first arm was reused
+    results = json.loads((out / "colour_autoencoders_faces64.json").read_text())["results"]
+    assert [r["arm"] for r in results["rows"]] == [
+        "grid8-w48-bits64", "grid16-w64-bits16", "grid16-w48-bits16", "grid16-w48-bits32"]
+    assert results["rows"][2] == kept
+    assert {r["latent"] for r in results["rows"]} == {"64x8x8", "16x16x16", "32x16x16"}
+    report = (out / "colour_autoencoders_faces64.md").read_text()
+    assert "recon_recall" in report and "N = 18 test images" in report
+
+    bad = _bench("colour_autoencoders.py", "--quick", "--preset", "faces64", "--arms", "nope",
+                 env=env)
+    assert bad.returncode != 0 and "unknown arm(s) ['nope']" in bad.stderr

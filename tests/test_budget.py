@@ -110,3 +110,39 @@ def test_the_compact_setting_keeps_the_latent_shape(dataset):
                                                                over["autoencoder"]))
     assert compact.model.latent_shape == ae.model.latent_shape
     config_from_dict("prior", load_config_dict("prior", preset, over["prior"]))
+
+
+def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_path, monkeypatch):
+    """A calibration that would cut the presets below the compact threshold is timed once
+    more, and the faster of the two decides; a machine slow both times gets the compact
+    setting."""
+    import bld.budget
+    from bld.demo import COMPACT_BELOW, DemoSettings, _plan_steps
+    from bld.precision import resolve_precision
+
+    class Faces:  # what the plan reads of a training set
+        classes = [str(i) for i in range(10)]
+
+        def __len__(self):
+            return 20000
+
+    def plan_with(timings):
+        calls = iter(timings)
+        monkeypatch.setattr(bld.budget, "calibrate", lambda *a: next(calls))
+        monkeypatch.setattr(bld.budget, "calibrate_autoencoder", lambda r, *a: r)
+        monkeypatch.setattr(bld.budget, "calibrate_prior", lambda r, *a: r)
+        s = DemoSettings(out=tmp_path, dataset="faces", minutes=20)
+        _plan_steps(s, tmp_path, [], Faces(), 2000, torch.device("cpu"),
+                    resolve_precision("fp32", "cpu"))
+        return s.plan, calls
+
+    fast, slow = rates(2.0), rates(0.5)
+    plan, calls = plan_with([slow, fast])  # a burst of other work during the first timing
+    assert plan.get("variant") != "compact" and plan["scale"] > COMPACT_BELOW
+    assert plan["rates"]["ae_step_s"] == fast.ae_step_s
+    assert plan["rates"]["calibration_s"] == slow.calibration_s + fast.calibration_s
+    assert next(calls, None) is None  # timed twice
+    plan, calls = plan_with([slow, slow])
+    assert plan["variant"] == "compact" and plan["scale"] >= MIN_SCALE
+    plan, calls = plan_with([fast, slow])  # no second timing where the first fits
+    assert plan.get("variant") != "compact" and next(calls) is slow

@@ -1,5 +1,6 @@
 """benchmarks/tokenizers.py on colour images: every tokenizer keeps the preset's architecture
-(faces64: pixel-unshuffle 4, RGB, 64 bits on an 8x8 grid), code indices stay exact at 64 bits,
+(faces64-grid8, the published faces results' preset: pixel-unshuffle 4, RGB, 64 bits on an
+8x8 grid; faces64: 16 bits on a 16x16 grid), code indices stay exact at 64 bits,
 and a quick run on a small generated DiceBear-like folder writes its own files."""
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def test_specs_and_code_indices_at_64_bits(tok):
     assert usage["codes_used"] == 4 and usage["effective_bits"] == pytest.approx(2.0)
 
 
-def test_every_tokenizer_keeps_the_faces64_architecture(tok):
+def test_every_tokenizer_keeps_the_faces64_grid8_architecture(tok):
     pytest.importorskip("vector_quantize_pytorch")  # LFQ, FSQ, VQ: pip install -e '.[bench]'
-    preset = tok._preset("faces64")
+    preset = tok._preset("faces64-grid8")
     m = preset.model
     assert (m.in_channels, m.image_size, m.patch, m.bits, m.grid) == (3, 64, 4, 64, 8)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
@@ -97,7 +98,7 @@ def test_every_tokenizer_keeps_the_faces64_architecture(tok):
 
 
 def test_quick_run_on_colour_faces_writes_its_own_files(tmp_path, monkeypatch):
-    """--preset faces64 takes the preset's dataset (dicebear, here a generated folder in the
+    """--preset faces64-grid8 takes the preset's dataset (dicebear, here a generated folder in the
     cache) and names the files tokenizers_dicebear, so the Fashion-MNIST results are not
     overwritten; FD is measured with a classifier of that dataset (2 steps: a smoke test)."""
     from bld.evaluation import train_and_save_classifier
@@ -109,7 +110,7 @@ def test_quick_run_on_colour_faces_writes_its_own_files(tmp_path, monkeypatch):
     train_and_save_classifier("dicebear", clf, steps=2, seed=0, progress=False)
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "tokenizers.py"), "--quick", "--preset",
-           "faces64", "--tokenizers", "bernoulli-64", "bernoulli-12", "--seeds", "1",
+           "faces64-grid8", "--tokenizers", "bernoulli-64", "bernoulli-12", "--seeds", "1",
            "--classifier", str(clf), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -118,13 +119,13 @@ def test_quick_run_on_colour_faces_writes_its_own_files(tmp_path, monkeypatch):
         "tokenizers_dicebear.json", "tokenizers_dicebear.md", "tokenizers_dicebear_fd_recon.png",
         "tokenizers_dicebear_psnr.png", "tokenizers_dicebear_reconstructions.png"]
     results = json.loads((out / "tokenizers_dicebear.json").read_text())["results"]
-    assert (results["dataset"], results["preset"]) == ("dicebear", "faces64")
+    assert (results["dataset"], results["preset"]) == ("dicebear", "faces64-grid8")
     assert results["test_images"] == 12 and results["fd_n"] == 6
     assert results["classifier"]["dataset"] == "dicebear"
     assert [r["tokenizer"] for r in results["rows"]] == ["bernoulli-64", "bernoulli-12"]
     assert all(math.isfinite(r["psnr"]) for r in results["rows"])
     report = (out / "tokenizers_dicebear.md").read_text()
-    assert "DiceBear faces" in report and "`faces64`" in report and "pixel-unshuffle 4" in report
+    assert "DiceBear faces" in report and "`faces64-grid8`" in report and "pixel-unshuffle 4" in report
     assert "8 x 8 positions" in report and "Fashion-MNIST" not in report
     # no headline key from a quick run; a classifier of another dataset is refused
     assert not (out / "headline.json").exists()
