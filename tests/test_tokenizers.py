@@ -1,6 +1,6 @@
 """benchmarks/tokenizers.py on colour images: every tokenizer keeps the preset's architecture
 (faces64-grid8, the published faces results' preset: pixel-unshuffle 4, RGB, 64 bits on an
-8x8 grid; faces64: 16 bits on a 16x16 grid), code indices stay exact at 64 bits,
+8x8 grid; faces64: 32 bits on a 16x16 grid), code indices stay exact at 64 bits,
 and a quick run on a small generated DiceBear-like folder writes its own files."""
 
 from __future__ import annotations

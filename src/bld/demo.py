@@ -51,12 +51,12 @@ COMPACT_BELOW = 0.75
 # In fp32 under the AVX2 restriction (benchmarks/ablations.py --name ablations_avx2, one
 # seed): 268 s, PSNR 25.03 dB, reconstruction FD 25.0, recall 0.774, against 278 s, 24.16 dB,
 # 33.1, 0.703 for 1500 steps of the preset's architecture. The faces keep their
-# autoencoder's steps: their presets' prior is the compact size already, and a run whose
-# compact setting cut the autoencoder to 60% (1537 steps) for 3125 prior steps reconstructed
-# at 24.29 dB against 25.56 and sampled FD 349 / class accuracy 0.871 against 226 / 0.908
-# for the presets' 2680 + 2500 steps at the same sampler (AVX2, one seed each;
-# results/guidance_faces_g16_strong_avx2.md). Other datasets keep their preset's
-# architecture for 60% of its steps.
+# autoencoder's steps: their presets' prior is the compact size already, and (on the 16x16
+# grid of 16 bits) a run whose compact setting cut the autoencoder to 60% (1537 steps) for
+# 3125 prior steps reconstructed at 24.29 dB against 25.56 and sampled FD 349 / class
+# accuracy 0.871 against 226 / 0.908 for the presets' 2680 + 2500 steps at the same sampler
+# (AVX2, one seed each; results/guidance_faces_g16_strong_avx2.md). Other datasets keep
+# their preset's architecture for 60% of its steps.
 # demo dataset -> (architecture overrides, share of the preset's steps)
 COMPACT_AUTOENCODER: dict[str, tuple[list[str], float]] = {
     "fashion-mnist": (["model.patch=2", "model.channels=24", "model.channel_mult=[1,2]"], 1.28),
