@@ -211,15 +211,15 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                              preset_prior_steps=pr_cfg.optim.steps, precision=precision.name,
                              ae_steps=s.ae_steps, prior_steps=s.prior_steps, **work)
         plan = plan_presets(rates)
-        compact = s.ae_steps is None and s.prior_steps is None
-        if plan.scale < COMPACT_BELOW and compact:
+        free = s.ae_steps is None and s.prior_steps is None  # no step counts from the user
+        if plan.scale < COMPACT_BELOW and free:
             # one noisy timing must not switch the variant: time again, keep the faster
             log.info("the presets would be cut to %.0f%% of their steps: timing once more "
                      "before switching to the compact setting", 100 * plan.scale)
             rates = fastest(rates, calibrate(ae_cfg, pr_cfg, train_set,
                                              pr_cfg.model.num_classes, device, precision))
             plan = plan_presets(rates)
-        if plan.scale < COMPACT_BELOW and compact:
+        if plan.scale < COMPACT_BELOW and free:
             over = compact_overrides(s.dataset, ae_cfg.optim.steps)
             cut = plan.scale
             compact_ae = _config("autoencoder", s, common + over["autoencoder"])
