@@ -22,7 +22,6 @@ restriction to measure the CPU the colour demo is budgeted for:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -109,8 +108,8 @@ def main() -> None:
                      "seed": args.seed, "test_images": len(xt),
                      "classifier": clf_meta.get("path") if clf_meta else None}
         kept = work / f"{name}.json"
-        saved = json.loads(kept.read_text()) if kept.exists() else {}
-        if saved.get("signature") == signature:
+        saved = common.kept_result(kept, signature)
+        if saved is not None:
             log.info("%s: kept in %s", name, kept)
             rows.append(saved["row"])
             continue
@@ -144,7 +143,7 @@ def main() -> None:
                         "recon_recall": r["recon_recall"],
                         "recon_class_accuracy": accuracy(clf, recon, ref.floor_labels)})
         shutil.rmtree(out, ignore_errors=True)
-        common.write_json(kept, {"signature": signature, "row": row}, indent=None)
+        common.keep_result(kept, signature, row=row)
         rows.append(row)
         log.info("%s", row)
     missing = [a for a in arms if a not in chosen]

@@ -248,6 +248,25 @@ def write_json(path: Path, obj: Any, indent: int = 1) -> None:
     tmp.replace(path)
 
 
+def kept_result(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The record `keep_result` wrote at ``path`` if it was measured with these settings
+    (``signature``), else None: none there, or measured otherwise (then it is redone)."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("signature") == json.loads(json.dumps(signature, default=str)):
+        return saved
+    log.info("%s was measured with other settings: measuring again", path)
+    return None
+
+
+def keep_result(path: Path, signature: dict[str, Any], **record: Any) -> None:
+    """Keep one finished unit of a benchmark (a pipeline, tokenizer or arm) at ``path``
+    (atomically) with the settings it was measured with, for `kept_result`."""
+    write_json(path, {"signature": json.loads(json.dumps(signature, default=str)), **record},
+               indent=None)
+
+
 def run_bld(argv: list[str]) -> None:
     """Run one `bld` command in this process; a non-zero exit stops the benchmark."""
     from bld.cli import main as bld

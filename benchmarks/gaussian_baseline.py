@@ -46,7 +46,6 @@ seeds) to headline.json; for a dataset other than Fashion-MNIST the keys end in
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import replace
@@ -351,7 +350,6 @@ def main() -> None:
                  "classifier": clf_meta.get("path")}
     if args.samplers:  # (only then: results kept before --samplers existed stay valid)
         signature["samplers"] = [list(v) for v in args.samplers]
-    signature = json.loads(json.dumps(signature, default=str))
     rows, recon_rows, train_rows = [], [], []
     seeds = range(args.seed, args.seed + args.train_seeds)
     if args.only_train_seed is not None:
@@ -364,15 +362,13 @@ def main() -> None:
             if pipe == "gaussian-matched" and tseed >= args.seed + matched_seeds:
                 continue
             kept = work / f"{pipe}-seed{tseed}.json"
-            if kept.exists():
-                saved = json.loads(kept.read_text())
-                if saved.get("signature") == signature:
-                    log.info("%s, training seed %d: kept in %s", pipe, tseed, kept)
-                    train_rows.append(saved["train"])
-                    recon_rows.append(saved["recon"])
-                    rows.extend({"sampler": "preset", **r} for r in saved["rows"])
-                    continue
-                log.info("%s was measured with other settings: measuring again", kept)
+            saved = common.kept_result(kept, signature)
+            if saved is not None:
+                log.info("%s, training seed %d: kept in %s", pipe, tseed, kept)
+                train_rows.append(saved["train"])
+                recon_rows.append(saved["recon"])
+                rows.extend({"sampler": "preset", **r} for r in saved["rows"])
+                continue
             first_row = len(rows)
             kind = "bld" if pipe.startswith("bld") else "gaussian"
             ae_t = ae_train
@@ -433,8 +429,8 @@ def main() -> None:
                 log.info("%s (train seed %d, sampler %s) S=%d seed %d: FD %.3f (floor %.3f, "
                          "recon %.3f), %.4f s/image", name, tseed, sampler, s, seed, m["fd"],
                          m["fd_floor_real_vs_real"], recon_rows[-1]["fd_recon"], sec)
-            common.write_json(kept, {"signature": signature, "train": train_rows[-1],
-                                     "recon": recon_rows[-1], "rows": rows[first_row:]})
+            common.keep_result(kept, signature, train=train_rows[-1], recon=recon_rows[-1],
+                               rows=rows[first_row:])
     if args.only_train_seed is not None:
         log.info("training seed %d done and kept in %s; run without --only-train-seed to "
                  "write the report", args.only_train_seed, work)

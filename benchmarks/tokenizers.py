@@ -52,7 +52,6 @@ ours (bernoulli-B) at the preset's B, means over the seeds. The files are
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -397,17 +396,17 @@ def main() -> None:
     work = args.work or Path("runs") / bench.name
     work.mkdir(parents=True, exist_ok=True)
     # what a kept result must have been measured with to be reused
-    signature = json.loads(json.dumps({
+    signature = {
         "preset": args.preset, "source": source, "quick": q, "steps": steps,
         "batch_size": args.batch_size, "lr": args.lr, "channels": args.channels,
         "hidden": args.hidden, "n_train": len(x_train), "n_test": len(xt),
-        "classifier": clf_meta.get("path")}, default=str))
+        "classifier": clf_meta.get("path")}
     rows, grids = [], [xt[:12]]
     for name, seed in tqdm(runs, desc="tokenizers"):
         spec = specs[name]
         kept = work / f"{name}-seed{seed}.json"
-        saved = json.loads(kept.read_text()) if kept.exists() else {}
-        if saved.get("signature") == signature:
+        saved = common.kept_result(kept, signature)
+        if saved is not None:
             log.info("%s seed %d: kept in %s", name, seed, kept)
             rows.append(saved["row"])
             if seed == args.seed:
@@ -443,7 +442,7 @@ def main() -> None:
             grids.append(rec[:12])
         torch.save(rec[:12].clone(), kept.with_suffix(".pt"))
         # after the grid: a kept row always has its grid
-        common.write_json(kept, {"signature": signature, "row": row}, indent=None)
+        common.keep_result(kept, signature, row=row)
         log.info("%s seed %d: PSNR %.2f dB, SSIM %.3f, recon FD %.3f (floor %.3f), "
                  "perplexity %.0f (%.2f of %.2f bits), %.3f s/step", name, seed, row["psnr"],
                  row["ssim"], row["fd_recon"], floor_fd, row["code_perplexity"],
