@@ -1,6 +1,7 @@
-"""The prior's head: bits predicted one by one (independent given z_t) against a head that
-predicts each group of g bits jointly (``diffusion.bit_group``: a categorical over the 2^g
-patterns of the group, the exact step summed over them; SPEC 2).
+"""The prior's head and recipe on trained demo runs: bits predicted one by one (independent
+given z_t) against a head that predicts each group of g bits jointly (``diffusion.bit_group``:
+a categorical over the 2^g patterns of the group, the exact step summed over them; SPEC 2),
+and the prior's size, token size, batch and learning rate at the run's training seconds.
 
 BiGR (ICLR 2025) reports FID 5.84 with an independent per-bit loss against 3.17 with a head
 that models the bits of a token jointly; MaskBit predicts groups of 7 bits with one 128-way
@@ -12,12 +13,20 @@ the run's sampler settings (S = 16, its guidance, interval and temperature):
   per-bit          the run's prior config unchanged (the presets' loss: class-balanced BCE)
   per-bit-mean     the same with the plain BCE ("mean"), the loss the grouped head uses
   group4, group8   the grouped head over 4 / 8 bits (16 / 256 patterns), cross-entropy loss
+  wide256, deep6   the prior 256 wide (4 heads) / 6 deep      } at the run's training
+  narrow128        128 wide (2 heads)                          } seconds: the steps are the
+  depth3           3 deep                                      } run's x (its step's seconds /
+  patch1           one grid position per token (no 2x2 patch)  } the arm's, timed here first)
+  batch64, batch16 batch 64 / 16                               }
+  lr5e-3, lr1e-2   learning rate 5e-3 / 1e-2, the run's steps
+  longer           the run's config for 1.25 x its steps (the demo's prior may grow so far)
 
 Reported per run and arm: FD (with its real-vs-real floor and the reconstruction FD at N),
 class accuracy, precision, recall, training seconds and sampling seconds per image, on the
 run's own FD classifier and the test split of its dataset. Finished arms are kept in
 ``--work`` (a file per run) and skipped on the next call, so two processes can measure one
-run each and a third call reports both.
+run each and a third call reports both (processes measuring arms of one run merge their
+rows into its file).
 
     python benchmarks/grouped_head.py --runs runs/demo-faces runs/demo --threads 1
     python benchmarks/grouped_head.py --quick --runs runs/demo
@@ -35,14 +44,37 @@ import torch
 
 log = logging.getLogger("bench")
 
+# arm -> (overrides of the run's prior config, note, seconds: None for the run's steps, or
+# a share of the run's training seconds, its steps rescaled from timed steps of both)
 ARMS = {
-    "per-bit": ([], "the run's prior config (per-bit head, its loss)"),
-    "per-bit-mean": (["diffusion.loss_type=mean"], "per-bit head, plain BCE"),
+    "per-bit": ([], "the run's prior config (per-bit head, its loss)", None),
+    "per-bit-mean": (["diffusion.loss_type=mean"], "per-bit head, plain BCE", None),
     "group4": (["diffusion.bit_group=4", "diffusion.loss_type=mean"],
-               "grouped head, 4 bits -> 16 patterns, cross-entropy"),
+               "grouped head, 4 bits -> 16 patterns, cross-entropy", None),
     "group8": (["diffusion.bit_group=8", "diffusion.loss_type=mean"],
-               "grouped head, 8 bits -> 256 patterns, cross-entropy"),
+               "grouped head, 8 bits -> 256 patterns, cross-entropy", None),
+    "wide256": (["model.width=256", "model.heads=4"], "width 256 (4 heads), equal seconds",
+                1.0),
+    "deep6": (["model.depth=6"], "depth 6, equal seconds", 1.0),
+    "narrow128": (["model.width=128", "model.heads=2"], "width 128 (2 heads), equal seconds",
+                  1.0),
+    "depth3": (["model.depth=3"], "depth 3, equal seconds", 1.0),
+    "patch1": (["model.patch=1"], "one grid position per token, equal seconds", 1.0),
+    "batch64": (["optim.batch_size=64"], "batch 64, equal seconds", 1.0),
+    "batch16": (["optim.batch_size=16"], "batch 16, equal seconds", 1.0),
+    "lr5e-3": (["optim.lr=0.005"], "learning rate 5e-3, the run's steps", None),
+    "lr1e-2": (["optim.lr=0.01"], "learning rate 1e-2, the run's steps", None),
+    "longer": ([], "the run's prior config for 1.25 x its steps", 1.25),
 }
+
+
+def _step_seconds(cfg) -> float:
+    """One training step of this prior config on this machine, in the precision its training
+    will use (the demo's calibration)."""
+    from bld.budget import time_prior_step
+    from bld.precision import resolve_precision
+    return time_prior_step(cfg, cfg.model.num_classes, torch.device("cpu"),
+                           resolve_precision(cfg.run.precision))
 
 
 def parse_args():
@@ -79,7 +111,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows, sections = [], []
     for run in args.runs:
-        # one file per run, so that two processes (one run each) never write the same file
+        # one file per run; processes measuring arms of one run merge into it
         kept_path = args.work / f"{run.name}-results{'-quick' if q else ''}.json"
         kept = json.loads(kept_path.read_text()) if kept_path.exists() else {}
         for sub in ("prior", "autoencoder", "classifier", "latents_train.safetensors"):
@@ -99,7 +131,7 @@ def main() -> None:
         ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
         run_rows = []
         for arm in args.arms:
-            overrides, note = ARMS[arm]
+            overrides, note, seconds = ARMS[arm]
             key = f"{run}|{arm}|{args.seed}|n={n}"
             if key in kept:
                 log.info("%s: kept", key)
@@ -115,6 +147,21 @@ def main() -> None:
             if q:
                 flags += ["optim.steps=20", "optim.warmup=2"]
             cfg = config_from_dict("prior", apply_overrides(base, overrides + flags))
+            timed = {}
+            if seconds is not None:
+                # that share of the run's seconds: its steps x its step's / the arm's
+                as_run = config_from_dict("prior", apply_overrides(base, flags))
+                if overrides:
+                    timed = {"step_s": _step_seconds(cfg), "run_step_s": _step_seconds(as_run)}
+                    ratio = timed["run_step_s"] / timed["step_s"]
+                    log.info("%s: a step %.4f s against the run's %.4f s", arm,
+                             timed["step_s"], timed["run_step_s"])
+                else:  # the run's own step
+                    ratio = 1.0
+                steps = max(1, round(as_run.optim.steps * seconds * ratio))
+                log.info("%s: %d steps", arm, steps)
+                cfg = config_from_dict("prior", apply_overrides(
+                    base, overrides + flags + [f"optim.steps={steps}"]))
             out = args.work / f"{run.name}-{arm}-s{args.seed}{'-quick' if q else ''}"
             if not (out / "done.json").exists():
                 import shutil
@@ -138,9 +185,11 @@ def main() -> None:
                    "train_s": train_s, "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
                    "fd_recon": ae_fig["fd_recon"], "fd_ratio": m["fd"] / ae_fig["fd_recon"],
                    "class_accuracy": m.get("class_accuracy"), "precision": m["precision"],
-                   "recall": m["recall"], "s_per_image": res.seconds / n}
+                   "recall": m["recall"], "s_per_image": res.seconds / n, **timed}
             log.info("%s", row)
-            kept[key] = row
+            # read the file again first: another process may have kept an arm of this run
+            kept = {**(json.loads(kept_path.read_text()) if kept_path.exists() else {}),
+                    key: row}
             common.write_json(kept_path, kept)  # a crash keeps every finished arm
             run_rows.append(row)
         rows += run_rows
@@ -153,11 +202,12 @@ def main() -> None:
         sections += [f"## `{run}` ({source}; prior {c.model.width} x {c.model.depth}, "
                      f"{c.model.bits} bits per position; {sampler}; classifier test accuracy "
                      f"{common.fmt(clf_meta.get('test_accuracy'))})", "",
-                     common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "threads",
-                                                      "train_s",
+                     common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "step_s",
+                                                      "threads", "train_s",
                                                       "fd", "fd_floor", "fd_recon", "fd_ratio",
                                                       "class_accuracy", "precision", "recall",
-                                                      "s_per_image"]), ""]
+                                                      "s_per_image"],
+                                           headers={"head": "change"}), ""]
     labels = [f"{r['run']}: {r['arm']}" for r in rows]
     common.plot_bars(bench.path("_recall.png"), labels,
                      {"recall": [r["recall"] for r in rows],
@@ -173,10 +223,12 @@ def main() -> None:
              f"{n} images at S = 16 with the run's "
              "sampler settings, labels cycled through the classes. FD, precision, recall and "
              "class accuracy on each run's own classifier and test split (compare rows within "
-             "a run); fd_ratio = sample FD / reconstruction FD at the same N.", "",
+             "a run); fd_ratio = sample FD / reconstruction FD at the same N. Arms marked "
+             "\"equal seconds\" train the run's steps x (the run's step seconds / the arm's), "
+             "both timed here before training (`step_s`, `run_step_s`).", "",
              f"![recall]({bench.path('_recall.png').name}) "
              f"![FD ratio]({bench.path('_fd_ratio.png').name})", ""]
-    common.write_report(bench, "Per-bit against grouped prior heads", intro + sections)
+    common.write_report(bench, "The prior's head and recipe on demo runs", intro + sections)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,23 @@ def test_grouped_head_measures_each_arm_once(tmp_path, runs):
     results = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]
     assert [r["arm"] for r in results["rows"]] == ["per-bit", "group4"]
 
+    # an equal-seconds arm: its steps are the run's x (the run's step seconds / its own)
+    wide = _bench("grouped_head.py", *args[:4], "wide256", *args[6:])
+    assert wide.returncode == 0, wide.stderr[-2000:] + wide.stdout[-2000:]
+    row = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]["rows"][0]
+    assert row["arm"] == "wide256" and row["step_s"] > 0 and row["run_step_s"] > 0
+    steps = max(1, round(20 * row["run_step_s"] / row["step_s"]))
+    assert row["steps_x_batch"].startswith(f"{steps} x ")
+    trained = load_prior(tmp_path / "work" / "run-wide256-s0-quick").config
+    assert (trained.model.width, trained.model.heads, trained.optim.steps) == (256, 4, steps)
+    # the run's own config for 1.25 x its steps: nothing to time
+    longer = _bench("grouped_head.py", *args[:4], "longer", *args[6:])
+    assert longer.returncode == 0, longer.stderr[-2000:] + longer.stdout[-2000:]
+    row = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]["rows"][0]
+    assert row["arm"] == "longer" and "step_s" not in row
+    assert row["steps_x_batch"].startswith("25 x ")
+    assert load_prior(tmp_path / "work" / "run-longer-s0-quick").config.optim.steps == 25
+
 
 def test_colour_autoencoders_keeps_each_arm_and_reports_with_all(tmp_path):
     """colour_autoencoders.py --preset faces64: an arm run alone is kept in --work and writes

@@ -64,6 +64,17 @@ def test_steps_the_user_gave_are_kept_and_the_rest_fills_the_budget():
     assert plan.prior_steps > free.prior_steps  # the time the autoencoder does not take
 
 
+def test_seconds_already_spent_leave_less_for_training():
+    r = rates(1.0)
+    plan = make_plan(r, 15, precision="fp32", **PRESETS, **WORK)
+    assert plan.scale < 1  # a budget the training fills
+    later = make_plan(r, 15, precision="fp32", spent_s=60.0, **PRESETS, **WORK)
+    assert later.predicted_s["spent"] == 60.0 and later.scale < plan.scale
+    assert later.predicted_s["total"] == pytest.approx(plan.predicted_s["total"], abs=2.0)
+    assert later.predicted_s["total"] == pytest.approx(sum(
+        v for k, v in later.predicted_s.items() if k != "total"))
+
+
 def test_the_prior_is_refitted_to_the_time_really_spent():
     r = rates(1.0)
     plan = make_plan(r, 15, precision="fp32", **PRESETS, **WORK)
@@ -117,7 +128,7 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
     more, and the faster of the two decides; a machine slow both times gets the compact
     setting."""
     import bld.budget
-    from bld.demo import COMPACT_BELOW, DemoSettings, _plan_steps
+    from bld.demo import COMPACT_BELOW, PRIOR_GROWTH, DemoSettings, _plan_steps
     from bld.precision import resolve_precision
 
     class Faces:  # what the plan reads of a training set
@@ -139,6 +150,8 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
     fast, slow = rates(2.0), rates(0.5)
     plan, calls = plan_with([slow, fast])  # a burst of other work during the first timing
     assert plan.get("variant") != "compact" and plan["scale"] > COMPACT_BELOW
+    # the presets' prior may grow where the refit finds room
+    assert plan["max_prior_steps"] == round(PRIOR_GROWTH * plan["preset_prior_steps"])
     assert plan["rates"]["ae_step_s"] == fast.ae_step_s
     assert plan["rates"]["calibration_s"] == slow.calibration_s + fast.calibration_s
     assert next(calls, None) is None  # timed twice

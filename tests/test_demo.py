@@ -62,6 +62,11 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
     assert all(v > 0 for v in plan["rates"].values())
     assert plan["predicted_s"]["total"] == pytest.approx(sum(
         v for k, v in plan["predicted_s"].items() if k != "total"))
+    # the FD classifier trains first, and the plan counts the seconds it took, not a guess
+    assert plan["work"]["classifier_steps"] == 0
+    assert plan["predicted_s"]["spent"] >= rep["times"]["classifier_s"] > 0
+    assert (out / "classifier" / "config.json").stat().st_mtime < \
+        (out / "autoencoder" / "done.json").stat().st_mtime
     assert json.loads((out / "plan.json").read_text()) == plan
     assert "Time plan: plan for 15 min" in (out / "report.md").read_text()
 

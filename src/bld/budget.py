@@ -7,16 +7,18 @@ these it predicts every stage's seconds (training, encoding, the FD classifier, 
 evaluation's samples, the figures) and scales both models' training steps by one factor,
 at most the presets' own counts, so that the predicted total stays inside
 ``SAFETY x M`` minutes. A slower CPU gets a smaller run that still finishes; a faster one
-runs the presets as they are. After the autoencoder, the prior's steps are fitted again to
-the time really left (up to ``Plan.max_prior_steps`` where the plan allows more than the
-preset's: the demo's compact setting). The plan and what it predicted are written into the
-demo report beside the figures the run reached.
+runs the presets as they are. Work done before the plan (the demo trains its FD classifier
+first) counts with the seconds it took (``spent_s``). After the autoencoder, the prior's
+steps are fitted again to the time really left (up to ``Plan.max_prior_steps`` where the
+plan allows more than the preset's, as the demo's does). The plan and what it predicted are
+written into the demo report beside the figures the run reached.
 
 Imports the models and the noise process, not the training loops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -170,6 +172,15 @@ def calibrate_autoencoder(rates: Rates, ae_cfg, train_set: Dataset, device: torc
                    calibration_s=rates.calibration_s + time.perf_counter() - t_start)
 
 
+def time_prior_step(prior_cfg, num_classes: int, device: torch.device,
+                    precision: Precision | None = None) -> float:
+    """Seconds of one training step of ``prior_cfg`` (resolved to its latent shape) here, as
+    the demo's calibration times it (``precision``: fp32 when not given)."""
+    torch.manual_seed(0)
+    amp = precision.autocast(device) if precision is not None else contextlib.nullcontext()
+    return _time_prior(prior_cfg, num_classes, device, amp)[0]
+
+
 def _time_autoencoder(ae_cfg, train_set: Dataset, device: torch.device, amp
                       ) -> tuple[float, float, float]:
     """(training step s, encoding s per image, fp32 reconstruction s per image)."""
@@ -288,11 +299,13 @@ def guided_share(steps: int, timesteps: int, guidance: float,
 
 def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prior_steps: int,
               precision: str, ae_steps: int | None = None, prior_steps: int | None = None,
-              **work: float) -> Plan:
+              spent_s: float = 0.0, **work: float) -> Plan:
     """Scale the presets' training steps by the largest factor <= 1 whose predicted total
     fits ``SAFETY * minutes``. A model whose steps are given (``ae_steps`` / ``prior_steps``:
-    the user's) keeps them; the factor applies to the other."""
-    fixed = predict(rates, ae_steps=ae_steps or 0, prior_steps=prior_steps or 0, **work)["total"]
+    the user's) keeps them; the factor applies to the other. ``spent_s``: seconds of work
+    already done before the plan (the demo's FD classifier), counted as they were measured."""
+    fixed = predict(rates, ae_steps=ae_steps or 0, prior_steps=prior_steps or 0,
+                    **work)["total"] + spent_s
     training = ((ae_steps is None) * preset_ae_steps * rates.ae_step_s
                 + (prior_steps is None) * preset_prior_steps * rates.prior_step_s)
     room = SAFETY * minutes * 60 - fixed
@@ -308,9 +321,11 @@ def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prio
         prior_steps = max(1, math.floor(preset_prior_steps * scale))
     if scale < 1 and not note:
         note = "a slower machine than the presets assume: fewer training steps"
+    predicted = predict(rates, ae_steps=ae_steps, prior_steps=prior_steps, **work)
+    if spent_s:
+        predicted = {"spent": spent_s, **predicted, "total": predicted["total"] + spent_s}
     return Plan(minutes, scale, ae_steps, prior_steps, preset_ae_steps, preset_prior_steps,
-                precision, rates,
-                predict(rates, ae_steps=ae_steps, prior_steps=prior_steps, **work), note, work)
+                precision, rates, predicted, note, work)
 
 
 def replan_prior(plan: Plan, elapsed_s: float) -> Plan:
