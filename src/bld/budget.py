@@ -100,7 +100,7 @@ class Plan:
                 + (f", the prior's refitted after {self.replanned_after_s:.0f} s"
                    if self.replanned_after_s is not None else "") + "); predicted "
                 f"{p['total'] / 60:.1f} min = " + ", ".join(
-                    f"{k} {v:.0f} s" for k, v in p.items() if k != "total") +
+                    f"{k} {v:.0f} s" for k, v in p.items() if k != "total" and v) +
                 (f". {self.note}" if self.note else ""))
 
 
