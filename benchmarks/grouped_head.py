@@ -212,10 +212,10 @@ def main() -> None:
     common.plot_bars(bench.path("_recall.png"), labels,
                      {"recall": [r["recall"] for r in rows],
                       "class accuracy": [r["class_accuracy"] or 0.0 for r in rows]},
-                     xlabel="share", title="per-bit vs grouped head (S = 16)")
+                     xlabel="share", title="prior head and recipe arms (S = 16)")
     common.plot_bars(bench.path("_fd_ratio.png"), labels,
                      {"sample FD / reconstruction FD": [r["fd_ratio"] for r in rows]},
-                     xlabel="ratio (lower is better)", title="per-bit vs grouped head (S = 16)")
+                     xlabel="ratio (lower is better)", title="prior head and recipe arms (S = 16)")
     bench.results = {"n": n, "rows": rows}
     intro = ["## Settings", "",
              f"Each arm retrains the run's prior from its own config (seed {args.seed}; "
