@@ -23,10 +23,9 @@ the run's sampler settings (S = 16, its guidance, interval and temperature):
 
 Reported per run and arm: FD (with its real-vs-real floor and the reconstruction FD at N),
 class accuracy, precision, recall, training seconds and sampling seconds per image, on the
-run's own FD classifier and the test split of its dataset. Finished arms are kept in
-``--work`` (a file per run) and skipped on the next call, so two processes can measure one
-run each and a third call reports both (processes measuring arms of one run merge their
-rows into its file).
+run's own FD classifier and the test split of its dataset. Each finished arm is kept in
+``--work`` (a file beside its trained prior) and skipped on the next call, so processes can
+measure arms side by side and a last call reports them all.
 
     python benchmarks/grouped_head.py --runs runs/demo-faces runs/demo --threads 1
     python benchmarks/grouped_head.py --quick --runs runs/demo
@@ -111,9 +110,6 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows, sections = [], []
     for run in args.runs:
-        # one file per run; processes measuring arms of one run merge into it
-        kept_path = args.work / f"{run.name}-results{'-quick' if q else ''}.json"
-        kept = json.loads(kept_path.read_text()) if kept_path.exists() else {}
         for sub in ("prior", "autoencoder", "classifier", "latents_train.safetensors"):
             if not (run / sub).exists():
                 raise SystemExit(f"{run / sub} is missing: make the run with "
@@ -133,9 +129,13 @@ def main() -> None:
         for arm in args.arms:
             overrides, note, seconds = ARMS[arm]
             key = f"{run}|{arm}|{args.seed}|n={n}"
-            if key in kept:
+            out = args.work / f"{run.name}-{arm}-s{args.seed}{'-quick' if q else ''}"
+            signature = {"run": str(run), "arm": arm, "overrides": overrides,
+                         "seconds": seconds, "seed": args.seed, "n": n, "quick": q}
+            kept = common.kept_result(out / "result.json", signature)
+            if kept is not None:
                 log.info("%s: kept", key)
-                run_rows.append(kept[key])
+                run_rows.append(kept["row"])
                 continue
             if args.report_only:
                 log.info("%s: not measured yet, left out (--report-only)", key)
@@ -162,7 +162,6 @@ def main() -> None:
                 log.info("%s: %d steps", arm, steps)
                 cfg = config_from_dict("prior", apply_overrides(
                     base, overrides + flags + [f"optim.steps={steps}"]))
-            out = args.work / f"{run.name}-{arm}-s{args.seed}{'-quick' if q else ''}"
             if not (out / "done.json").exists():
                 import shutil
                 shutil.rmtree(out, ignore_errors=True)
@@ -187,10 +186,7 @@ def main() -> None:
                    "class_accuracy": m.get("class_accuracy"), "precision": m["precision"],
                    "recall": m["recall"], "s_per_image": res.seconds / n, **timed}
             log.info("%s", row)
-            # read the file again first: another process may have kept an arm of this run
-            kept = {**(json.loads(kept_path.read_text()) if kept_path.exists() else {}),
-                    key: row}
-            common.write_json(kept_path, kept)  # a crash keeps every finished arm
+            common.keep_result(out / "result.json", signature, row=row)  # survives a crash
             run_rows.append(row)
         rows += run_rows
         if not run_rows:
