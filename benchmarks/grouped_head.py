@@ -18,7 +18,7 @@ the run's sampler settings (S = 16, its guidance, interval and temperature):
   depth3           3 deep                                      } run's x (its step's seconds /
   patch1           one grid position per token (no 2x2 patch)  } the arm's, timed here first)
   batch64, batch16 batch 64 / 16                               }
-  lr5e-3, lr1e-2   learning rate 5e-3 / 1e-2, the run's steps
+  lr2.5e-3, lr5e-3, lr1e-2   learning rate 2.5e-3 / 5e-3 / 1e-2, the run's steps
   longer           the run's config for 1.25 x its steps (the demo's prior may grow so far)
 
 Reported per run and arm: FD (with its real-vs-real floor and the reconstruction FD at N),
@@ -29,6 +29,7 @@ measure arms side by side and a last call reports them all.
 
     python benchmarks/grouped_head.py --runs runs/demo-faces runs/demo --threads 1
     python benchmarks/grouped_head.py --quick --runs runs/demo
+    python benchmarks/grouped_head.py --runs runs/demo-faces@1 --arms per-bit   # prior seed 1
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ ARMS = {
     "patch1": (["model.patch=1"], "one grid position per token, equal seconds", 1.0),
     "batch64": (["optim.batch_size=64"], "batch 64, equal seconds", 1.0),
     "batch16": (["optim.batch_size=16"], "batch 16, equal seconds", 1.0),
+    "lr2.5e-3": (["optim.lr=0.0025"], "learning rate 2.5e-3, the run's steps", None),
     "lr5e-3": (["optim.lr=0.005"], "learning rate 5e-3, the run's steps", None),
     "lr1e-2": (["optim.lr=0.01"], "learning rate 1e-2, the run's steps", None),
     "longer": ([], "the run's prior config for 1.25 x its steps", 1.25),
@@ -76,11 +78,24 @@ def _step_seconds(cfg) -> float:
                            resolve_precision(cfg.run.precision))
 
 
+def _runs_and_seeds(runs: list[str], seed: int) -> list[tuple[Path, int]]:
+    """``RUN`` or ``RUN@SEED`` -> (run folder, the seed its arms train and sample with)."""
+    out = []
+    for r in runs:
+        path, at, s = r.rpartition("@") if "@" in r else (r, "", "")
+        if at and not s.isdigit():
+            raise SystemExit(f"--runs {r}: the part after @ must be a seed (an integer >= 0)")
+        out.append((Path(path), int(s) if at else seed))
+    return out
+
+
 def parse_args():
     p = common.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=Path, nargs="+", required=True,
+    p.add_argument("--runs", nargs="+", required=True,
                    help="`bld demo --out RUN_DIR` folders (prior/, autoencoder/, classifier/, "
-                        "latents_train.safetensors)")
+                        "latents_train.safetensors); RUN_DIR@SEED retrains and samples that "
+                        "run's arms with SEED instead of --seed (e.g. another seed than the "
+                        "run's own)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--n", type=int, default=None, help="samples per arm (1000; 50 quick)")
     p.add_argument("--work", type=Path, default=Path("runs/grouped_head"),
@@ -109,7 +124,7 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     rows, sections = [], []
-    for run in args.runs:
+    for run, seed in _runs_and_seeds(args.runs, args.seed):
         for sub in ("prior", "autoencoder", "classifier", "latents_train.safetensors"):
             if not (run / sub).exists():
                 raise SystemExit(f"{run / sub} is missing: make the run with "
@@ -128,10 +143,10 @@ def main() -> None:
         run_rows = []
         for arm in args.arms:
             overrides, note, seconds = ARMS[arm]
-            key = f"{run}|{arm}|{args.seed}|n={n}"
-            out = args.work / f"{run.name}-{arm}-s{args.seed}{'-quick' if q else ''}"
+            key = f"{run}|{arm}|{seed}|n={n}"
+            out = args.work / f"{run.name}-{arm}-s{seed}{'-quick' if q else ''}"
             signature = {"run": str(run), "arm": arm, "overrides": overrides,
-                         "seconds": seconds, "seed": args.seed, "n": n, "quick": q}
+                         "seconds": seconds, "seed": seed, "n": n, "quick": q}
             kept = common.kept_result(out / "result.json", signature)
             if kept is not None:
                 log.info("%s: kept", key)
@@ -140,7 +155,7 @@ def main() -> None:
             if args.report_only:
                 log.info("%s: not measured yet, left out (--report-only)", key)
                 continue
-            flags = [f"run.seed={args.seed}", f"run.threads={torch.get_num_threads()}",
+            flags = [f"run.seed={seed}", f"run.threads={torch.get_num_threads()}",
                      "run.device=cpu", "run.sample_every=0", "run.ckpt_every=0",
                      f"autoencoder={run / 'autoencoder'}",
                      f"latents={run / 'latents_train.safetensors'}"]
@@ -173,12 +188,12 @@ def main() -> None:
             prior = load_prior(out)
             nc = prior.config.model.num_classes
             labels = common.cycled_labels(n, nc) if nc else None
-            res = generate(prior, ae, n, steps=16, labels=labels, seed=args.seed,
+            res = generate(prior, ae, n, steps=16, labels=labels, seed=seed,
                            guidance=cfg.sample_guidance if nc else 0.0,
                            guidance_interval=tuple(cfg.sample_guidance_interval),
                            temperature=cfg.sample_temperature, batch_size=250)
             m = ref.evaluate(res.images, labels)
-            row = {"run": run.name, "arm": arm, "head": note, "seed": args.seed, "n": n,
+            row = {"run": run.name, "arm": arm, "head": note, "seed": seed, "n": n,
                    "threads": torch.get_num_threads(),
                    "steps_x_batch": f"{cfg.optim.steps} x {cfg.optim.batch_size}",
                    "train_s": train_s, "fd": m["fd"], "fd_floor": m["fd_floor_real_vs_real"],
@@ -198,7 +213,8 @@ def main() -> None:
         sections += [f"## `{run}` ({source}; prior {c.model.width} x {c.model.depth}, "
                      f"{c.model.bits} bits per position; {sampler}; classifier test accuracy "
                      f"{common.fmt(clf_meta.get('test_accuracy'))})", "",
-                     common.markdown_table(run_rows, ["arm", "head", "steps_x_batch", "step_s",
+                     common.markdown_table(run_rows, ["arm", "head", "seed", "steps_x_batch",
+                                                      "step_s",
                                                       "threads", "train_s",
                                                       "fd", "fd_floor", "fd_recon", "fd_ratio",
                                                       "class_accuracy", "precision", "recall",
@@ -214,7 +230,8 @@ def main() -> None:
                      xlabel="ratio (lower is better)", title="prior head and recipe arms (S = 16)")
     bench.results = {"n": n, "rows": rows}
     intro = ["## Settings", "",
-             f"Each arm retrains the run's prior from its own config (seed {args.seed}; "
+             "Each arm retrains the run's prior from its own config (with the `seed` of its "
+             "row, which also seeds its samples; "
              "`threads`: torch threads of its training) and samples N = "
              f"{n} images at S = 16 with the run's "
              "sampler settings, labels cycled through the classes. FD, precision, recall and "

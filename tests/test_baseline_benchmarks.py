@@ -130,6 +130,13 @@ def test_grouped_head_measures_each_arm_once(tmp_path, runs):
     assert row["arm"] == "longer" and "step_s" not in row
     assert row["steps_x_batch"].startswith("25 x ")
     assert load_prior(tmp_path / "work" / "run-longer-s0-quick").config.optim.steps == 25
+    # RUN@SEED: that run's arms train and sample with another seed, kept apart
+    other = _bench("grouped_head.py", "--quick", "--runs", f"{run}@1", "--arms", "per-bit",
+                   *args[6:])
+    assert other.returncode == 0, other.stderr[-2000:] + other.stdout[-2000:]
+    row = json.loads((tmp_path / "out" / "grouped_head.json").read_text())["results"]["rows"][0]
+    assert row["seed"] == 1 and row["fd"] != results["rows"][0]["fd"]
+    assert load_prior(tmp_path / "work" / "run-per-bit-s1-quick").config.run.seed == 1
 
 
 def test_colour_autoencoders_keeps_each_arm_and_reports_with_all(tmp_path):
@@ -147,17 +154,33 @@ def test_colour_autoencoders_keeps_each_arm_and_reports_with_all(tmp_path):
     kept = json.loads((work / "grid16-w48-bits16.json").read_text())["row"]
     assert kept["latent"] == "16x16x16" and kept["steps"] == 20
     assert 0 <= kept["recon_recall"] <= 1 and 0 <= kept["recon_class_accuracy"] <= 1
+    # the class whose reconstructions the classifier names worst, with that share
+    name, share = kept["worst_class"].split()
+    assert 0 <= float(share) <= kept["recon_class_accuracy"] and name
 
     second = _bench("colour_autoencoders.py", *common, env=env)
     assert second.returncode == 0, second.stderr[-2000:] + second.stdout[-2000:]
     assert second.stdout.count("kept in") == 1  # only the first arm was reused
     results = json.loads((out / "colour_autoencoders_faces64.json").read_text())["results"]
     assert [r["arm"] for r in results["rows"]] == [
-        "grid8-w48-bits64", "grid16-w64-bits16", "grid16-w48-bits16", "grid16-w48-bits32"]
+        "grid8-w48-bits64", "grid16-w64-bits16", "grid16-w48-bits16", "grid16-w48-bits32",
+        "bits64", "bits32-l1", "bits32-gan16"]
     assert results["rows"][2] == kept
-    assert {r["latent"] for r in results["rows"]} == {"64x8x8", "16x16x16", "32x16x16"}
+    assert {r["latent"] for r in results["rows"]} == {"64x8x8", "16x16x16", "32x16x16",
+                                                      "64x16x16"}
     report = (out / "colour_autoencoders_faces64.md").read_text()
     assert "recon_recall" in report and "N = 18 test images" in report
+    # an arm measured with another seed is kept apart and reported beside the rest
+    seed1 = _bench("colour_autoencoders.py", *common, "--arms", "grid16-w48-bits16",
+                   "--seed", "1", env=env)
+    assert seed1.returncode == 0, seed1.stderr[-2000:] + seed1.stdout[-2000:]
+    assert (work / "grid16-w48-bits16-s1.json").exists()
+    again = _bench("colour_autoencoders.py", *common, env=env)
+    assert again.returncode == 0 and again.stdout.count("kept in") == 7
+    rows = json.loads((out / "colour_autoencoders_faces64.json").read_text())["results"]["rows"]
+    assert [(r["arm"], r["seed"]) for r in rows[-2:]] == [("bits32-gan16", 0),
+                                                           ("grid16-w48-bits16", 1)]
+    assert rows[-1]["psnr"] != kept["psnr"]
 
     bad = _bench("colour_autoencoders.py", "--quick", "--preset", "faces64", "--arms", "nope",
                  env=env)

@@ -51,6 +51,11 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
     assert rep["settings"]["guidance_interval"] == list(preset["sample_guidance_interval"])
     assert set(rep["times"]) >= {"autoencoder_s", "prior_s", "classifier_s", "evaluation_s"}
     assert len(rep["classes"]) == 10 and "Sandal" in (out / "report.md").read_text()
+    # per class: the share of its samples and reconstructions the classifier assigns to it
+    assert list(rep["per_class"]) == rep["classes"]
+    assert all(0 <= v[k] <= 1 for v in rep["per_class"].values()
+               for k in ("samples", "reconstructions"))
+    assert "## Per class" in (out / "report.md").read_text()
     # the precision and the time plan (--minutes 15, calibrated here) are in the report; the
     # steps given on the command line are kept, not scaled
     assert rep["precision"] in ("fp32", "bf16") and rep["precision_reason"].startswith(

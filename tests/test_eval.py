@@ -16,6 +16,7 @@ from bld.config import load_config_dict
 from bld.precision import resolve_precision
 from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation import evaluate_images, extract_features, load_classifier, real_reference
+from bld.loading import load_prior
 from bld.metrics import fd_from_features
 from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
 
@@ -103,6 +104,11 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
     with torch.no_grad():
         accuracy = (clf(tiles).argmax(1) == labels).float().mean().item()
     assert s["class_accuracy"] == pytest.approx(accuracy, abs=2 / 60)
+    # per class (6 samples each): the same judgement, class by class
+    per = rep["samples_classified_as_asked_per_class"]
+    assert list(per) == list(load_prior(runs.prior).classes) and len(per) == 10
+    assert sum(per.values()) / 10 == pytest.approx(s["class_accuracy"])
+    assert "samples_classified_as_asked_per_class" in (out / "eval.md").read_text()
     assert {"psnr", "ssim", "fd_recon", "dead_bit_fraction"} <= set(rep["autoencoder"])
     assert rep["seconds_per_image"] > 0
     assert (out / "samples.png").exists() and "fd_floor_real_vs_real" in (out / "eval.md").read_text()

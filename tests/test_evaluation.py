@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bld.classifier import (Classifier, ClassifierConfig, accuracy, augment,
-                            train_classifier)
+                            per_class_accuracy, train_classifier)
 from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation import InceptionFeatures, extract_features
 from bld.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
@@ -223,6 +223,15 @@ def test_tiny_classifier_learns_fashion_mnist(fmnist_test, one_thread):
     assert len(result.train_losses) == 120
     assert sum(result.train_losses[-20:]) < sum(result.train_losses[:20])
     assert accuracy(result.model, test_x, test_y) == pytest.approx(result.test_accuracy)
+    # per class: each class's share of the same predictions, weighted by its count, is the
+    # overall accuracy; a class with no test images has none
+    few = test_y < 9
+    per = per_class_accuracy(result.model, test_x[few], test_y[few], 10)
+    assert per[9] is None and all(0 <= a <= 1 for a in per[:9])
+    counts = torch.bincount(test_y[few], minlength=10)
+    assert sum(a * n for a, n in zip(per[:9], counts[:9].tolist())) / counts.sum().item() == \
+        pytest.approx(accuracy(result.model, test_x[few], test_y[few]))
+    assert min(per[:9]) < max(per[:9])  # Fashion-MNIST's shirts are harder than its trousers
     feats = extract_features(result.model, test_x[:100])
     assert feats.shape == (100, 64)
     # features are pre-ReLU, so the feature covariance is not rank-deficient by rectification

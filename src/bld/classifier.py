@@ -110,20 +110,35 @@ def augment(x: torch.Tensor, max_shift: int, hflip: bool, generator: torch.Gener
 
 
 @torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Top-1 class of each image (N, C, H, W) in [-1, 1]: (N,) int64 on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu()
+           for i in range(0, images.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 500) -> float:
     """Top-1 accuracy of model on images (N, C, H, W) in [-1, 1] with labels (N,)."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, images.shape[0], batch_size):
-        logits = model(images[i:i + batch_size].to(device))
-        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size].cpu()).sum().item()
-    model.train(was_training)
-    return correct / images.shape[0]
+    return (predict(model, images, batch_size) == labels.cpu()).sum().item() / images.shape[0]
+
+
+def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       num_classes: int, batch_size: int = 500) -> list[float | None]:
+    """Top-1 accuracy over the images of each class 0..num_classes-1 (None for a class with
+    no images): which classes a model, or a generator judged by it, gets wrong."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    labels = labels.cpu()
+    hit = predict(model, images, batch_size) == labels
+    return [hit[labels == c].float().mean().item() if (labels == c).any() else None
+            for c in range(num_classes)]
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor,

@@ -364,8 +364,11 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "reconstruction_psnr_db": rec.psnr, "test_images": len(xt),
         "sampling_seconds_per_image": res.seconds / len(res.images),
     }
+    classes = list(prior.classes) or list(test_set.classes)
+    per_class = None
     if s.eval_samples > 0:
-        figures.update(_evaluate(prior, ae, clf, xt, yt, rec.recon, s))
+        evaluated, per_class = _evaluate(prior, ae, clf, xt, yt, rec.recon, s, classes)
+        figures.update(evaluated)
     # a --resume run counts the recorded times of the stages it reused; its CPU seconds
     # would cover only this process, so they are left out then
     s.timings["total_s"] = time.perf_counter() - t_start + s.reused_s
@@ -393,8 +396,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                   "schedule": prior.config.diffusion.schedule,
                   "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size},
         "times": s.timings, "figures": figures,
-        "dataset": s.dataset, "source": source,
-        "classes": list(prior.classes) or list(test_set.classes),
+        **({"per_class": per_class} if per_class else {}),
+        "dataset": s.dataset, "source": source, "classes": classes,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
@@ -424,11 +427,13 @@ def _fd_classifier(s: DemoSettings, out: Path, device) -> tuple[Any, dict[str, A
     return clf, meta
 
 
-def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings) -> dict:
+def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list[str]
+              ) -> tuple[dict, dict[str, dict[str, float | None]] | None]:
     """FD, precision/recall and class accuracy of samples on the project's own classifier
     (``clf_meta``: `_fd_classifier`'s); the classifier's accuracy on the reconstructions of
-    every test image beside it."""
-    from .classifier import accuracy
+    every test image beside it. -> (figures, per class: the share of its samples classified
+    as it and of its test images' reconstructions classified as it; None unconditional)."""
+    from .classifier import accuracy, per_class_accuracy
     from .evaluation import evaluate_prior
     clf, meta = clf_meta
     # FD's real-vs-real floor needs two disjoint halves of the test set of N images each
@@ -443,6 +448,13 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings) -> dict:
                         evidence_weight=s.evidence_weight, precision=s.precision)
     s.timings["evaluation_s"] = time.perf_counter() - t0
     smp, rec = ev["samples"], ev["autoencoder"]
+    per_class = None
+    if ev["labels"] is not None:
+        nc = len(classes)
+        by_sample = per_class_accuracy(clf, ev["images"], ev["labels"], nc)
+        by_recon = per_class_accuracy(clf, recon, yt, nc)
+        per_class = {c: {"samples": a, "reconstructions": b}
+                     for c, a, b in zip(classes, by_sample, by_recon)}
     return {"classifier_test_accuracy": meta["test_accuracy"],
             "reconstruction_class_accuracy": accuracy(clf, recon, yt),
             "eval_n": smp["n"],
@@ -452,7 +464,12 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings) -> dict:
             "reconstruction_recall": rec["recon_recall"],
             "sample_precision": smp["precision"], "sample_recall": smp["recall"],
             "sample_class_accuracy": smp["class_accuracy"], "reconstruction_ssim": rec["ssim"],
-            "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]}
+            "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]
+            }, per_class
+
+
+def _share(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -479,6 +496,14 @@ def _markdown(r: dict[str, Any]) -> str:
     ]
     for k, v in f.items():
         lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if r.get("per_class"):
+        lines += ["", "## Per class", "",
+                  "Share of the class's samples (N = "
+                  f"{f.get('eval_n')}, classes cycled) the FD classifier assigns to it, and of its "
+                  "test images' reconstructions.", "",
+                  "| class | samples | reconstructions |", "|---|---|---|"]
+        lines += [f"| {c} | {_share(v['samples'])} | {_share(v['reconstructions'])} |"
+                  for c, v in r["per_class"].items()]
     lines += ["", "## Times (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
     lines += ["", "## Models", "",
