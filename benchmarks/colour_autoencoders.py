@@ -72,21 +72,25 @@ ARMS = {
 EVAL_N = 1000  # reconstructions measured against the reference half, as `bld demo` does
 
 
+def _signature(args, over: list[str], steps: int, seed: int, test_images: int,
+               clf_meta) -> dict:
+    """The settings an arm is kept with (`common.kept_result`): reused only if all match."""
+    return {"preset": args.preset, "data": args.data, "overrides": over, "steps": steps,
+            "seed": seed, "test_images": test_images,
+            "classifier": clf_meta.get("path") if clf_meta else None}
+
+
 def _other_seeds(work: Path, arms: dict, args, test_images: int, clf_meta) -> list[dict]:
     """Arms of this preset kept in ``work`` with another seed than ``args.seed`` (a call with
     ``--seed K --arms A``), measured as this call would: reported beside the rest."""
-    import json
     rows = []
     for path in sorted(work.glob("*-s*.json")):
         name, _, k = path.stem.rpartition("-s")
         if name not in arms or not k.isdigit() or int(k) == args.seed:
             continue
         over, steps = arms[name]
-        signature = {"preset": args.preset, "data": args.data, "overrides": over,
-                     "steps": 20 if args.quick else steps, "seed": int(k),
-                     "test_images": test_images,
-                     "classifier": clf_meta.get("path") if clf_meta else None}
-        saved = common.kept_result(path, signature)
+        saved = common.kept_result(path, _signature(args, over, 20 if args.quick else steps,
+                                                    int(k), test_images, clf_meta))
         if saved is not None:
             rows.append({**saved["row"], "seed": int(k)})
     return rows
@@ -135,9 +139,7 @@ def main() -> None:
     for name in chosen:
         over, steps = arms[name]
         steps = 20 if args.quick else steps
-        signature = {"preset": args.preset, "data": args.data, "overrides": over, "steps": steps,
-                     "seed": args.seed, "test_images": len(xt),
-                     "classifier": clf_meta.get("path") if clf_meta else None}
+        signature = _signature(args, over, steps, args.seed, len(xt), clf_meta)
         kept = work / (f"{name}.json" if args.seed == 0 else f"{name}-s{args.seed}.json")
         saved = common.kept_result(kept, signature)
         if saved is not None:
@@ -166,15 +168,17 @@ def main() -> None:
             # the demo's reconstruction figures: the floor half's reconstructions against the
             # reference half (`bld.evaluation.evaluate_prior`)
             r = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
-            from bld.classifier import accuracy, per_class_accuracy
+            from bld.classifier import class_shares, predict
             with torch.no_grad():
                 recon = torch.cat([ae(ref.floor[i:i + 250], deterministic=True).recon.clamp(-1, 1)
                                    for i in range(0, len(ref.floor), 250)])
-            per = per_class_accuracy(clf, recon, ref.floor_labels, len(classes))
+            pred = predict(clf, recon)  # classified once, for both figures
+            per = class_shares(pred, ref.floor_labels, len(classes))
             worst = min((a, c) for a, c in zip(per, classes) if a is not None)
             row.update({"fd_recon": r["fd_recon"], "recon_precision": r["recon_precision"],
                         "recon_recall": r["recon_recall"],
-                        "recon_class_accuracy": accuracy(clf, recon, ref.floor_labels),
+                        "recon_class_accuracy": (pred == ref.floor_labels).sum().item()
+                        / len(pred),
                         "worst_class": f"{worst[1]} {worst[0]:.3f}"})
         shutil.rmtree(out, ignore_errors=True)
         common.keep_result(kept, signature, row=row)

@@ -135,8 +135,15 @@ def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     no images): which classes a model, or a generator judged by it, gets wrong."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    return class_shares(predict(model, images, batch_size), labels, num_classes)
+
+
+def class_shares(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int
+                 ) -> list[float | None]:
+    """Per class c in 0..num_classes-1, the share of the items labelled c that ``predicted``
+    (e.g. `predict`'s) puts in c; None for a class with no items."""
     labels = labels.cpu()
-    hit = predict(model, images, batch_size) == labels
+    hit = predicted.cpu() == labels
     return [hit[labels == c].float().mean().item() if (labels == c).any() else None
             for c in range(num_classes)]
 

@@ -433,7 +433,7 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
     (``clf_meta``: `_fd_classifier`'s); the classifier's accuracy on the reconstructions of
     every test image beside it. -> (figures, per class: the share of its samples classified
     as it and of its test images' reconstructions classified as it; None unconditional)."""
-    from .classifier import accuracy, per_class_accuracy
+    from .classifier import class_shares, per_class_accuracy, predict
     from .evaluation import evaluate_prior
     clf, meta = clf_meta
     # FD's real-vs-real floor needs two disjoint halves of the test set of N images each
@@ -448,15 +448,16 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
                         evidence_weight=s.evidence_weight, precision=s.precision)
     s.timings["evaluation_s"] = time.perf_counter() - t0
     smp, rec = ev["samples"], ev["autoencoder"]
+    recon_pred = predict(clf, recon)  # every test image's reconstruction, classified once
     per_class = None
     if ev["labels"] is not None:
         nc = len(classes)
         by_sample = per_class_accuracy(clf, ev["images"], ev["labels"], nc)
-        by_recon = per_class_accuracy(clf, recon, yt, nc)
+        by_recon = class_shares(recon_pred, yt, nc)
         per_class = {c: {"samples": a, "reconstructions": b}
                      for c, a, b in zip(classes, by_sample, by_recon)}
     return {"classifier_test_accuracy": meta["test_accuracy"],
-            "reconstruction_class_accuracy": accuracy(clf, recon, yt),
+            "reconstruction_class_accuracy": (recon_pred == yt.cpu()).sum().item() / len(yt),
             "eval_n": smp["n"],
             "sample_fd": smp["fd"], "fd_floor_real_vs_real": smp["fd_floor_real_vs_real"],
             "reconstruction_fd": rec["fd_recon"], "fd_ratio_samples_to_recon": ev["fd_ratio_to_recon"],
