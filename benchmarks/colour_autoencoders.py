@@ -38,6 +38,11 @@ log = logging.getLogger("bench")
 # arms, 260 ms for patch 2). faces64's give each about the demo's 365 s (2-thread fp32 steps
 # timed under the AVX2 restriction: 152 ms for the preset, 197 ms for the 16x16 grid at width
 # 64, 136 ms at width 48).
+_W48 = ["model.channels=48", "model.channel_mult=[1]"]  # the faces64 preset's 16x16 grid
+_B32 = _W48 + ["model.bits=32"]
+# the faces64 preset trains with an edge term (loss.edge_weight 2) since stop 25: the arms
+# measured before it pin the term off, as they were measured
+_NO_EDGE = ["loss.edge_weight=0.0"]
 ARMS = {
     "emoji64": {
         "patch4-w48-bits32": (["model.patch=4", "model.channels=48", "model.channel_mult=[1,2]"],
@@ -49,24 +54,28 @@ ARMS = {
     },
     "faces64": {
         # the faces demo's first autoencoder (the preset faces64-grid8)
-        "grid8-w48-bits64": (["model.channels=48", "model.channel_mult=[1,2]", "model.bits=64"],
-                             2400),
-        "grid16-w64-bits16": (["model.channels=64", "model.channel_mult=[1]", "model.bits=16"],
-                              1850),
-        "grid16-w48-bits16": (["model.channels=48", "model.channel_mult=[1]", "model.bits=16"],
-                              2680),
-        "grid16-w48-bits32": (["model.channels=48", "model.channel_mult=[1]", "model.bits=32"],
-                              2680),
-        # the preset (above) with an L1 loss instead of MSE, and with a small PatchGAN (16
-        # channels, 2 layers, adaptive weight) from step 1000: its steps cost 1.46x (376 ms
-        # against 258 ms, 1 thread), so 2150 steps take the preset's 2680 steps' seconds
+        "grid8-w48-bits64": (["model.channels=48", "model.channel_mult=[1,2]", "model.bits=64"]
+                             + _NO_EDGE, 2400),
+        "grid16-w64-bits16": (["model.channels=64", "model.channel_mult=[1]", "model.bits=16"]
+                              + _NO_EDGE, 1850),
+        "grid16-w48-bits16": (_W48 + ["model.bits=16"] + _NO_EDGE, 2680),
+        "grid16-w48-bits32": (_B32 + _NO_EDGE, 2680),
+        # grid16-w48-bits32 (the preset before the edge term) with an L1 loss instead of MSE,
+        # and with a small PatchGAN (16 channels, 2 layers, adaptive weight) from step 1000:
+        # its steps cost 1.46x (376 ms against 258 ms, 1 thread), so 2150 steps take the
+        # 2680 steps' seconds
         # 64 bits per position: an autoencoder step costs the same (263 ms against 263 ms)
-        "bits64": (["model.channels=48", "model.channel_mult=[1]", "model.bits=64"], 2680),
-        "bits32-l1": (["model.channels=48", "model.channel_mult=[1]", "model.bits=32",
-                       "loss.l1_weight=1.0", "loss.mse_weight=0.0"], 2680),
-        "bits32-gan16": (["model.channels=48", "model.channel_mult=[1]", "model.bits=32",
-                          "loss.disc_weight=0.5", "loss.disc_start=1000",
-                          "loss.disc_channels=16", "loss.disc_layers=2"], 2150),
+        "bits64": (_W48 + ["model.bits=64"] + _NO_EDGE, 2680),
+        "bits32-l1": (_B32 + ["loss.l1_weight=1.0", "loss.mse_weight=0.0"] + _NO_EDGE, 2680),
+        "bits32-gan16": (_B32 + ["loss.disc_weight=0.5", "loss.disc_start=1000",
+                                 "loss.disc_channels=16", "loss.disc_layers=2"] + _NO_EDGE, 2150),
+        # grid16-w48-bits32 with a gradient (edge) loss beside MSE (weight 2: the preset now):
+        # the same cost per step (375 ms against 369 ms, 1 thread, AVX2); and with a residual
+        # refinement of 16 channels at full resolution after the pixel-shuffle: 1.14x per
+        # step (421 ms), so 2350 steps
+        "bits32-edge": (_B32 + ["loss.edge_weight=1.0"], 2680),
+        "bits32-edge2": (_B32 + ["loss.edge_weight=2.0"], 2680),
+        "bits32-refine16": (_B32 + ["model.refine_channels=16"] + _NO_EDGE, 2350),
     },
 }
 EVAL_N = 1000  # reconstructions measured against the reference half, as `bld demo` does

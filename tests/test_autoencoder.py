@@ -163,3 +163,42 @@ def test_saturation_term_is_mean_p_times_one_minus_p():
     got = sat.generator_loss(x, out, 0, ae.last_layer).loss - plain.generator_loss(
         x, out, 0, ae.last_layer).loss
     assert torch.allclose(got, want, atol=1e-6) and want > 0
+
+
+def test_edge_loss_tells_a_lost_outline_from_a_shift_of_the_same_mse():
+    from bld.autoencoder import edge_loss
+    # a flat face with a 1-pixel dark outline (a drawn image), and two reconstructions with
+    # the same pixel MSE: one loses the outline, the other is brighter everywhere
+    x = torch.full((1, 3, 32, 32), 0.5)
+    x[..., 8, 8:24] = x[..., 23, 8:24] = x[..., 8:24, 8] = x[..., 8:24, 23] = -1.0
+    no_outline = torch.full_like(x, 0.5)
+    mse = torch.nn.functional.mse_loss(no_outline, x)
+    offset = x + mse.sqrt()  # a constant shift with the same pixel MSE
+    assert torch.allclose(torch.nn.functional.mse_loss(offset, x), mse)
+    assert edge_loss(offset, x) < 1e-10 and edge_loss(x, x) == 0
+    assert edge_loss(no_outline, x) > 0.5 * mse  # about the outline's own pixel MSE
+    # in the loss: edge_weight adds the term; the default leaves it out
+    ae = BinaryAutoencoder(small_config(in_channels=3, image_size=32, padded_size=0))
+    out = ae(x, deterministic=True)
+    plain = AutoencoderLoss(AutoencoderLossConfig(disc_weight=0.0), 3)
+    edged = AutoencoderLoss(AutoencoderLossConfig(disc_weight=0.0, edge_weight=2.0), 3)
+    got = edged.generator_loss(x, out, 0, ae.last_layer).loss - plain.generator_loss(
+        x, out, 0, ae.last_layer).loss
+    assert torch.allclose(got, 2.0 * edge_loss(out.recon.float(), x), atol=1e-6) and got > 0
+
+
+def test_full_resolution_refinement_starts_as_identity_and_learns():
+    torch.manual_seed(0)
+    c = dict(in_channels=3, image_size=32, padded_size=0, patch=4, channel_mult=(1,))
+    plain, refined = BinaryAutoencoder(small_config(**c)), BinaryAutoencoder(
+        small_config(**c, refine_channels=8))
+    assert plain.decoder.refine is None
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("decoder.refine.") for k in missing)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    bits = plain.encode(x)
+    assert torch.equal(plain.decode(bits), refined.decode(bits))  # zero-initialised residual
+    refined.decode(bits).square().mean().backward()
+    assert refined.decoder.refine[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="refine_channels"):
+        small_config(refine_channels=-1)
