@@ -317,7 +317,7 @@ class AutoencoderLossConfig:
     l1_weight: float = 1.0
     mse_weight: float = 0.0
     # squared error of the images' horizontal and vertical pixel differences (a gradient
-    # loss): weighs thin edges and outlines, which MSE on pixels barely sees
+    # loss): adds weight to errors at edges and thin outlines, none to smooth offsets
     edge_weight: float = 0.0
     perceptual_weight: float = 0.0  # needs a feature network (see AutoencoderLoss)
     disc_weight: float = 0.5  # scales the adaptive weight; 0 turns the GAN off
