@@ -67,6 +67,8 @@ class Arm:
 ADALN = ["model.conditioning=adaln"]
 # the shipped autoencoder preset's choices that differ from BASE_AUTOENCODER (but its size)
 AE_NOW = ["model.bits=32", "model.train_bits=threshold", "loss.l1_weight=0.0", "optim.lr=0.003"]
+# the shipped fashion-mnist autoencoder preset, as overrides of BASE_AUTOENCODER
+AE_PRESET = AE_NOW + ["model.channels=16", "model.channel_mult=[1,2,4]", "optim.steps=2500"]
 B64 = ADALN + ["optim.batch_size=64", "optim.steps=2000"]
 B32 = ADALN + ["optim.batch_size=32", "optim.steps=4000"]
 ARMS: dict[str, Arm] = {
@@ -166,6 +168,10 @@ ARMS: dict[str, Arm] = {
                         "model.train_bits=threshold", "optim.steps=3000", "loss.l1_weight=0.0",
                         "optim.lr=0.003"],
         "widths 16/32/64, 32 bits, [p > 0.5] in training, MSE only, 3000 steps at lr 3e-3"),
+    # the fashion-mnist autoencoder preset, and with the edge term faces64 trains with
+    "ae/preset": Arm("autoencoder", AE_PRESET, "the fashion-mnist autoencoder preset"),
+    "ae/preset-edge2": Arm("autoencoder", AE_PRESET + ["loss.edge_weight=2.0"],
+                           "the preset with an edge (gradient) term of weight 2, as faces64"),
     "ae/bits32-ch24": Arm("autoencoder", ["model.bits=32", "model.channels=24"],
                           "32 bits, first-level width 24"),
     # ---- the compact demo's autoencoder (1500 steps) against pixel-unshuffle at its input,
