@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bld.classifier import accuracy, per_class_accuracy
 from bld.cli import main
 from bld.config import load_config_dict
 from bld.precision import resolve_precision
@@ -62,6 +63,14 @@ def test_fd_of_real_images_sits_at_the_floor_and_noise_raises_it(classifier_dir)
     # a perfect generator (more real images) scores about the floor (FD at N = 1000 varies
     # by tens of percent from draw to draw)
     assert 0.4 < real["fd"] / real["fd_floor_real_vs_real"] < 2.5
+    # with labels and the class count: class accuracy overall and per class, from one
+    # classification (the same figures as the classifier module's own)
+    want_y = y[perm[len(xt) // 2 + 1000:len(xt) // 2 + 2000]]
+    labelled = evaluate_images(clf, reference, floor, held_out, want_y, 10)
+    assert labelled["class_accuracy"] == accuracy(clf, held_out, want_y) > 0.5
+    assert labelled["class_accuracy_per_class"] == per_class_accuracy(clf, held_out, want_y, 10)
+    assert "class_accuracy_per_class" not in evaluate_images(clf, reference, floor, held_out,
+                                                             want_y)
     g = torch.Generator().manual_seed(0)
     noisy = (floor + 0.3 * torch.randn(floor.shape, generator=g)).clamp(-1, 1)
     bad = evaluate_images(clf, reference, floor, noisy)

@@ -433,7 +433,7 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
     (``clf_meta``: `_fd_classifier`'s); the classifier's accuracy on the reconstructions of
     every test image beside it. -> (figures, per class: the share of its samples classified
     as it and of its test images' reconstructions classified as it; None unconditional)."""
-    from .classifier import class_shares, per_class_accuracy, predict
+    from .classifier import class_shares, predict
     from .evaluation import evaluate_prior
     clf, meta = clf_meta
     # FD's real-vs-real floor needs two disjoint halves of the test set of N images each
@@ -452,8 +452,7 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
     per_class = None
     if ev["labels"] is not None:
         nc = len(classes)
-        by_sample = per_class_accuracy(clf, ev["images"], ev["labels"], nc)
-        by_recon = class_shares(recon_pred, yt, nc)
+        by_sample, by_recon = ev["samples_per_class"], class_shares(recon_pred, yt, nc)
         per_class = {c: {"samples": a, "reconstructions": b}
                      for c, a, b in zip(classes, by_sample, by_recon)}
     return {"classifier_test_accuracy": meta["test_accuracy"],

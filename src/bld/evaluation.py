@@ -184,8 +184,11 @@ def real_reference(test_images: torch.Tensor, n: int, seed: int = 0
 
 @torch.no_grad()
 def evaluate_images(classifier: nn.Module, reference: torch.Tensor, floor_images: torch.Tensor,
-                    images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-    """FD (with the real-vs-real floor at the same N), precision/recall, class accuracy."""
+                    images: torch.Tensor, labels: torch.Tensor | None = None,
+                    num_classes: int | None = None) -> dict[str, Any]:
+    """FD (with the real-vs-real floor at the same N), precision/recall, class accuracy; with
+    ``num_classes`` too, ``class_accuracy_per_class`` (`classifier.class_shares` of the same
+    predictions: None for a class with no images)."""
     ref_f = extract_features(classifier, reference)
     ref_stats = FeatureStats.from_features(ref_f)
     gen_f = extract_features(classifier, images)
@@ -198,8 +201,11 @@ def evaluate_images(classifier: nn.Module, reference: torch.Tensor, floor_images
         "precision": pr.precision, "recall": pr.recall,
     }
     if labels is not None:
-        from .classifier import accuracy
-        out["class_accuracy"] = accuracy(classifier, images, labels)
+        from .classifier import class_shares, predict
+        pred = predict(classifier, images)  # classified once, for both figures
+        out["class_accuracy"] = (pred == labels.cpu()).sum().item() / len(images)
+        if num_classes:
+            out["class_accuracy_per_class"] = class_shares(pred, labels, num_classes)
     return out
 
 
@@ -240,7 +246,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     """Sample n images (classes cycled when conditional) and measure them on the test set.
 
     Returns the sample figures (FD, its real-vs-real floor at the same n, precision/recall,
-    class accuracy), the autoencoder's own figures at the same n (FD of reconstructions:
+    class accuracy, and per class in ``samples_per_class``), the autoencoder's own figures at the same n (FD of reconstructions:
     a prior cannot beat its decoder) and the settings and wall time per image.
     """
     from .inference import generate
@@ -256,7 +262,9 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
                    evidence_weight=evidence_weight, guidance_interval=guidance_interval,
                    guidance=guidance if labels is not None else 0.0, labels=labels, seed=seed,
                    batch_size=batch_size, precision=precision)
-    samples = evaluate_images(classifier, reference, floor, res.images, labels)
+    samples = evaluate_images(classifier, reference, floor, res.images, labels,
+                              nc if labels is not None else None)
+    per_class = samples.pop("class_accuracy_per_class", None)
     recon = evaluate_autoencoder(ae, floor, classifier, reference)
     return {
         "settings": {"n": n, "steps": steps, "temperature": temperature,
@@ -269,6 +277,7 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
         "fd_ratio_to_recon": samples["fd"] / max(recon["fd_recon"], 1e-12),
         "seconds_per_image": res.seconds / n,
         "images": res.images, "labels": labels,
+        "samples_per_class": per_class,  # per class, the share classified as asked (or None)
     }
 
 
