@@ -1,7 +1,8 @@
 """The prior's head and recipe on trained demo runs: bits predicted one by one (independent
 given z_t) against a head that predicts each group of g bits jointly (``diffusion.bit_group``:
 a categorical over the 2^g patterns of the group, the exact step summed over them; SPEC 2),
-and the prior's size, token size, batch and learning rate at the run's training seconds.
+the prior's size, token size, batch and learning rate at the run's training seconds, and its
+noise schedule and training length.
 
 BiGR (ICLR 2025) reports FID 5.84 with an independent per-bit loss against 3.17 with a head
 that models the bits of a token jointly; MaskBit predicts groups of 7 bits with one 128-way
@@ -20,6 +21,9 @@ the run's sampler settings (S = 16, its guidance, interval and temperature):
   batch64, batch16 batch 64 / 16                               }
   lr2.5e-3, lr5e-3, lr1e-2   learning rate 2.5e-3 / 5e-3 / 1e-2, the run's steps
   longer           the run's config for 1.25 x its steps (the demo's prior may grow so far)
+  steps2x, steps4x the run's config for 2 / 4 x its steps: how far more training takes it
+  shift2, shift3   the noise schedule shifted toward noise (diffusion.schedule_shift 2 / 3),
+                   the run's steps
 
 Reported per run and arm: FD (with its real-vs-real floor and the reconstruction FD at N),
 class accuracy, precision, recall, training seconds and sampling seconds per image, on the
@@ -66,6 +70,12 @@ ARMS = {
     "lr5e-3": (["optim.lr=0.005"], "learning rate 5e-3, the run's steps", None),
     "lr1e-2": (["optim.lr=0.01"], "learning rate 1e-2, the run's steps", None),
     "longer": ([], "the run's prior config for 1.25 x its steps", 1.25),
+    "steps2x": ([], "the run's prior config for 2 x its steps", 2.0),
+    "steps4x": ([], "the run's prior config for 4 x its steps", 4.0),
+    "shift2": (["diffusion.schedule_shift=2.0"],
+               "noise schedule shifted toward noise (schedule_shift 2), the run's steps", None),
+    "shift3": (["diffusion.schedule_shift=3.0"],
+               "noise schedule shifted toward noise (schedule_shift 3), the run's steps", None),
 }
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bld.demo import schedule_name
 from bld.sampling import describe_guidance_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
               f"x{a['latent_shape'][2]} grid of {a['latent_shape'][0]} bits, {a['steps']} steps x "
               f"{a['batch_size']}) and a {p['params_M']:.2f}M-parameter prior ({p['width']} wide x "
               f"{p['depth']} deep, {p.get('conditioning', 'tokens')} conditioning, T = "
-              f"{p['timesteps']} {p['schedule']}, {p['steps']} steps x {p['batch_size']}). "
+              f"{p['timesteps']} {schedule_name(p)}, {p['steps']} steps x {p['batch_size']}). "
               f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
               f"{s['guidance']}" + describe_guidance_interval(s.get("guidance_interval")) +
               f", evidence weight {s['evidence_weight']}, temperature "

@@ -130,6 +130,12 @@ def test_grouped_head_measures_each_arm_once(tmp_path, runs):
     assert row["arm"] == "longer" and "step_s" not in row
     assert row["steps_x_batch"].startswith("25 x ")
     assert load_prior(tmp_path / "work" / "run-longer-s0-quick").config.optim.steps == 25
+    # a schedule arm: the run's steps with the shifted schedule, which its prior keeps
+    shifted = _bench("grouped_head.py", *args[:4], "shift2", *args[6:])
+    assert shifted.returncode == 0, shifted.stderr[-2000:] + shifted.stdout[-2000:]
+    prior = load_prior(tmp_path / "work" / "run-shift2-s0-quick")
+    assert prior.config.diffusion.schedule_shift == 2.0 and prior.config.optim.steps == 20
+    assert float(prior.diffusion.k64[prior.diffusion.T // 2]) < 0.5  # cosine at s = 1/2: 0.5
     # RUN@SEED: that run's arms train and sample with another seed, kept apart
     other = _bench("grouped_head.py", "--quick", "--runs", f"{run}@1", "--arms", "per-bit",
                    *args[6:])

@@ -35,6 +35,11 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["sample_steps"] == 16
     assert rep["autoencoder"]["steps"] == 3 and rep["prior"]["steps"] == 3
+    # the whole training configs, as trained (the presets' with the plan's steps)
+    assert rep["autoencoder"]["config"]["optim"]["steps"] == 3
+    assert rep["prior"]["config"]["optim"]["steps"] == 3
+    assert rep["autoencoder"]["config"]["model"]["bits"] == rep["autoencoder"]["latent_shape"][0]
+    assert rep["prior"]["schedule_shift"] == rep["prior"]["config"]["diffusion"]["schedule_shift"]
     f = rep["figures"]
     assert f["test_images"] == 10000 and f["eval_n"] == 60
     # three training steps: every figure is computed, and each says the models are poor
@@ -152,3 +157,10 @@ def test_demo_on_dicebear_faces(tmp_path):
     ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
     assert ae_cfg["data"]["source"] == "dicebear"
     assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "faces64", [])["model"]}
+
+
+def test_schedule_name_reads_old_and_shifted_reports():
+    from bld.demo import schedule_name
+    assert schedule_name({"schedule": "cosine"}) == "cosine"  # reports from before the shift
+    assert schedule_name({"schedule": "cosine", "schedule_shift": 1.0}) == "cosine"
+    assert schedule_name({"schedule": "linear", "schedule_shift": 2.0}) == "linear shifted x2"

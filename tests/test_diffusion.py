@@ -21,6 +21,29 @@ def test_schedule_endpoints_and_monotone(name, T):
     assert torch.all((k >= 0) & (k <= 1))
 
 
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("shift", [0.5, 2.0, 3.0])
+def test_schedule_shift_keeps_endpoints_and_moves_steps_toward_noise(name, shift):
+    T = 64
+    k, plain = retention_schedule(name, T, shift), retention_schedule(name, T)
+    assert k[0] == 1.0 and k[-1] == 0.0 and torch.all(k[1:] <= k[:-1])
+    inner = slice(1, T)
+    if shift > 1:  # every inner step is noisier than the plain schedule's
+        assert torch.all(k[inner] < plain[inner])
+    else:
+        assert torch.all(k[inner] > plain[inner])
+    # the shift only relabels time: the shifted linear schedule is 1 - s'
+    s = torch.arange(T + 1, dtype=torch.float64) / T
+    s2 = shift * s / (1 + (shift - 1) * s)
+    if name == "linear":
+        assert torch.allclose(k, 1 - s2, atol=1e-12)
+    d = BernoulliDiffusion(DiffusionConfig(timesteps=T, schedule=name, schedule_shift=shift))
+    assert torch.equal(d.k64, k)
+    assert torch.equal(retention_schedule(name, T, 1.0), plain)
+    with pytest.raises(ValueError, match="schedule_shift"):
+        DiffusionConfig(schedule_shift=0.0)
+
+
 def test_linear_schedule_matches_one_step_factors():
     # the original's "linear": rho_t = 1 - 1/(T - t + 1), k_t = prod rho = 1 - t/T
     T = 32

@@ -42,6 +42,12 @@ class AutoencoderConfig:
     # how bits are drawn in training mode: "bernoulli" z ~ B(p) (SPEC 1) or "threshold"
     # [p > 0.5]; both pass gradients straight through. Evaluation is always [p > 0.5].
     train_bits: str = "bernoulli"
+    # latent noise in training: each image's bits are flipped at a rate drawn uniformly from
+    # [0, train_flip] before the decoder sees them (gradients still pass, sign-reversed where
+    # a bit is flipped), so the decoder learns to tolerate wrong bits, which a prior's
+    # samples have, and the encoder to spread information redundantly; 0 = none. Evaluation
+    # never flips.
+    train_flip: float = 0.0
     # activation checkpointing: in training, keep only each resolution stage's input and
     # recompute its activations in the backward pass (less memory, more compute)
     grad_checkpointing: bool = False
@@ -49,6 +55,9 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         if self.train_bits not in ("bernoulli", "threshold"):
             raise ValueError(f"train_bits must be 'bernoulli' or 'threshold', got {self.train_bits!r}")
+        if not 0.0 <= self.train_flip <= 0.5:
+            raise ValueError(f"train_flip must be in [0, 0.5] (the highest share of bits flipped "
+                             f"in training; 0 = none), got {self.train_flip}")
         if self.patch < 1:
             raise ValueError(f"patch must be >= 1 (1: no pixel-unshuffle), got {self.patch}")
         if self.refine_channels < 0:
@@ -229,6 +238,21 @@ class BernoulliQuantizer(nn.Module):
         return QuantizerOutput(bits, probs, logits)
 
 
+def flip_bits(bits: torch.Tensor, max_rate: float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each bit of each image with a rate drawn per image from U(0, max_rate).
+
+    ``bits`` (B, ...) in {0, 1}, possibly carrying a straight-through gradient: the result is
+    ``bits + m - 2 m bits`` for the flip mask m, so a flipped bit passes its gradient with the
+    sign reversed.
+    """
+    shape = (bits.shape[0],) + (1,) * (bits.dim() - 1)
+    rate = torch.rand(shape, generator=generator, device=bits.device, dtype=bits.dtype) * max_rate
+    u = torch.rand(bits.shape, generator=generator, device=bits.device, dtype=bits.dtype)
+    m = (u < rate).to(bits.dtype)
+    return bits + m - 2 * m * bits
+
+
 class AutoencoderOutput(NamedTuple):
     recon: torch.Tensor  # (B, c, H, W) reconstruction in image range
     probs: torch.Tensor  # (B, C, h, w) bit probabilities
@@ -289,7 +313,10 @@ class BinaryAutoencoder(nn.Module):
         if deterministic is None:
             deterministic = not self.training or self.config.train_bits == "threshold"
         q = self.quantizer(self.encode_logits(x), deterministic, generator)
-        return AutoencoderOutput(self.decode(q.bits), q.probs, q.bits, q.logits)
+        bits = q.bits
+        if self.training and self.config.train_flip > 0:
+            bits = flip_bits(bits, self.config.train_flip, generator)
+        return AutoencoderOutput(self.decode(bits), q.probs, q.bits, q.logits)
 
     @property
     def last_layer(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ConfigError, load_config_dict
+from .config import ConfigError, load_config_dict, to_dict
 from .data import build_dataset
 from .plots import image_grid, save_image
 from .precision import resolve_precision
@@ -388,13 +388,16 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "resumed_stages_s": s.reused_s,
         "autoencoder": {"params_M": sum(p.numel() for p in ae.parameters()) / 1e6,
                         "latent_shape": list(ae.config.latent_shape),
-                        "steps": ae_cfg.optim.steps, "batch_size": ae_cfg.optim.batch_size},
+                        "steps": ae_cfg.optim.steps, "batch_size": ae_cfg.optim.batch_size,
+                        "config": to_dict(ae_cfg)},  # the whole training config, as trained
         "prior": {"params_M": sum(p.numel() for p in prior.model.parameters()) / 1e6,
                   "width": prior.config.model.width, "depth": prior.config.model.depth,
                   "conditioning": prior.config.model.conditioning,
                   "timesteps": prior.config.diffusion.timesteps,
                   "schedule": prior.config.diffusion.schedule,
-                  "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size},
+                  "schedule_shift": prior.config.diffusion.schedule_shift,
+                  "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size,
+                  "config": to_dict(pr_cfg)},
         "times": s.timings, "figures": figures,
         **({"per_class": per_class} if per_class else {}),
         "dataset": s.dataset, "source": source, "classes": classes,
@@ -472,6 +475,13 @@ def _share(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def schedule_name(prior: dict[str, Any]) -> str:
+    """A report's noise schedule in words: "cosine", or "cosine shifted x2" (reports from
+    before ``schedule_shift`` lack the key: no shift)."""
+    shift = prior.get("schedule_shift", 1.0)
+    return prior["schedule"] + ("" if shift == 1.0 else f" shifted x{shift:g}")
+
+
 def _markdown(r: dict[str, Any]) -> str:
     f, t = r["figures"], r["times"]
     lines = [
@@ -512,7 +522,7 @@ def _markdown(r: dict[str, Any]) -> str:
               f"batch {r['autoencoder']['batch_size']}",
               f"- prior: {r['prior']['params_M']:.2f}M parameters (width {r['prior']['width']}, "
               f"depth {r['prior']['depth']}), T = {r['prior']['timesteps']} "
-              f"({r['prior']['schedule']}), {r['prior']['steps']} steps x batch "
+              f"({schedule_name(r['prior'])}), {r['prior']['steps']} steps x batch "
               f"{r['prior']['batch_size']}", "",
               "![autoencoder loss](loss_autoencoder.png)", "", "![prior loss](loss_prior.png)", ""]
     return "\n".join(lines)

@@ -47,6 +47,11 @@ class DiffusionConfig:
 
     timesteps: int = 64
     schedule: Schedule = "cosine"
+    # time shift of the schedule toward noise: the schedule is read at
+    # s' = shift s / (1 + (shift - 1) s), s = t / T, so shift > 1 spends more of the trained
+    # and the sampled steps at high noise, where a sample's layout is chosen (the resolution
+    # shift of Esser et al. 2024, arXiv 2403.03206); 1 = the schedule as SPEC 2 gives it
+    schedule_shift: float = 1.0
     parameterization: Parameterization = "flip"
     loss_type: LossType = "mean"
     focal_gamma: float = 2.0
@@ -60,6 +65,9 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if not self.schedule_shift > 0:
+            raise ValueError(f"schedule_shift must be > 0 (1 = no shift, > 1 toward noise), "
+                             f"got {self.schedule_shift}")
         if not 1 <= self.bit_group <= MAX_BIT_GROUP:
             raise ValueError(f"bit_group must be in 1..{MAX_BIT_GROUP} (1 = one logit per bit, "
                              f"g = a categorical over the 2^g patterns of each g bits), "
@@ -73,10 +81,18 @@ class DiffusionConfig:
                              "term is per bit); set diffusion.aux_weight=0 with the grouped head")
 
 
-def retention_schedule(name: str, timesteps: int) -> torch.Tensor:
-    """k_t for t = 0..T (float64, shape (T+1,)): k_0 = 1, k_T = 0, non-increasing. SPEC 2."""
+def retention_schedule(name: str, timesteps: int, shift: float = 1.0) -> torch.Tensor:
+    """k_t for t = 0..T (float64, shape (T+1,)): k_0 = 1, k_T = 0, non-increasing. SPEC 2.
+
+    ``shift`` != 1 reads the schedule at s' = shift s / (1 + (shift - 1) s) instead of s = t / T
+    (``DiffusionConfig.schedule_shift``).
+    """
+    if not shift > 0:
+        raise ValueError(f"schedule shift must be > 0 (1 = none), got {shift}")
     T = timesteps
     s = torch.arange(T + 1, dtype=torch.float64) / T
+    if shift != 1.0:
+        s = shift * s / (1 + (shift - 1) * s)
     if name == "linear":
         k = 1.0 - s
     elif name == "cosine":
@@ -136,7 +152,8 @@ class BernoulliDiffusion(torch.nn.Module):
     def __init__(self, config: DiffusionConfig | None = None) -> None:
         super().__init__()
         self.config = config or DiffusionConfig()
-        k = retention_schedule(self.config.schedule, self.config.timesteps)
+        k = retention_schedule(self.config.schedule, self.config.timesteps,
+                               self.config.schedule_shift)
         self.register_buffer("k", k.float(), persistent=False)  # (T+1,)
         self.register_buffer("k64", k, persistent=False)
 
