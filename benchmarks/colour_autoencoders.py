@@ -177,7 +177,7 @@ def main() -> None:
             # the demo's reconstruction figures: the floor half's reconstructions against the
             # reference half (`bld.evaluation.evaluate_prior`)
             r = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
-            from bld.classifier import class_shares, predict
+            from bld.classifier import class_shares, predict, prediction_accuracy
             with torch.no_grad():
                 recon = torch.cat([ae(ref.floor[i:i + 250], deterministic=True).recon.clamp(-1, 1)
                                    for i in range(0, len(ref.floor), 250)])
@@ -186,8 +186,7 @@ def main() -> None:
             worst = min((a, c) for a, c in zip(per, classes) if a is not None)
             row.update({"fd_recon": r["fd_recon"], "recon_precision": r["recon_precision"],
                         "recon_recall": r["recon_recall"],
-                        "recon_class_accuracy": (pred == ref.floor_labels).sum().item()
-                        / len(pred),
+                        "recon_class_accuracy": prediction_accuracy(pred, ref.floor_labels),
                         "worst_class": f"{worst[1]} {worst[0]:.3f}"})
         shutil.rmtree(out, ignore_errors=True)
         common.keep_result(kept, signature, row=row)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bld.classifier import (Classifier, ClassifierConfig, accuracy, augment,
-                            per_class_accuracy, train_classifier)
+                            per_class_accuracy, prediction_accuracy, train_classifier)
 from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation import InceptionFeatures, extract_features
 from bld.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
@@ -236,6 +236,13 @@ def test_tiny_classifier_learns_fashion_mnist(fmnist_test, one_thread):
     assert feats.shape == (100, 64)
     # features are pre-ReLU, so the feature covariance is not rank-deficient by rectification
     assert (feats < 0).any()
+
+
+def test_prediction_accuracy_counts_matches_and_rejects_a_length_mismatch():
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    assert prediction_accuracy(torch.tensor([0, 1, 9, 3, 9]), labels) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="4 predictions but 5 labels"):
+        prediction_accuracy(torch.tensor([0, 1, 2, 3]), labels)
 
 
 def test_train_classifier_rejects_uint8_images():

@@ -126,7 +126,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """Top-1 accuracy of model on images (N, C, H, W) in [-1, 1] with labels (N,)."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    return (predict(model, images, batch_size) == labels.cpu()).sum().item() / images.shape[0]
+    return prediction_accuracy(predict(model, images, batch_size), labels)
 
 
 def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -136,6 +136,13 @@ def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     return class_shares(predict(model, images, batch_size), labels, num_classes)
+
+
+def prediction_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of ``predicted`` classes (e.g. `predict`'s) equal to ``labels``, both (N,)."""
+    if predicted.shape[0] != labels.shape[0]:
+        raise ValueError(f"{predicted.shape[0]} predictions but {labels.shape[0]} labels")
+    return (predicted.cpu() == labels.cpu()).sum().item() / labels.shape[0]
 
 
 def class_shares(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int

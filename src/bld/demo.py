@@ -436,7 +436,7 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
     (``clf_meta``: `_fd_classifier`'s); the classifier's accuracy on the reconstructions of
     every test image beside it. -> (figures, per class: the share of its samples classified
     as it and of its test images' reconstructions classified as it; None unconditional)."""
-    from .classifier import class_shares, predict
+    from .classifier import class_shares, predict, prediction_accuracy
     from .evaluation import evaluate_prior
     clf, meta = clf_meta
     # FD's real-vs-real floor needs two disjoint halves of the test set of N images each
@@ -459,7 +459,7 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
         per_class = {c: {"samples": a, "reconstructions": b}
                      for c, a, b in zip(classes, by_sample, by_recon)}
     return {"classifier_test_accuracy": meta["test_accuracy"],
-            "reconstruction_class_accuracy": (recon_pred == yt.cpu()).sum().item() / len(yt),
+            "reconstruction_class_accuracy": prediction_accuracy(recon_pred, yt),
             "eval_n": smp["n"],
             "sample_fd": smp["fd"], "fd_floor_real_vs_real": smp["fd_floor_real_vs_real"],
             "reconstruction_fd": rec["fd_recon"], "fd_ratio_samples_to_recon": ev["fd_ratio_to_recon"],

@@ -201,9 +201,9 @@ def evaluate_images(classifier: nn.Module, reference: torch.Tensor, floor_images
         "precision": pr.precision, "recall": pr.recall,
     }
     if labels is not None:
-        from .classifier import class_shares, predict
+        from .classifier import class_shares, predict, prediction_accuracy
         pred = predict(classifier, images)  # classified once, for both figures
-        out["class_accuracy"] = (pred == labels.cpu()).sum().item() / len(images)
+        out["class_accuracy"] = prediction_accuracy(pred, labels)
         if num_classes:
             out["class_accuracy_per_class"] = class_shares(pred, labels, num_classes)
     return out
@@ -246,8 +246,9 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     """Sample n images (classes cycled when conditional) and measure them on the test set.
 
     Returns the sample figures (FD, its real-vs-real floor at the same n, precision/recall,
-    class accuracy, and per class in ``samples_per_class``), the autoencoder's own figures at the same n (FD of reconstructions:
-    a prior cannot beat its decoder) and the settings and wall time per image.
+    class accuracy, and per class in ``samples_per_class``), the autoencoder's own figures at
+    the same n (FD of reconstructions: a prior cannot beat its decoder) and the settings and
+    wall time per image.
     """
     from .inference import generate
     from .precision import resolve_precision
