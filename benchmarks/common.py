@@ -34,7 +34,7 @@ DEFAULT_OUT = BENCH_DIR / "results"
 # the shared measurements, re-exported (imported while this folder is still on sys.path)
 from measures import (CLASSIFIER_STEPS, FDReference, TrainResult, autocast,  # noqa: F401
                       batches, cycled_labels, dataset_split, fashion_mnist, get_classifier,
-                      precision_name, run_source, sampler_setting, spread, train_model)
+                      precision_name, run_data_dir, run_source, sampler_setting, spread, train_model)
 
 # `python benchmarks/NAME.py` puts this folder first on sys.path; once `common` is imported,
 # drop it, so that a script's name (tokenizers.py) cannot shadow an installed package.

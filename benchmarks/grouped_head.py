@@ -144,7 +144,10 @@ def main() -> None:
         ae = load_autoencoder(run / "autoencoder")
         source = common.run_source(run)
         clf, clf_meta = common.get_classifier(bench, run, source)
-        xt, yt = common.dataset_split(source, "test")
+        # quick mode measures on a seeded share of the test split (its reference half still
+        # holds N images): the whole of it is most of a smoke test's time
+        xt, yt = common.dataset_split(source, "test", max(4 * n, 200) if q else None,
+                                      data_dir=common.run_data_dir(run))
         if n > len(xt) // 2:
             raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "
                              f"need two halves of N = {n}: pass --n {len(xt) // 2} or less")

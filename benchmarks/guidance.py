@@ -80,11 +80,11 @@ def main() -> None:
         nc = prior.config.model.num_classes
         if not nc:
             raise SystemExit(f"{run}: the prior is unconditional; guidance needs labels")
-        source = common.run_source(run)
+        source, data_dir = common.run_source(run), common.run_data_dir(run)
         clf, clf_meta = common.get_classifier(bench, run, source)
-        if source not in tests:
-            tests[source] = common.dataset_split(source, "test")
-        xt, yt = tests[source]
+        if (source, data_dir) not in tests:
+            tests[source, data_dir] = common.dataset_split(source, "test", data_dir=data_dir)
+        xt, yt = tests[source, data_dir]
         if n > len(xt) // 2:
             raise SystemExit(f"{run}: its test split has {len(xt)} images; FD and its floor "
                              f"need two halves of N = {n}: pass --n {len(xt) // 2} or less")

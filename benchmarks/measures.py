@@ -44,15 +44,26 @@ def run_source(run: Path) -> str:
         else "fashion-mnist"
 
 
-def dataset_split(source: str, split: str = "test", limit: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def run_data_dir(run: Path) -> str | None:
+    """The data folder a `bld demo` run was given with --data-dir (its report), else None:
+    the source's default place."""
+    import json
+    report = run / "report.json"
+    if not report.exists():
+        return None
+    return json.loads(report.read_text()).get("settings", {}).get("data_dir") or None
+
+
+def dataset_split(source: str, split: str = "test", limit: int | None = None,
+                  data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Any `bld.data.build_dataset` source (``fashion-mnist``, ``dicebear`` = the demo's
-    faces, ``emoji-twitter``...) as float images (N, C, H, W) in [-1, 1] and int64 labels."""
-    if source == "fashion-mnist":
+    faces, ``emoji-twitter``...) as float images (N, C, H, W) in [-1, 1] and int64 labels;
+    `data_dir` the source's folder if not its default place."""
+    if source == "fashion-mnist" and data_dir is None:
         return fashion_mnist(split, limit)
     from bld.data import build_dataset
     from bld.evaluation import dataset_tensors
-    images, labels = dataset_tensors(build_dataset(source, split=split))
+    images, labels = dataset_tensors(build_dataset(source, split=split, data_dir=data_dir))
     if limit is not None and limit < len(images):  # a seeded subset: folders are sorted by class
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
         images, labels = images[keep.sort().values], labels[keep.sort().values]

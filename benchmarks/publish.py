@@ -7,7 +7,9 @@ Figures in the READMEs are never typed by hand. This script
   ``demo_*`` keys of ``benchmarks/results/headline.json``; ``--emoji-run`` does the same for
   a ``bld demo --dataset emoji`` run (``docs/emoji_demo_*``, ``emoji_demo_*`` keys) and
   ``--avx2-run`` for the demo run on an AVX2-only CPU (or this one restricted to AVX2;
-  ``docs/demo_avx2_*``, ``demo_*_avx2`` keys such as ``demo_minutes_avx2``);
+  ``docs/demo_avx2_*``, ``demo_*_avx2`` keys such as ``demo_minutes_avx2``); ``--colour-run``
+  for the colour demo (``colour_demo_*``) and ``--colour-native-run`` for the colour demo on
+  a CPU that is AVX2-only itself (``docs/colour_demo_native_*``, ``colour_demo_*_native``);
 * renders the OpenMoji 256 / 1024 px runs (``benchmarks/results/highres_*.json``) into
   README.md and the cost-growth table (``scale.json``) into benchmarks/README.md;
 * always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
@@ -224,6 +226,16 @@ HEADLINE_ROWS = [
     ("colour_demo_fd_ratio_to_recon", "colour demo sample FD / reconstruction FD", "{:.2f}",
      "<= 2.0", "<=", 2.0),
     ("colour_demo_recall", "colour demo sample recall", "{:.3f}", ">= 0.35", ">=", 0.35),
+    ("colour_demo_minutes_native", "colour demo wall time on a CPU that is AVX2-only itself",
+     "{:.1f} min", "<= 20 min", "<=", 20.0),
+    ("colour_demo_recon_psnr_db_native", "colour demo autoencoder PSNR, that CPU", "{:.2f} dB",
+     ">= 26 dB", ">=", 26.0),
+    ("colour_demo_class_accuracy_ratio_native", "colour demo class accuracy / the "
+     "classifier's, that CPU", "{:.3f}", ">= 0.95", ">=", 0.95),
+    ("colour_demo_fd_ratio_to_recon_native", "colour demo sample FD / reconstruction FD, that "
+     "CPU", "{:.2f}", "<= 2.0", "<=", 2.0),
+    ("colour_demo_recall_native", "colour demo sample recall, that CPU", "{:.3f}", ">= 0.35",
+     ">=", 0.35),
     ("latent_bytes_1024px", "bytes per 1024 px image in its binary latent", "{:d}", "-", None,
      None),
     ("ae_train_step_s_1024px", "1024 px autoencoder training step, batch 1, CPU", "{:.1f} s",
@@ -356,6 +368,24 @@ def _publish_run(run: Path, name: str, prefix: str, suffix: str = "") -> None:
     HEADLINE.write_text(json.dumps(dict(sorted(head.items())), indent=2) + "\n")
 
 
+def _report_table(name: str, targets: dict[str, tuple[str, float]], prefix: str,
+                  how: str) -> str:
+    """The README table of docs/<name>_report.json, or how to make it where it is missing."""
+    path = DOCS / f"{name}_report.json"
+    if not path.exists():
+        return f"Not run yet: {how}."
+    return demo_table(json.loads(path.read_text()), targets, prefix)
+
+
+def _colour_report(run: Path) -> dict[str, Any]:
+    """A demo run's report, refused unless the run is of a colour dataset."""
+    report = json.loads((run / "report.json").read_text())
+    if report.get("dataset") not in COLOUR_DATASETS:
+        raise SystemExit(f"{run} is a demo of {report.get('dataset')!r}, not of a colour "
+                         f"dataset ({', '.join(COLOUR_DATASETS)})")
+    return report
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="a finished `bld demo` folder to publish")
@@ -365,6 +395,10 @@ def main() -> int:
                    help="a finished colour `bld demo --dataset faces` folder, run on an "
                         "AVX2-only CPU or restricted to AVX2 (docs/colour_demo_*, "
                         "colour_demo_* keys)")
+    p.add_argument("--colour-native-run", type=Path,
+                   help="a finished colour `bld demo --dataset faces` folder run on a CPU that "
+                        "is AVX2-only itself, not restricted to it (docs/colour_demo_native_*, "
+                        "colour_demo_*_native keys)")
     p.add_argument("--avx2-run", type=Path,
                    help="a finished `bld demo` folder run on an AVX2-only CPU (or restricted to "
                         "AVX2 with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 "
@@ -372,9 +406,10 @@ def main() -> int:
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a README table differs from the JSON files; change nothing")
     args = p.parse_args()
-    if args.check and (args.run or args.emoji_run or args.avx2_run or args.colour_run):
-        raise SystemExit("--check and --run / --emoji-run / --avx2-run / --colour-run exclude "
-                         "each other")
+    if args.check and (args.run or args.emoji_run or args.avx2_run or args.colour_run
+                       or args.colour_native_run):
+        raise SystemExit("--check and --run / --emoji-run / --avx2-run / --colour-run / "
+                         "--colour-native-run exclude each other")
     if args.run is not None:
         _publish_run(args.run, "demo", "demo")
     if args.emoji_run is not None:
@@ -386,33 +421,36 @@ def main() -> int:
                              f"(its report says {cpu.get('capability')})")
         _publish_run(args.avx2_run, "demo_avx2", "demo", "_avx2")
     if args.colour_run is not None:
-        report = json.loads((args.colour_run / "report.json").read_text())
-        if report.get("dataset") not in COLOUR_DATASETS:
-            raise SystemExit(f"{args.colour_run} is a demo of {report.get('dataset')!r}, not of "
-                             f"a colour dataset ({', '.join(COLOUR_DATASETS)})")
+        _colour_report(args.colour_run)
         _publish_run(args.colour_run, "colour_demo", "colour_demo")
+    if args.colour_native_run is not None:
+        cpu = _colour_report(args.colour_native_run).get("cpu", {})
+        if cpu.get("capability") != "AVX2" or cpu.get("restricted_by"):
+            raise SystemExit(f"{args.colour_native_run} did not run on a CPU that is AVX2-only "
+                             f"itself (its report: capability {cpu.get('capability')}, "
+                             f"restricted by {cpu.get('restricted_by') or 'nothing'})")
+        _publish_run(args.colour_native_run, "colour_demo_native", "colour_demo", "_native")
     report = json.loads((DOCS / "demo_report.json").read_text())
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
     blocks = [(ROOT / "README.md", "demo-table", demo_table(report)),
               (ROOT / "README.md", "highres", highres_table()),
               (ROOT / "benchmarks" / "README.md", "headline", headline_table(head)),
               (ROOT / "benchmarks" / "README.md", "scale", scale_table())]
-    avx2 = DOCS / "demo_avx2_report.json"
-    blocks.append((ROOT / "README.md", "demo-avx2-table",
-                   demo_table(json.loads(avx2.read_text())) if avx2.exists() else
-                   "Not run yet: `bld demo --out runs/demo-avx2` on an AVX2-only CPU, then "
-                   "`python benchmarks/publish.py --avx2-run runs/demo-avx2`."))
-    colour = DOCS / "colour_demo_report.json"
-    blocks.append((ROOT / "README.md", "colour-demo-table",
-                   demo_table(json.loads(colour.read_text()), COLOUR_TARGETS, "colour_demo")
-                   if colour.exists() else "Not run yet: `bld demo --dataset faces --minutes 20` "
-                   "on an AVX2-only CPU, then `python benchmarks/publish.py --colour-run "
-                   "runs/demo-faces`."))
-    emoji = DOCS / "emoji_demo_report.json"
-    blocks.append((ROOT / "README.md", "emoji-demo-table",
-                   demo_table(json.loads(emoji.read_text()), EMOJI_TARGETS, "emoji_demo")
-                   if emoji.exists() else "Not run yet: `bld demo --dataset emoji`, then "
-                   "`python benchmarks/publish.py --emoji-run runs/demo-emoji`."))
+    blocks += [
+        (ROOT / "README.md", "demo-avx2-table", _report_table(
+            "demo_avx2", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-avx2` on an AVX2-only "
+            "CPU, then `python benchmarks/publish.py --avx2-run runs/demo-avx2`")),
+        (ROOT / "README.md", "colour-demo-table", _report_table(
+            "colour_demo", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes "
+            "20` on an AVX2-only CPU, then `python benchmarks/publish.py --colour-run "
+            "runs/demo-faces`")),
+        (ROOT / "README.md", "colour-demo-native-table", _report_table(
+            "colour_demo_native", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces "
+            "--minutes 20` on a CPU that is AVX2-only itself, then `python "
+            "benchmarks/publish.py --colour-native-run runs/demo-faces`")),
+        (ROOT / "README.md", "emoji-demo-table", _report_table(
+            "emoji_demo", EMOJI_TARGETS, "emoji_demo", "`bld demo --dataset emoji`, then "
+            "`python benchmarks/publish.py --emoji-run runs/demo-emoji`"))]
     abl = ROOT / "benchmarks" / "results" / "ablations.json"
     if abl.exists():
         saved = json.loads(abl.read_text())

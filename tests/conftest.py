@@ -11,6 +11,13 @@ import torch
 
 from bld.data import DatasetNotFoundError, find_fashion_mnist
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers share the machine's cores (pyproject's addopts -n 2): one thread each, for
+    # torch here and for the subprocesses the tests start (OpenMP threads that compete for
+    # cores make small models many times slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # A ~70k-parameter autoencoder (8 bits on a 7x7 grid) on the first 256 training images.
 TINY_AE = ["--set", "model.channels=8", "--set", "model.hidden=16", "--set", "model.bits=8",
            "--set", "data.limit=256", "--steps", "6", "--batch-size", "16",

@@ -168,6 +168,7 @@ BAD_INPUT = [
     (["prepare-dicebear", "--dest", "{out}", "--per-style", "0"], "argument --per-style: must be at least 1"),
     (["prepare-dicebear", "--dest", "{out}", "--tarballs", "{f}/missing"], "tarball folder"),
     (["prepare-dicebear", "--dest", "{out}", "--tarballs", "{f}"], "no .tgz files in"),
+    (["prepare-dicebear", "--dest", "{out}", "--styles", "bottts"], "unknown DiceBear style bottts"),
 ]
 
 

@@ -191,3 +191,24 @@ def test_colour_autoencoders_keeps_each_arm_and_reports_with_all(tmp_path):
     bad = _bench("colour_autoencoders.py", "--quick", "--preset", "faces64", "--arms", "nope",
                  env=env)
     assert bad.returncode != 0 and "unknown arm(s) ['nope']" in bad.stderr
+
+
+def test_a_run_made_with_a_data_dir_is_measured_on_that_folder(tmp_path, monkeypatch):
+    """guidance.py and grouped_head.py take a run's test split from the folder its demo was
+    given with --data-dir (its report's settings), not from the source's default place."""
+    from colour_faces import write_colour_faces
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import measures
+    folder = tmp_path / "two-styles"
+    write_colour_faces(folder, classes=2, per_class=8)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert measures.run_data_dir(run) is None  # no report: the default place
+    (run / "report.json").write_text(json.dumps({"source": "dicebear",
+                                                 "settings": {"data_dir": ""}}))
+    assert measures.run_data_dir(run) is None
+    (run / "report.json").write_text(json.dumps({"source": "dicebear",
+                                                 "settings": {"data_dir": str(folder)}}))
+    assert measures.run_data_dir(run) == str(folder)
+    images, labels = measures.dataset_split("dicebear", "test", data_dir=measures.run_data_dir(run))
+    assert images.shape == (4, 3, 64, 64) and labels.tolist() == [0, 0, 1, 1]

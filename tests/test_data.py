@@ -501,6 +501,42 @@ def test_prepare_dicebear_failure_leaves_no_folder(tmp_path, kind, error, match)
     assert not (tmp_path / "faces").exists() and not list(tmp_path.glob(".faces.tmp-*"))
 
 
+@needs_node_and_cairo
+def test_prepare_dicebear_a_subset_of_styles(tmp_path):
+    # only the chosen styles are needed, drawn, listed in the manifest and credited
+    from bld.data import prepare_dicebear
+    tgz = _fake_dicebear(tmp_path / "tgz", skip=("adventurer", "micah"))
+    dest = tmp_path / "faces"
+    out = prepare_dicebear(32, dest, per_style=6, tarballs=tgz, progress=False,
+                           styles=("toon_head", "big-ears"))
+    assert out.categories == {"big_ears": 6, "toon_head": 6}
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["big_ears", "toon_head"]
+    with open(dest / "manifest.csv", newline="") as f:
+        assert {r["class"] for r in csv.DictReader(f)} == {"big_ears", "toon_head"}
+    licences = (dest / "LICENSES.md").read_text()
+    assert "| big_ears |" in licences and "| toon_head |" in licences
+    assert "| personas |" not in licences
+    test = build_dataset("dicebear", "test", image_size=32, data_dir=dest)
+    assert test.classes == ("big_ears", "toon_head") and len(test) == 2
+    # a style outside the chosen ones may be missing from the tarballs; a chosen one may not
+    with pytest.raises(DatasetNotFoundError, match="lack @dicebear/micah"):
+        prepare_dicebear(32, tmp_path / "g", per_style=6, tarballs=tgz, progress=False,
+                         styles=("micah", "personas"))
+
+
+def test_dicebear_styles_are_checked(tmp_path):
+    from bld.data import prepare_dicebear
+    from bld.data.dicebear import check_styles, dicebear_packages
+    assert check_styles(["toon_head", "big-ears", "big_ears"]) == ("big-ears", "toon-head")
+    assert dicebear_packages("9.4.3", ("pixel_art",)) == ["@dicebear/core@9.4.3",
+                                                          "@dicebear/pixel-art@9.4.3"]
+    with pytest.raises(ValueError, match="unknown DiceBear style bottts; choose from adventurer"):
+        prepare_dicebear(64, tmp_path / "f", styles=("bottts", "micah"))
+    with pytest.raises(ValueError, match=r"\(none given\)"):
+        check_styles([])
+    assert not (tmp_path / "f").exists()
+
+
 def test_prepare_dicebear_bad_input(tmp_path, monkeypatch):
     from bld.data import prepare_dicebear
     with pytest.raises(ValueError, match="32 to 1024"):

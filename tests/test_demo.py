@@ -17,13 +17,18 @@ def test_demo_writes_grids_plots_and_report(tmp_path, fashion_mnist, capsys):
     # a tiny run, evaluated end to end (the code that makes the README's headline figures)
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--ae-steps", "3", "--prior-steps", "3", "--limit", "256",
-            "--eval-samples", "60", "--classifier-steps", "20", "--device", "cpu"]
+            "--eval-samples", "60", "--classifier-steps", "20", "--samples-per-class", "2",
+            "--device", "cpu"]
     assert main(args) == 0
     for name in ("samples.png", "reconstructions.png", "loss_autoencoder.png", "loss_prior.png",
                  "trajectory.png", "class_rows.png", "report.md", "report.json"):
         assert (out / name).exists(), name
     for name in ("trajectory.png", "class_rows.png"):
         assert f"]({name})" in (out / "report.md").read_text()
+    # --samples-per-class 2: the sample grid is one row of two per class (ten classes)
+    from PIL import Image
+    width, height = Image.open(out / "samples.png").size
+    assert 4 * width < height < 6 * width
     # the demo folder loads as one pipeline (autoencoder/ and prior/ inside)
     from bld import BinaryLatentDiffusionPipeline
     pipe = BinaryLatentDiffusionPipeline.from_run(out)

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_count, default=0, help="use only N training images (0 = all)")
     p.add_argument("--eval-samples", type=_count, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
+    p.add_argument("--samples-per-class", type=_positive, default=10,
+                   help="samples per class (per row) in samples.png (default %(default)s)")
     p.add_argument("--classifier-steps", type=_positive,
                    help="training steps of the FD classifier the report uses "
                         "(default 1200 for fashion-mnist, 600 for emoji, 400 for faces)")
@@ -335,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faces per style (default %(default)s: 12,000 faces, 2,000 of them test)")
     p.add_argument("--tarballs", help="a folder of the npm tarballs of @dicebear/core and the "
                                       "styles (from `npm pack`) instead of fetching them")
+    p.add_argument("--styles", nargs="+", metavar="STYLE",
+                   help="draw only these styles, as npm names them (e.g. big-ears "
+                        "pixel-art; default all ten); best with --dest, so that the default "
+                        "folder keeps the ten")
     return ap
 
 

@@ -177,9 +177,10 @@ def cmd_prepare_openmoji(args) -> None:
 
 
 def cmd_prepare_dicebear(args) -> None:
-    from .data import prepare_dicebear
+    from .data import DICEBEAR_STYLES, prepare_dicebear
     from .data.folder import read_manifest_splits
-    r = prepare_dicebear(args.size, args.dest, per_style=args.per_style, tarballs=args.tarballs)
+    r = prepare_dicebear(args.size, args.dest, per_style=args.per_style, tarballs=args.tarballs,
+                         styles=tuple(args.styles or DICEBEAR_STYLES))
     test = sum(v == "test" for v in read_manifest_splits(r.root).values())
     print(f"{r.num_images} faces of {args.size} px in {len(r.categories)} classes "
           f"({r.num_images - test} train, {test} test) at {r.root}: "
@@ -278,6 +279,7 @@ def cmd_demo(args) -> None:
                      precision=args.precision, minutes=args.minutes, seed=args.seed,
                      limit=args.limit,
                      eval_samples=args.eval_samples, resume=args.resume,
+                     samples_per_class=args.samples_per_class,
                      classifier_steps=args.classifier_steps,
                      evidence_weight=args.evidence_weight, guidance=args.guidance,
                      guidance_interval=_interval(args), temperature=args.temperature,

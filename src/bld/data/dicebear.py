@@ -61,9 +61,24 @@ def _check_per_style(per_style: int) -> None:
                          f"test face in {DICEBEAR_TEST_EVERY}), got {per_style!r}")
 
 
-def dicebear_packages(version: str = DICEBEAR_VERSION) -> list[str]:
+def check_styles(styles) -> tuple[str, ...]:
+    """DiceBear style names as npm spells them ('big-ears'; a class name 'big_ears' is
+    accepted too), in DICEBEAR_STYLES' order; a clear error for an unknown or empty set."""
+    if isinstance(styles, str):
+        styles = [styles]
+    names = {str(s).strip().replace("_", "-") for s in styles}
+    unknown = sorted(names - set(DICEBEAR_STYLES))
+    if unknown or not names:
+        raise ValueError(f"unknown DiceBear style{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(DICEBEAR_STYLES)}")
+    return tuple(s for s in DICEBEAR_STYLES if s in names)
+
+
+def dicebear_packages(version: str = DICEBEAR_VERSION,
+                      styles: tuple[str, ...] = DICEBEAR_STYLES) -> list[str]:
     """The npm packages the faces are drawn with: the core and each style, at `version`."""
-    return [f"@dicebear/{name}@{version}" for name in ("core", *DICEBEAR_STYLES)]
+    return [f"@dicebear/{name}@{version}" for name in ("core", *check_styles(styles))]
 
 
 def is_test_seed(i: int) -> bool:
@@ -89,9 +104,11 @@ for (const name of job.styles) {
 """
 
 
-def _unpack_packages(tarballs: list[Path], modules: Path) -> dict[str, str]:
+def _unpack_packages(tarballs: list[Path], modules: Path,
+                     styles: tuple[str, ...] = DICEBEAR_STYLES) -> dict[str, str]:
     """Unpack npm tarballs of @dicebear/* packages into modules/@dicebear/<name>; returns
-    {name: version}. Only regular files below package/ are written, never outside."""
+    {name: version}. Only regular files below package/ are written, never outside. The core
+    and every one of `styles` must be there."""
     found: dict[str, str] = {}
     for tgz in tarballs:
         try:
@@ -116,12 +133,12 @@ def _unpack_packages(tarballs: list[Path], modules: Path) -> dict[str, str]:
                 found[short] = str(info.get("version", ""))
         except (tarfile.TarError, OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{tgz} is not a readable npm package tarball ({type(e).__name__}: {e})") from e
-    missing = [n for n in ("core", *DICEBEAR_STYLES) if n not in found]
+    missing = [n for n in ("core", *styles) if n not in found]
     if missing:
         raise DatasetNotFoundError(
             f"the DiceBear packages lack {', '.join('@dicebear/' + n for n in missing)}; fetch "
             f"them with `npm pack {' '.join('@dicebear/' + n + '@' + DICEBEAR_VERSION for n in missing)}`")
-    majors = {n: v.split(".")[0] for n, v in found.items() if n in ("core", *DICEBEAR_STYLES)}
+    majors = {n: v.split(".")[0] for n, v in found.items() if n in ("core", *styles)}
     if len(set(majors.values())) > 1:
         raise ValueError("the DiceBear packages are of different major versions ("
                          + ", ".join(f"{n} {found[n]}" for n in sorted(majors))
@@ -129,7 +146,8 @@ def _unpack_packages(tarballs: list[Path], modules: Path) -> dict[str, str]:
     return found
 
 
-def _draw_svgs(modules_parent: Path, size: int, per_style: int) -> tuple[dict, list[dict]]:
+def _draw_svgs(modules_parent: Path, size: int, per_style: int,
+               styles: tuple[str, ...] = DICEBEAR_STYLES) -> tuple[dict, list[dict]]:
     """Run DiceBear with Node.js: ({style: meta}, one dict per face)."""
     node = shutil.which("node")
     if node is None:
@@ -137,7 +155,7 @@ def _draw_svgs(modules_parent: Path, size: int, per_style: int) -> tuple[dict, l
                                    "Install it (e.g. `sudo apt-get install nodejs`)")
     script = modules_parent / "render.mjs"
     script.write_text(_RENDER_JS)
-    job = {"styles": list(DICEBEAR_STYLES), "per_style": per_style, "size": size,
+    job = {"styles": list(styles), "per_style": per_style, "size": size,
            "backgrounds": list(DICEBEAR_BACKGROUNDS)}
     try:
         result = subprocess.run([node, str(script), json.dumps(job)], cwd=modules_parent,
@@ -160,12 +178,13 @@ def _draw_svgs(modules_parent: Path, size: int, per_style: int) -> tuple[dict, l
     return metas, faces
 
 
-def _licences(metas: dict[str, dict], versions: dict[str, str]) -> str:
+def _licences(metas: dict[str, dict], versions: dict[str, str],
+              styles: tuple[str, ...] = DICEBEAR_STYLES) -> str:
     lines = ["# Licences", "",
              f"Faces drawn with DiceBear (@dicebear/core {versions.get('core', '?')}, MIT licence "
              "for the code), one folder per style. Each style's artwork has its own licence:", "",
              "| class (folder) | style | creator | licence | source |", "|---|---|---|---|---|"]
-    for name in DICEBEAR_STYLES:
+    for name in styles:
         m = metas.get(name, {})
         lic = m.get("license") or {}
         lines.append(f"| {name.replace('-', '_')} | {m.get('title', name)} "
@@ -177,9 +196,10 @@ def _licences(metas: dict[str, dict], versions: dict[str, str]) -> str:
 
 def extract_dicebear_tarballs(tarballs: list[str | os.PathLike], size: int,
                               dest: str | os.PathLike, per_style: int = DICEBEAR_PER_STYLE,
-                              workers: int | None = None, progress: bool = True) -> PreparedEmoji:
-    """Draw per_style faces of each DICEBEAR_STYLES style at size x size into dest from npm
-    tarballs of @dicebear/core and the styles (other tarballs are ignored).
+                              workers: int | None = None, progress: bool = True,
+                              styles: tuple[str, ...] = DICEBEAR_STYLES) -> PreparedEmoji:
+    """Draw per_style faces of each of `styles` (default all DICEBEAR_STYLES) at size x size
+    into dest from npm tarballs of @dicebear/core and the styles (other tarballs are ignored).
 
     Node.js runs DiceBear on the unpacked packages (seeds "<style>-<i>", i < per_style, a
     background from DICEBEAR_BACKGROUNDS); cairosvg draws each SVG on white. Writes
@@ -189,12 +209,14 @@ def extract_dicebear_tarballs(tarballs: list[str | os.PathLike], size: int,
     """
     _check_size(size)
     _check_per_style(per_style)
+    styles = check_styles(styles)
     dest = Path(dest).expanduser()
     if (done := already_prepared(dest)) is not None:
         return done
     with tempfile.TemporaryDirectory(prefix="bld-dicebear-") as work:
-        versions = _unpack_packages([Path(t) for t in tarballs], Path(work) / "node_modules")
-        metas, faces = _draw_svgs(Path(work), size, per_style)
+        versions = _unpack_packages([Path(t) for t in tarballs], Path(work) / "node_modules",
+                                    styles)
+        metas, faces = _draw_svgs(Path(work), size, per_style, styles)
     with filled_atomically(dest) as tmp:
         jobs, rows = [], []
         for face in faces:
@@ -223,7 +245,7 @@ def extract_dicebear_tarballs(tarballs: list[str | os.PathLike], size: int,
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        (tmp / "LICENSES.md").write_text(_licences(metas, versions), encoding="utf-8")
+        (tmp / "LICENSES.md").write_text(_licences(metas, versions, styles), encoding="utf-8")
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["class"]] = counts.get(row["class"], 0) + 1
@@ -235,15 +257,18 @@ def extract_dicebear_tarballs(tarballs: list[str | os.PathLike], size: int,
 def prepare_dicebear(size: int = 64, dest: str | os.PathLike | None = None,
                      per_style: int = DICEBEAR_PER_STYLE, version: str = DICEBEAR_VERSION,
                      tarballs: str | os.PathLike | None = None,
-                     progress: bool = True) -> PreparedEmoji:
+                     progress: bool = True,
+                     styles: tuple[str, ...] = DICEBEAR_STYLES) -> PreparedEmoji:
     """Fetch @dicebear/core and the face styles with `npm pack` (or take their tarballs from
-    the folder `tarballs`) and draw the faces into dest (default default_dicebear_dir(size)).
-    Returns at once if dest already holds images."""
+    the folder `tarballs`) and draw the faces of `styles` (default all ten) into dest
+    (default default_dicebear_dir(size)). Returns at once if dest already holds images."""
     _check_size(size)
     _check_per_style(per_style)
+    styles = check_styles(styles)
     dest = Path(dest).expanduser() if dest is not None else default_dicebear_dir(size)
     if (done := already_prepared(dest)) is not None:
         return done
+    packages = dicebear_packages(version, styles)
     if tarballs is not None:
         folder = Path(tarballs).expanduser()
         if not folder.is_dir():
@@ -251,11 +276,11 @@ def prepare_dicebear(size: int = 64, dest: str | os.PathLike | None = None,
         found = sorted(folder.glob("*.tgz"))
         if not found:
             raise DatasetNotFoundError(f"no .tgz files in {folder}; fetch them with `npm pack "
-                                       f"{' '.join(dicebear_packages(version))}`")
-        return extract_dicebear_tarballs(found, size, dest, per_style, progress=progress)
-    packages = dicebear_packages(version)
+                                       f"{' '.join(packages)}`")
+        return extract_dicebear_tarballs(found, size, dest, per_style, progress=progress,
+                                         styles=styles)
     manual = (f"Or run `npm pack {' '.join(packages)}` where the registry is reachable and pass "
               "that folder with `bld prepare-dicebear --tarballs <folder>`.")
     with tempfile.TemporaryDirectory(prefix="bld-dicebear-") as tmp:
         return extract_dicebear_tarballs(npm_pack_all(packages, Path(tmp), manual), size, dest,
-                                         per_style, progress=progress)
+                                         per_style, progress=progress, styles=styles)
