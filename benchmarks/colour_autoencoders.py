@@ -17,7 +17,7 @@ restriction to measure the CPU the colour demo is budgeted for:
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
         python benchmarks/colour_autoencoders.py --preset faces64 \\
         --classifier runs/demo-faces/classifier --name colour_autoencoders_faces_avx2
-    python benchmarks/colour_autoencoders.py --quick     # 20 steps per arm, 200 test images
+    python benchmarks/colour_autoencoders.py --quick     # 20 steps of 8 per arm, 200 test images
 """
 
 from __future__ import annotations
@@ -148,6 +148,8 @@ def main() -> None:
     for name in chosen:
         over, steps = arms[name]
         steps = 20 if args.quick else steps
+        # quick mode (a smoke test of the script): 20 steps of batch 8
+        quick = ["optim.batch_size=8"] if args.quick else []
         signature = _signature(args, over, steps, args.seed, len(xt), clf_meta)
         kept = work / (f"{name}.json" if args.seed == 0 else f"{name}-s{args.seed}.json")
         saved = common.kept_result(kept, signature)
@@ -158,7 +160,7 @@ def main() -> None:
         cfg = config_from_dict("autoencoder", load_config_dict(
             "autoencoder", args.preset, over + [
                 f"data.source={args.data}", f"optim.steps={steps}", f"run.seed={args.seed}",
-                "run.sample_every=0", "run.ckpt_every=0"]))
+                "run.sample_every=0", "run.ckpt_every=0"] + quick))
         out = work / f"{name}-model"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
