@@ -6,10 +6,10 @@ more class accuracy, less recall. Applied only at the low-noise part of sampling
 (t / T <= hi; Kynkaanniemi et al. 2024, arXiv 2404.07724), it leaves the first, high-noise
 steps, where the sample's mode is chosen, to the conditional model. This script measures
 that trade on one or more `bld demo` runs (each with its own FD classifier and the test split
-of its own dataset: Fashion-MNIST, the faces...), one row per (w, interval, temperature) and
-seed; the first two settings are repeated with seed+1 to show the spread. Each run is
-sampled in the precision `auto` picks on this CPU (run it with the AVX2 restriction for an
-AVX2 demo run, as the demo itself evaluated it).
+of its own dataset: Fashion-MNIST, the faces...), one row per (w, interval, temperature,
+evidence weight) and seed; the first two settings are repeated with seed+1 to show the
+spread. Each run is sampled in the precision `auto` picks on this CPU (run it with the AVX2
+restriction for an AVX2 demo run, as the demo itself evaluated it).
 
     python benchmarks/guidance.py --runs runs/demo --name guidance_avx512bf16
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
@@ -32,10 +32,11 @@ DEFAULT_SETTINGS = ["0.5:0:1", "1.5:0:0.6", "0:0:1", "1:0:0.6", "2:0:0.5", "1.5:
                     "1:0:0.8"]
 
 
-def _setting(text: str) -> tuple[float, float, float, float]:
-    """W:LO:HI or W:LO:HI:TEMPERATURE (temperature 1 when left out)."""
+def _setting(text: str) -> tuple[float, float, float, float, float]:
+    """W:LO:HI[:TEMPERATURE[:LAMBDA]] (temperature 1 and the library's evidence weight when
+    left out)."""
     try:
-        return common.sampler_setting(text)
+        return common.sampler_setting(text, evidence=True)
     except ValueError as e:
         raise SystemExit(f"--settings: {e}") from None
 
@@ -45,8 +46,8 @@ def parse_args():
     p.add_argument("--runs", type=Path, nargs="+", required=True,
                    help="`bld demo --out RUN_DIR` folders (prior/, autoencoder/, classifier/)")
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
-                   help="W:LO:HI[:TEMPERATURE] settings (temperature 1 if left out); the first two "
-                        "also run with seed+1")
+                   help="W:LO:HI[:TEMPERATURE[:LAMBDA]] settings (temperature 1 and the library's "
+                        "evidence weight lambda if left out); the first two also run with seed+1")
     p.add_argument("--n", type=int, default=None, help="samples per setting (1000; 50 quick)")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--name", default="guidance", help="file name of the report")
@@ -92,13 +93,13 @@ def main() -> None:
         labels = common.cycled_labels(n, nc)
         ae_fig = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
         run_rows = []
-        for w, lo, hi, temp, seed in tqdm(jobs, desc=str(run)):
+        for w, lo, hi, temp, lam, seed in tqdm(jobs, desc=str(run)):
             res = generate(prior, ae, n, steps=args.steps, guidance=w, labels=labels, seed=seed,
-                           guidance_interval=(lo, hi), temperature=temp, batch_size=250,
-                           precision=args.precision)
+                           guidance_interval=(lo, hi), temperature=temp, evidence_weight=lam,
+                           batch_size=250, precision=args.precision)
             m = ref.evaluate(res.images, labels)
             row = {"run": run.name, "guidance": w, "interval": f"({lo:g}, {hi:g})",
-                   "temperature": temp, "seed": seed, "n": n, "class_accuracy": m["class_accuracy"],
+                   "temperature": temp, "evidence_weight": lam, "seed": seed, "n": n, "class_accuracy": m["class_accuracy"],
                    "recall": m["recall"], "precision": m["precision"], "fd": m["fd"],
                    "fd_floor": m["fd_floor_real_vs_real"], "fd_recon": ae_fig["fd_recon"],
                    "s_per_image": res.seconds / n}
@@ -113,8 +114,9 @@ def main() -> None:
     bench.results = {"n": n, "steps": args.steps, "rows": rows,
                      "precision": common.precision_name(args.precision)}
     intro = ["## Settings", "",
-             f"N = {n} samples per row, S = {args.steps}, labels cycled through the classes, "
-             "the library's evidence weight. Interval (lo, hi): guidance applies "
+             f"N = {n} samples per row, S = {args.steps}, labels cycled through the classes; "
+             "evidence weight lambda of SPEC 2 (1 = the exact step, 0 = the original code's "
+             "product). Interval (lo, hi): guidance applies "
              "at steps with lo <= t / T <= hi (t / T = 1 is pure noise), plain conditional "
              "logits elsewhere; (0, 1) guides every step. FD, precision and recall in the "
              "feature space of each run's own classifier (compare rows within a run). "

@@ -128,21 +128,28 @@ class FDReference:
         return evaluate_images(self.classifier, self.reference, self.floor, images, labels)
 
 
-def sampler_setting(text: str) -> tuple[float, float, float, float]:
+def sampler_setting(text: str, evidence: bool = False) -> tuple[float, ...]:
     """A sampler setting W:LO:HI[:TEMPERATURE] (guidance w at LO <= t / T <= HI; temperature
-    1 when left out) as (w, lo, hi, temperature); ValueError with what to write instead."""
+    1 when left out) as (w, lo, hi, temperature); with ``evidence``, W:LO:HI[:TEMPERATURE
+    [:LAMBDA]] as (w, lo, hi, temperature, lambda), the evidence weight of SPEC 2 (the
+    library's default when left out). ValueError with what to write instead."""
+    form = "W:LO:HI[:TEMPERATURE[:LAMBDA]]" if evidence else "W:LO:HI[:TEMPERATURE]"
+    example = "1.5:0:0.6:1.3:0.5" if evidence else "1.5:0:0.6:1.3"
     try:
         vals = [float(v) for v in text.split(":")]
-        if len(vals) not in (3, 4):
+        if len(vals) not in ((3, 4, 5) if evidence else (3, 4)):
             raise ValueError
     except ValueError:
-        raise ValueError(f"a sampler setting is W:LO:HI[:TEMPERATURE] (e.g. 1.5:0:0.6 or "
-                         f"1.5:0:0.6:1.3), got {text!r}") from None
-    w, lo, hi, temp = vals + [1.0] * (4 - len(vals))
+        raise ValueError(f"a sampler setting is {form} (e.g. 1.5:0:0.6 or {example}), "
+                         f"got {text!r}") from None
+    w, lo, hi, temp = (vals + [1.0])[:4] if len(vals) == 3 else vals[:4]
     if not (w >= 0 and 0 <= lo <= hi <= 1 and temp > 0):
         raise ValueError(f"sampler setting {text!r}: need w >= 0, 0 <= lo <= hi <= 1 and "
                          "temperature > 0")
-    return w, lo, hi, temp
+    if not evidence:
+        return w, lo, hi, temp
+    from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
+    return w, lo, hi, temp, (vals[4] if len(vals) == 5 else DEFAULT_EVIDENCE_WEIGHT)
 
 
 def spread(a: float, b: float) -> float:

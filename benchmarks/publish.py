@@ -9,7 +9,9 @@ Figures in the READMEs are never typed by hand. This script
   ``--avx2-run`` for the demo run on an AVX2-only CPU (or this one restricted to AVX2;
   ``docs/demo_avx2_*``, ``demo_*_avx2`` keys such as ``demo_minutes_avx2``); ``--colour-run``
   for the colour demo (``colour_demo_*``) and ``--colour-native-run`` for the colour demo on
-  a CPU that is AVX2-only itself (``docs/colour_demo_native_*``, ``colour_demo_*_native``);
+  a CPU that is AVX2-only itself (``docs/colour_demo_native_*``, ``colour_demo_*_native``),
+  ``--native-run`` for the Fashion-MNIST demo on such a CPU (``docs/demo_native_*``,
+  ``demo_*_native``);
 * renders the OpenMoji 256 / 1024 px runs (``benchmarks/results/highres_*.json``) into
   README.md and the cost-growth table (``scale.json``) into benchmarks/README.md;
 * always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
@@ -188,6 +190,15 @@ HEADLINE_ROWS = [
     ("demo_class_accuracy_avx2", "AVX2 demo samples classified as the asked class", "{:.3f}",
      ">= 0.85", ">=", 0.85),
     ("demo_recall_avx2", "AVX2 demo sample recall", "{:.3f}", ">= 0.25", ">=", 0.25),
+    ("demo_minutes_native", "demo wall time on a CPU that is AVX2-only itself (fp32)",
+     "{:.1f} min", "<= 15 min", "<=", 15.0),
+    ("demo_recon_psnr_db_native", "demo autoencoder PSNR, that CPU", "{:.2f} dB", ">= 25 dB",
+     ">=", 25.0),
+    ("demo_class_accuracy_native", "demo samples classified as the asked class, that CPU",
+     "{:.3f}", ">= 0.85", ">=", 0.85),
+    ("demo_fd_ratio_to_recon_native", "demo sample FD / reconstruction FD, that CPU", "{:.2f}",
+     "<= 2.0", "<=", 2.0),
+    ("demo_recall_native", "demo sample recall, that CPU", "{:.3f}", ">= 0.25", ">=", 0.25),
     ("bld_fd_s16", "BLD FD at S = 16, matched compute (mean of 2 training seeds)", "{:.1f}",
      "<= Gaussian", None, None),
     ("gaussian_fd_s16", "Gaussian + DDIM FD at S = 16, matched compute", "{:.1f}", "-", None, None),
@@ -377,6 +388,16 @@ def _report_table(name: str, targets: dict[str, tuple[str, float]], prefix: str,
     return demo_table(json.loads(path.read_text()), targets, prefix)
 
 
+def _native_cpu(run: Path, report: dict[str, Any], flag: str) -> None:
+    """Refuse a run whose CPU was not AVX2-only itself (another capability, or a faster CPU
+    restricted to AVX2 by the environment)."""
+    cpu = report.get("cpu", {})
+    if cpu.get("capability") != "AVX2" or cpu.get("restricted_by"):
+        raise SystemExit(f"{flag} {run}: it did not run on a CPU that is AVX2-only itself (its "
+                         f"report: capability {cpu.get('capability')}, restricted by "
+                         f"{cpu.get('restricted_by') or 'nothing'})")
+
+
 def _colour_report(run: Path) -> dict[str, Any]:
     """A demo run's report, refused unless the run is of a colour dataset."""
     report = json.loads((run / "report.json").read_text())
@@ -399,6 +420,10 @@ def main() -> int:
                    help="a finished colour `bld demo --dataset faces` folder run on a CPU that "
                         "is AVX2-only itself, not restricted to it (docs/colour_demo_native_*, "
                         "colour_demo_*_native keys)")
+    p.add_argument("--native-run", type=Path,
+                   help="a finished Fashion-MNIST `bld demo` folder run on a CPU that is "
+                        "AVX2-only itself, not restricted to it (docs/demo_native_*, "
+                        "demo_*_native keys)")
     p.add_argument("--avx2-run", type=Path,
                    help="a finished `bld demo` folder run on an AVX2-only CPU (or restricted to "
                         "AVX2 with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 "
@@ -407,9 +432,9 @@ def main() -> int:
                    help="exit 1 when a README table differs from the JSON files; change nothing")
     args = p.parse_args()
     if args.check and (args.run or args.emoji_run or args.avx2_run or args.colour_run
-                       or args.colour_native_run):
-        raise SystemExit("--check and --run / --emoji-run / --avx2-run / --colour-run / "
-                         "--colour-native-run exclude each other")
+                       or args.colour_native_run or args.native_run):
+        raise SystemExit("--check and --run / --emoji-run / --avx2-run / --native-run / "
+                         "--colour-run / --colour-native-run exclude each other")
     if args.run is not None:
         _publish_run(args.run, "demo", "demo")
     if args.emoji_run is not None:
@@ -420,15 +445,20 @@ def main() -> int:
             raise SystemExit(f"{args.avx2_run} was not run with the CPU capability AVX2 "
                              f"(its report says {cpu.get('capability')})")
         _publish_run(args.avx2_run, "demo_avx2", "demo", "_avx2")
+    if args.native_run is not None:
+        report = json.loads((args.native_run / "report.json").read_text())
+        if report.get("dataset") != "fashion-mnist":
+            raise SystemExit(f"--native-run {args.native_run}: a demo of "
+                             f"{report.get('dataset')!r}, not of fashion-mnist (a colour run "
+                             "goes with --colour-native-run)")
+        _native_cpu(args.native_run, report, "--native-run")
+        _publish_run(args.native_run, "demo_native", "demo", "_native")
     if args.colour_run is not None:
         _colour_report(args.colour_run)
         _publish_run(args.colour_run, "colour_demo", "colour_demo")
     if args.colour_native_run is not None:
-        cpu = _colour_report(args.colour_native_run).get("cpu", {})
-        if cpu.get("capability") != "AVX2" or cpu.get("restricted_by"):
-            raise SystemExit(f"{args.colour_native_run} did not run on a CPU that is AVX2-only "
-                             f"itself (its report: capability {cpu.get('capability')}, "
-                             f"restricted by {cpu.get('restricted_by') or 'nothing'})")
+        _native_cpu(args.colour_native_run, _colour_report(args.colour_native_run),
+                    "--colour-native-run")
         _publish_run(args.colour_native_run, "colour_demo_native", "colour_demo", "_native")
     report = json.loads((DOCS / "demo_report.json").read_text())
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
@@ -440,6 +470,10 @@ def main() -> int:
         (ROOT / "README.md", "demo-avx2-table", _report_table(
             "demo_avx2", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-avx2` on an AVX2-only "
             "CPU, then `python benchmarks/publish.py --avx2-run runs/demo-avx2`")),
+        (ROOT / "README.md", "demo-native-table", _report_table(
+            "demo_native", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-native` on a CPU "
+            "that is AVX2-only itself, then `python benchmarks/publish.py --native-run "
+            "runs/demo-native`")),
         (ROOT / "README.md", "colour-demo-table", _report_table(
             "colour_demo", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes "
             "20` on an AVX2-only CPU, then `python benchmarks/publish.py --colour-run "

@@ -212,3 +212,23 @@ def test_a_run_made_with_a_data_dir_is_measured_on_that_folder(tmp_path, monkeyp
     assert measures.run_data_dir(run) == str(folder)
     images, labels = measures.dataset_split("dicebear", "test", data_dir=measures.run_data_dir(run))
     assert images.shape == (4, 3, 64, 64) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_sampler_settings_take_an_evidence_weight_only_where_the_sampler_has_one(monkeypatch):
+    """guidance.py's W:LO:HI[:TEMPERATURE[:LAMBDA]]: lambda (SPEC 2's evidence weight) is the
+    library's default when left out; the Gaussian baseline's settings have no lambda."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import measures
+
+    from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
+    assert measures.sampler_setting("2:0:0.6") == (2.0, 0.0, 0.6, 1.0)
+    assert measures.sampler_setting("2:0:0.6:1.3", evidence=True) == (
+        2.0, 0.0, 0.6, 1.3, DEFAULT_EVIDENCE_WEIGHT)
+    assert measures.sampler_setting("2:0:0.6:1.3:-0.5", evidence=True) == (
+        2.0, 0.0, 0.6, 1.3, -0.5)
+    with pytest.raises(ValueError, match=r"W:LO:HI\[:TEMPERATURE\]"):
+        measures.sampler_setting("2:0:0.6:1.3:0.5")
+    with pytest.raises(ValueError, match="LAMBDA"):
+        measures.sampler_setting("2:0:0.6:1.3:0.5:1", evidence=True)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        measures.sampler_setting("2:0:0.6:0:0.5", evidence=True)

@@ -57,23 +57,29 @@ def test_readme_tables_come_from_the_measurements():
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.parametrize("dataset,restricted,match", [
-    ("faces", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "did not run on a CPU that is AVX2-only itself"),
-    ("fashion-mnist", {}, "not of a colour dataset"),
+@pytest.mark.parametrize("flag,dataset,restricted,match", [
+    ("--colour-native-run", "faces", {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+     "did not run on a CPU that is AVX2-only itself"),
+    ("--colour-native-run", "fashion-mnist", {}, "not of a colour dataset"),
+    ("--native-run", "fashion-mnist", {"ATEN_CPU_CAPABILITY": "avx2"},
+     "did not run on a CPU that is AVX2-only itself"),
+    ("--native-run", "faces", {}, "not of fashion-mnist"),
 ])
-def test_publish_refuses_a_native_colour_run_that_is_not_one(tmp_path, dataset, restricted, match):
-    # --colour-native-run takes only a colour demo whose CPU was AVX2-only without being
-    # restricted to it; the refusal comes before anything in docs/ or the headline changes
+def test_publish_refuses_a_native_run_that_is_not_one(tmp_path, flag, dataset, restricted, match):
+    # --native-run / --colour-native-run take only a demo of their dataset whose CPU was
+    # AVX2-only without being restricted to it; the refusal comes before anything in docs/
+    # or the headline changes
     root = README.parent
     kept = [root / "benchmarks" / "results" / "headline.json",
-            root / "docs" / "colour_demo_native_report.json"]
+            root / "docs" / "colour_demo_native_report.json",
+            root / "docs" / "demo_native_report.json"]
     before = [p.read_bytes() if p.exists() else None for p in kept]
     run = tmp_path / "run"
     run.mkdir()
     (run / "report.json").write_text(json.dumps({"dataset": dataset, "cpu": {
         "capability": "AVX2", "native_bf16": False, "restricted_by": restricted}}))
     res = subprocess.run([sys.executable, str(root / "benchmarks" / "publish.py"),
-                          "--colour-native-run", str(run)], capture_output=True, text=True)
+                          flag, str(run)], capture_output=True, text=True)
     assert res.returncode != 0 and re.search(match, res.stderr), res.stderr
     assert [p.read_bytes() if p.exists() else None for p in kept] == before
 
