@@ -11,7 +11,8 @@ Figures in the READMEs are never typed by hand. This script
   for the colour demo (``colour_demo_*``) and ``--colour-native-run`` for the colour demo on
   a CPU that is AVX2-only itself (``docs/colour_demo_native_*``, ``colour_demo_*_native``),
   ``--native-run`` for the Fashion-MNIST demo on such a CPU (``docs/demo_native_*``,
-  ``demo_*_native``);
+  ``demo_*_native``) and ``--colour-six-run`` for the colour demo on the six styles of
+  ``SIX_STYLES`` (``docs/colour_demo_six_*``, ``colour_demo_*_six``);
 * renders the OpenMoji 256 / 1024 px runs (``benchmarks/results/highres_*.json``) into
   README.md and the cost-growth table (``scale.json``) into benchmarks/README.md;
 * always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
@@ -57,6 +58,8 @@ COLOUR_TARGETS = {"colour_demo_minutes": ("<=", 20.0), "colour_demo_recon_psnr_d
                   "colour_demo_fd_ratio_to_recon": ("<=", 2.0),
                   "colour_demo_recall": (">=", 0.35)}
 COLOUR_DATASETS = ("faces", "emoji")
+# the DiceBear styles the faces' prior learns best (`bld prepare-dicebear --styles ...`)
+SIX_STYLES = ("avataaars", "big_ears", "miniavs", "personas", "pixel_art", "toon_head")
 
 
 def demo_headline(report: dict[str, Any], prefix: str = "demo", suffix: str = "") -> dict[str, Any]:
@@ -172,6 +175,21 @@ def _cpu_note(report: dict[str, Any]) -> str:
             + (f" (EMULATED: this CPU restricted by {limits})" if limits else ""))
 
 
+def _colour_rows(suffix: str, minutes: str, where: str) -> list[tuple]:
+    """The headline rows of one more published colour demo run (keys colour_demo_*<suffix>):
+    ``minutes`` labels its wall time, ``where`` ends the other labels."""
+    return [
+        (f"colour_demo_minutes{suffix}", minutes, "{:.1f} min", "<= 20 min", "<=", 20.0),
+        (f"colour_demo_recon_psnr_db{suffix}", f"colour demo autoencoder PSNR{where}",
+         "{:.2f} dB", ">= 26 dB", ">=", 26.0),
+        (f"colour_demo_class_accuracy_ratio{suffix}", "colour demo class accuracy / the "
+         f"classifier's{where}", "{:.3f}", ">= 0.95", ">=", 0.95),
+        (f"colour_demo_fd_ratio_to_recon{suffix}", "colour demo sample FD / reconstruction "
+         f"FD{where}", "{:.2f}", "<= 2.0", "<=", 2.0),
+        (f"colour_demo_recall{suffix}", f"colour demo sample recall{where}", "{:.3f}",
+         ">= 0.35", ">=", 0.35)]
+
+
 # headline.json keys shown in benchmarks/README.md: (key, label, format, target, op, bound)
 HEADLINE_ROWS = [
     ("demo_minutes", "demo wall time (defaults)", "{:.1f} min", "<= 15 min", "<=", 15.0),
@@ -237,16 +255,10 @@ HEADLINE_ROWS = [
     ("colour_demo_fd_ratio_to_recon", "colour demo sample FD / reconstruction FD", "{:.2f}",
      "<= 2.0", "<=", 2.0),
     ("colour_demo_recall", "colour demo sample recall", "{:.3f}", ">= 0.35", ">=", 0.35),
-    ("colour_demo_minutes_native", "colour demo wall time on a CPU that is AVX2-only itself",
-     "{:.1f} min", "<= 20 min", "<=", 20.0),
-    ("colour_demo_recon_psnr_db_native", "colour demo autoencoder PSNR, that CPU", "{:.2f} dB",
-     ">= 26 dB", ">=", 26.0),
-    ("colour_demo_class_accuracy_ratio_native", "colour demo class accuracy / the "
-     "classifier's, that CPU", "{:.3f}", ">= 0.95", ">=", 0.95),
-    ("colour_demo_fd_ratio_to_recon_native", "colour demo sample FD / reconstruction FD, that "
-     "CPU", "{:.2f}", "<= 2.0", "<=", 2.0),
-    ("colour_demo_recall_native", "colour demo sample recall, that CPU", "{:.3f}", ">= 0.35",
-     ">=", 0.35),
+    *_colour_rows("_native", "colour demo wall time on a CPU that is AVX2-only itself",
+                  ", that CPU"),
+    *_colour_rows("_six", "colour demo on six styles, the presets' steps, wall time on that "
+                  "CPU", ", six styles"),
     ("latent_bytes_1024px", "bytes per 1024 px image in its binary latent", "{:d}", "-", None,
      None),
     ("ae_train_step_s_1024px", "1024 px autoencoder training step, batch 1, CPU", "{:.1f} s",
@@ -420,6 +432,10 @@ def main() -> int:
                    help="a finished colour `bld demo --dataset faces` folder run on a CPU that "
                         "is AVX2-only itself, not restricted to it (docs/colour_demo_native_*, "
                         "colour_demo_*_native keys)")
+    p.add_argument("--colour-six-run", type=Path,
+                   help="a finished `bld demo --dataset faces --data-dir DIR` folder whose "
+                        "classes are the six styles of SIX_STYLES (docs/colour_demo_six_*, "
+                        "colour_demo_*_six keys)")
     p.add_argument("--native-run", type=Path,
                    help="a finished Fashion-MNIST `bld demo` folder run on a CPU that is "
                         "AVX2-only itself, not restricted to it (docs/demo_native_*, "
@@ -432,9 +448,10 @@ def main() -> int:
                    help="exit 1 when a README table differs from the JSON files; change nothing")
     args = p.parse_args()
     if args.check and (args.run or args.emoji_run or args.avx2_run or args.colour_run
-                       or args.colour_native_run or args.native_run):
+                       or args.colour_native_run or args.native_run or args.colour_six_run):
         raise SystemExit("--check and --run / --emoji-run / --avx2-run / --native-run / "
-                         "--colour-run / --colour-native-run exclude each other")
+                         "--colour-run / --colour-native-run / --colour-six-run exclude each "
+                         "other")
     if args.run is not None:
         _publish_run(args.run, "demo", "demo")
     if args.emoji_run is not None:
@@ -460,6 +477,12 @@ def main() -> int:
         _native_cpu(args.colour_native_run, _colour_report(args.colour_native_run),
                     "--colour-native-run")
         _publish_run(args.colour_native_run, "colour_demo_native", "colour_demo", "_native")
+    if args.colour_six_run is not None:
+        classes = tuple(_colour_report(args.colour_six_run).get("classes", ()))
+        if classes != SIX_STYLES:
+            raise SystemExit(f"--colour-six-run {args.colour_six_run}: its classes are "
+                             f"{list(classes)}, not the six styles {list(SIX_STYLES)}")
+        _publish_run(args.colour_six_run, "colour_demo_six", "colour_demo", "_six")
     report = json.loads((DOCS / "demo_report.json").read_text())
     head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
     blocks = [(ROOT / "README.md", "demo-table", demo_table(report)),
@@ -482,6 +505,11 @@ def main() -> int:
             "colour_demo_native", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces "
             "--minutes 20` on a CPU that is AVX2-only itself, then `python "
             "benchmarks/publish.py --colour-native-run runs/demo-faces`")),
+        (ROOT / "README.md", "colour-demo-six-table", _report_table(
+            "colour_demo_six", COLOUR_TARGETS, "colour_demo", "`bld prepare-dicebear --styles "
+            "avataaars big-ears miniavs personas pixel-art toon-head --per-style 2000 --dest "
+            "DIR`, `bld demo --dataset faces --data-dir DIR --guidance 2`, then `python "
+            "benchmarks/publish.py --colour-six-run runs/demo-faces`")),
         (ROOT / "README.md", "emoji-demo-table", _report_table(
             "emoji_demo", EMOJI_TARGETS, "emoji_demo", "`bld demo --dataset emoji`, then "
             "`python benchmarks/publish.py --emoji-run runs/demo-emoji`"))]

@@ -64,15 +64,18 @@ def test_readme_tables_come_from_the_measurements():
     ("--native-run", "fashion-mnist", {"ATEN_CPU_CAPABILITY": "avx2"},
      "did not run on a CPU that is AVX2-only itself"),
     ("--native-run", "faces", {}, "not of fashion-mnist"),
+    ("--colour-six-run", "faces", {}, "not the six styles"),
+    ("--colour-six-run", "fashion-mnist", {}, "not of a colour dataset"),
 ])
 def test_publish_refuses_a_native_run_that_is_not_one(tmp_path, flag, dataset, restricted, match):
     # --native-run / --colour-native-run take only a demo of their dataset whose CPU was
-    # AVX2-only without being restricted to it; the refusal comes before anything in docs/
-    # or the headline changes
+    # AVX2-only without being restricted to it, --colour-six-run only a faces demo of the six
+    # styles; the refusal comes before anything in docs/ or the headline changes
     root = README.parent
     kept = [root / "benchmarks" / "results" / "headline.json",
             root / "docs" / "colour_demo_native_report.json",
-            root / "docs" / "demo_native_report.json"]
+            root / "docs" / "demo_native_report.json",
+            root / "docs" / "colour_demo_six_report.json"]
     before = [p.read_bytes() if p.exists() else None for p in kept]
     run = tmp_path / "run"
     run.mkdir()
