@@ -99,7 +99,8 @@ def main() -> None:
                            batch_size=250, precision=args.precision)
             m = ref.evaluate(res.images, labels)
             row = {"run": run.name, "guidance": w, "interval": f"({lo:g}, {hi:g})",
-                   "temperature": temp, "evidence_weight": lam, "seed": seed, "n": n, "class_accuracy": m["class_accuracy"],
+                   "temperature": temp, "evidence_weight": lam, "seed": seed, "n": n,
+                   "class_accuracy": m["class_accuracy"],
                    "recall": m["recall"], "precision": m["precision"], "fd": m["fd"],
                    "fd_floor": m["fd_floor_real_vs_real"], "fd_recon": ae_fig["fd_recon"],
                    "s_per_image": res.seconds / n}

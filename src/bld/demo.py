@@ -50,8 +50,8 @@ COMPACT_BELOW = 0.75
 # COMPACT_BELOW is timed once more before the compact setting is chosen: a burst of other
 # work can make one timing slow. A machine that times at under half the threshold would
 # need a timing off by more than 2x to have deserved the presets, and gets the compact
-# setting at once (the second timing took 25-50 s of a 2-core AVX2-only CPU's 15 or 20
-# minutes, with the presets cut to 11% and 37%).
+# setting at once (a second timing takes as long as the first: 34 s of the Fashion-MNIST
+# demo's 15 minutes on a 2-core AVX2-only CPU that cut the presets to 11%).
 RETIME_WITHIN = 0.5
 # The compact autoencoder for Fashion-MNIST: pixel-unshuffle 2 at the input (no convolution
 # at 28 px) and widths 24 / 48, so 3200 steps take the time 1500 of the preset's widths took.
