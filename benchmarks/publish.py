@@ -400,6 +400,28 @@ def _report_table(name: str, targets: dict[str, tuple[str, float]], prefix: str,
     return demo_table(json.loads(path.read_text()), targets, prefix)
 
 
+# the README's tables of published demo runs besides the main one: (docs/<name>_report.json,
+# targets, headline prefix, how to make the run where it is missing); README block
+# "<name with dashes>-table"
+REPORT_TABLES = [
+    ("demo_avx2", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-avx2` on an AVX2-only CPU, "
+     "then `python benchmarks/publish.py --avx2-run runs/demo-avx2`"),
+    ("demo_native", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-native` on a CPU that is "
+     "AVX2-only itself, then `python benchmarks/publish.py --native-run runs/demo-native`"),
+    ("colour_demo", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes 20` on "
+     "an AVX2-only CPU, then `python benchmarks/publish.py --colour-run runs/demo-faces`"),
+    ("colour_demo_native", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces "
+     "--minutes 20` on a CPU that is AVX2-only itself, then `python benchmarks/publish.py "
+     "--colour-native-run runs/demo-faces`"),
+    ("colour_demo_six", COLOUR_TARGETS, "colour_demo", "`bld prepare-dicebear --styles "
+     "avataaars big-ears miniavs personas pixel-art toon-head --per-style 2000 --dest DIR`, "
+     "`bld demo --dataset faces --data-dir DIR --guidance 2`, then `python "
+     "benchmarks/publish.py --colour-six-run runs/demo-faces`"),
+    ("emoji_demo", EMOJI_TARGETS, "emoji_demo", "`bld demo --dataset emoji`, then `python "
+     "benchmarks/publish.py --emoji-run runs/demo-emoji`"),
+]
+
+
 def _native_cpu(run: Path, report: dict[str, Any], flag: str) -> None:
     """Refuse a run whose CPU was not AVX2-only itself (another capability, or a faster CPU
     restricted to AVX2 by the environment)."""
@@ -489,30 +511,9 @@ def main() -> int:
               (ROOT / "README.md", "highres", highres_table()),
               (ROOT / "benchmarks" / "README.md", "headline", headline_table(head)),
               (ROOT / "benchmarks" / "README.md", "scale", scale_table())]
-    blocks += [
-        (ROOT / "README.md", "demo-avx2-table", _report_table(
-            "demo_avx2", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-avx2` on an AVX2-only "
-            "CPU, then `python benchmarks/publish.py --avx2-run runs/demo-avx2`")),
-        (ROOT / "README.md", "demo-native-table", _report_table(
-            "demo_native", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-native` on a CPU "
-            "that is AVX2-only itself, then `python benchmarks/publish.py --native-run "
-            "runs/demo-native`")),
-        (ROOT / "README.md", "colour-demo-table", _report_table(
-            "colour_demo", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes "
-            "20` on an AVX2-only CPU, then `python benchmarks/publish.py --colour-run "
-            "runs/demo-faces`")),
-        (ROOT / "README.md", "colour-demo-native-table", _report_table(
-            "colour_demo_native", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces "
-            "--minutes 20` on a CPU that is AVX2-only itself, then `python "
-            "benchmarks/publish.py --colour-native-run runs/demo-faces`")),
-        (ROOT / "README.md", "colour-demo-six-table", _report_table(
-            "colour_demo_six", COLOUR_TARGETS, "colour_demo", "`bld prepare-dicebear --styles "
-            "avataaars big-ears miniavs personas pixel-art toon-head --per-style 2000 --dest "
-            "DIR`, `bld demo --dataset faces --data-dir DIR --guidance 2`, then `python "
-            "benchmarks/publish.py --colour-six-run runs/demo-faces`")),
-        (ROOT / "README.md", "emoji-demo-table", _report_table(
-            "emoji_demo", EMOJI_TARGETS, "emoji_demo", "`bld demo --dataset emoji`, then "
-            "`python benchmarks/publish.py --emoji-run runs/demo-emoji`"))]
+    blocks += [(ROOT / "README.md", f"{name.replace('_', '-')}-table",
+                _report_table(name, targets, prefix, how))
+               for name, targets, prefix, how in REPORT_TABLES]
     abl = ROOT / "benchmarks" / "results" / "ablations.json"
     if abl.exists():
         saved = json.loads(abl.read_text())
