@@ -6,8 +6,9 @@ Candidates (issue 16, part 1), both at 64 px:
     `component` group and OpenMoji's extras left out, no skin-tone variants), split by
     emoji: all vendors' drawings of one code point on the same side, 18 % of code points
     (by a hash) in the test split;
-  * dicebear: `bld prepare-dicebear`'s folder (ten face styles, one class each, the
-    manifest's split).
+  * dicebear: a `bld prepare-dicebear` folder (one class per face style, the manifest's
+    split); the published result used the ten styles earlier versions drew by default
+    (`--faces DIR` with `bld prepare-dicebear --styles <all ten> --per-style 1200 --dest DIR`).
 For each: images, classes, the smallest and largest class, train / test sizes, and the test
 accuracy of the FD feature classifier (`bld.classifier`, the one the demo trains) after
 --steps steps, per class too: whether its labels can be learnt and measured (the issue asks
@@ -100,7 +101,8 @@ def main() -> None:
                    help="folder holding emoji-datasource-{twitter,google}-16.0.0.tgz and "
                         "openmoji-17.0.0.tgz (from `npm pack`)")
     p.add_argument("--faces", type=Path, default=None,
-                   help="`bld prepare-dicebear` folder (default ~/.cache/bld/dicebear-64)")
+                   help="`bld prepare-dicebear` folder (default ~/.cache/bld/dicebear6-64, the "
+                        "default six styles)")
     p.add_argument("--steps", type=int, default=400, help="classifier steps (batch 128)")
     args = p.parse_args()
     bench = common.setup("colour_datasets", args, "~10 min (two classifiers of --steps steps)")

@@ -3,7 +3,8 @@
 Every pipeline is trained here from scratch at the demo's size, with the settings of the
 shipped presets (``--preset``, default ``fashion-mnist``; ``faces64`` for the colour demo's
 DiceBear faces, ``faces64-grid8`` for its first 8 x 8 x 64 autoencoder, which the published
-faces results used; autoencoder and prior: architecture, steps x batch, learning rate, warm-up,
+faces results used on the ten styles earlier versions drew into the default folder, today's
+holding the six; autoencoder and prior: architecture, steps x batch, learning rate, warm-up,
 weight decay, EMA), on all training images of the presets' dataset (``data.source``), then
 sampled at S in {4, 8, 16, 32} steps (and S = 16 with a second sampling seed):
 

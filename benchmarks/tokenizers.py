@@ -3,7 +3,8 @@
 Every tokenizer uses the same `bld.autoencoder.Encoder` / `Decoder` architecture and the
 settings of one autoencoder preset (``--preset``: the demo's ``fashion-mnist`` by default,
 ``faces64`` for the colour demo's DiceBear faces, ``faces64-grid8`` for its first 8 x 8 x 64
-autoencoder, which the published faces results used): its dataset (``data.source``, or
+autoencoder, which the published faces results used on the ten styles earlier versions drew
+into the default folder, today's holding the six): its dataset (``data.source``, or
 ``--dataset``), bits per position, every architecture field (image channels and size,
 padding, pixel-unshuffle ``patch``, widths, channel multipliers, attention), reconstruction
 loss, steps x batch, learning rate, warm-up and EMA (the flags below change some of them),
@@ -31,13 +32,13 @@ number of codes a position can name):
 
 VQ with 2^B codes for B >= 16 is left out: its distance matrix (3136 tokens x 65536 codes
 per step at B = 16) is impractical on a CPU, so VQ is compared at 12 bits. Reported on the
-dataset's test split (Fashion-MNIST: 10000 images, DiceBear faces: 2000): PSNR (over the
-whole set, `bld.metrics.psnr`), SSIM, L1, reconstruction FD (in the feature space of the
-project classifier of that dataset: ``--classifier``, else one trained into
-<out>/classifier[-<source>]; half the test set's reconstructions against the other half,
-with the real-vs-real floor at the same N: 5000 or 1000), and code usage: for binary codes
-the bit entropy and dead-bit fraction, for every tokenizer the perplexity of its codes over
-the test tokens (log2 of it = effective bits) and the share of its codebook used.
+dataset's test split (Fashion-MNIST: 10000 images, DiceBear faces: 2004, the ten styles
+2000): PSNR (over the whole set, `bld.metrics.psnr`), SSIM, L1, reconstruction FD (in the
+feature space of the project classifier of that dataset: ``--classifier``, else one trained
+into <out>/classifier[-<source>]; half the test set's reconstructions against the other half,
+with the real-vs-real floor at the same N: 5000, or 1002 on the faces), and code usage: for
+binary codes the bit entropy and dead-bit fraction, for every tokenizer the perplexity of its
+codes over the test tokens (log2 of it = effective bits) and the share of its codebook used.
 ``tokenizer_psnr_gap_db`` in headline.json (``tokenizer_psnr_gap_db_<source>`` on another
 dataset than Fashion-MNIST, e.g. ``_dicebear``) is the best mean PSNR of LFQ / FSQ minus
 ours (bernoulli-B) at the preset's B, means over the seeds. The files are

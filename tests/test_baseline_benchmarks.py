@@ -29,9 +29,10 @@ def _colour_faces(tmp_path: Path) -> tuple[dict, Path]:
     FD classifier of it: (the benchmarks' environment, the classifier folder)."""
     from colour_faces import write_colour_faces
 
+    from bld.data import default_dicebear_dir
     from bld.evaluation import train_and_save_classifier
     cache = tmp_path / "cache"
-    write_colour_faces(cache / "bld" / "dicebear-64", per_class=48)
+    write_colour_faces(cache / "bld" / default_dicebear_dir(64).name, per_class=48)
     clf = tmp_path / "classifier"
     os.environ["XDG_CACHE_HOME"] = str(cache)
     try:

@@ -441,7 +441,8 @@ def test_prepare_dicebear_from_tarballs(tmp_path):
     from bld.data import DICEBEAR_STYLES, prepare_dicebear
     tgz = _fake_dicebear(tmp_path / "tgz", broken=("micah",))
     dest = tmp_path / "faces"
-    out = prepare_dicebear(32, dest, per_style=12, tarballs=tgz, progress=False)
+    out = prepare_dicebear(32, dest, per_style=12, tarballs=tgz, progress=False,
+                           styles=DICEBEAR_STYLES)
     classes = tuple(s.replace("-", "_") for s in DICEBEAR_STYLES)
     assert out.skipped == 1 and out.num_images == 119  # micah's seed 1 is no SVG
     assert out.categories == {c: 11 if c == "micah" else 12 for c in classes}
@@ -478,7 +479,8 @@ def test_prepare_dicebear_from_tarballs(tmp_path):
 
     # idempotent: a second prepare leaves the folder as it is
     mtime = (dest / "manifest.csv").stat().st_mtime_ns
-    again = prepare_dicebear(32, dest, per_style=6, tarballs=tgz, progress=False)
+    again = prepare_dicebear(32, dest, per_style=6, tarballs=tgz, progress=False,
+                             styles=DICEBEAR_STYLES)
     assert again.num_images == 119 and (dest / "manifest.csv").stat().st_mtime_ns == mtime
 
 
@@ -487,7 +489,7 @@ def test_prepare_dicebear_from_tarballs(tmp_path):
     ("missing style", DatasetNotFoundError, "lack @dicebear/personas; fetch them with `npm pack @dicebear/personas@9.4.3`"),
     ("mixed majors", ValueError, "different major versions .*core 8.0.0"),
     ("core throws", ValueError, "drawing the faces with node failed .*no avatars today"),
-    ("all broken", ValueError, "none of the 60 faces could be drawn"),
+    ("all broken", ValueError, "none of the 36 faces could be drawn"),  # the default six
 ])
 def test_prepare_dicebear_failure_leaves_no_folder(tmp_path, kind, error, match):
     from bld.data import DICEBEAR_STYLES, extract_dicebear_tarballs
@@ -522,6 +524,10 @@ def test_prepare_dicebear_a_subset_of_styles(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="lack @dicebear/micah"):
         prepare_dicebear(32, tmp_path / "g", per_style=6, tarballs=tgz, progress=False,
                          styles=("micah", "personas"))
+    # without styles: the default six
+    out = prepare_dicebear(32, tmp_path / "six", per_style=6, tarballs=tgz, progress=False)
+    assert out.categories == {c: 6 for c in ("avataaars", "big_ears", "miniavs", "personas",
+                                             "pixel_art", "toon_head")}
 
 
 def test_dicebear_styles_are_checked(tmp_path):
@@ -562,9 +568,26 @@ def test_prepare_dicebear_bad_input(tmp_path, monkeypatch):
     assert not (tmp_path / "f").exists() and not list(tmp_path.glob(".f.tmp-*"))
 
 
+def test_dicebear_default_folder_holds_only_the_default_set(tmp_path, monkeypatch, caplog):
+    # another style set or count in ~/.cache/bld/dicebear6-64 would later be read as the
+    # default set: it needs --dest; the ten-style folder of earlier versions is named, not read
+    from bld.data import default_dicebear_dir, prepare_dicebear
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for kw in (dict(styles=("micah",)), dict(per_style=1200)):
+        with pytest.raises(ValueError, match="need their own folder: pass dest"):
+            prepare_dicebear(64, **kw)
+    (tmp_path / "bld" / "dicebear-64" / "micah").mkdir(parents=True)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(DatasetNotFoundError, match="npm.*not found"):
+        prepare_dicebear(64)
+    assert "dicebear-64 holds the ten styles" in caplog.text
+    assert default_dicebear_dir(64) == tmp_path / "bld" / "dicebear6-64"
+    assert not default_dicebear_dir(64).exists()
+
+
 def test_dicebear_defaults_measure_fd_at_n_1000():
     # the demo's FD and its floor take two disjoint halves of the test split: >= 2,000 faces
-    from bld.data import DICEBEAR_PER_STYLE, DICEBEAR_STYLES
+    from bld.data import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE
     from bld.data.dicebear import is_test_seed
     per_style = sum(is_test_seed(i) for i in range(DICEBEAR_PER_STYLE))
-    assert per_style * len(DICEBEAR_STYLES) == 2000
+    assert per_style * len(DICEBEAR_DEFAULT_STYLES) == 2004

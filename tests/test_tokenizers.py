@@ -101,10 +101,12 @@ def test_quick_run_on_colour_faces_writes_its_own_files(tmp_path, monkeypatch):
     """--preset faces64-grid8 takes the preset's dataset (dicebear, here a generated folder in the
     cache) and names the files tokenizers_dicebear, so the Fashion-MNIST results are not
     overwritten; FD is measured with a classifier of that dataset (2 steps: a smoke test)."""
+    from colour_faces import write_colour_faces
+
+    from bld.data import default_dicebear_dir
     from bld.evaluation import train_and_save_classifier
     cache = tmp_path / "cache"
-    from colour_faces import write_colour_faces
-    write_colour_faces(cache / "bld" / "dicebear-64")
+    write_colour_faces(cache / "bld" / default_dicebear_dir(64).name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     clf = tmp_path / "classifier"
     train_and_save_classifier("dicebear", clf, steps=2, seed=0, progress=False)

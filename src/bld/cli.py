@@ -15,6 +15,7 @@ import os
 import sys
 
 from .config import ConfigError, preset_names
+from .data.dicebear import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE, DICEBEAR_STYLES
 from .precision import PRECISIONS
 from .sampling import DEFAULT_EVIDENCE_WEIGHT
 
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "room; default %(default)g; 0 = the presets' steps, no plan)")
     _device_flags(p)
     _data_flags(p, data_dir="the dataset's folder if not in its default place (Debian's "
-                            "Fashion-MNIST, ~/.cache/bld/emoji-twitter, ~/.cache/bld/dicebear-64)")
+                            "Fashion-MNIST, ~/.cache/bld/emoji-twitter, ~/.cache/bld/dicebear6-64)")
     _seed_flag(p)
 
     p = sub.add_parser("train-ae", help="train a binary autoencoder from a YAML config")
@@ -329,18 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the 2,030 skin-tone variants (dropped by default)")
 
     p = sub.add_parser("prepare-dicebear", help="fetch DiceBear from npm and draw cartoon faces "
-                       "with Node.js into a class-labelled image folder (classes = ten face "
-                       "styles; 1 in 6 faces a test image; attributes in manifest.csv)")
+                       "with Node.js into a class-labelled image folder (classes = six face "
+                       "styles by default; 1 in 6 faces a test image; attributes in manifest.csv)")
     p.add_argument("--size", type=int, default=64, help="image size in px, 32..1024 (default 64)")
-    p.add_argument("--dest", help="folder (default ~/.cache/bld/dicebear-SIZE)")
-    p.add_argument("--per-style", type=_positive, default=1200,
-                   help="faces per style (default %(default)s: 12,000 faces, 2,000 of them test)")
+    p.add_argument("--dest", help="folder (default ~/.cache/bld/dicebear6-SIZE, for the default "
+                                  "styles and count only)")
+    p.add_argument("--per-style", type=_positive, default=DICEBEAR_PER_STYLE,
+                   help="faces per style (default %(default)s: 12,024 faces, 2,004 of them test)")
     p.add_argument("--tarballs", help="a folder of the npm tarballs of @dicebear/core and the "
                                       "styles (from `npm pack`) instead of fetching them")
     p.add_argument("--styles", nargs="+", metavar="STYLE",
-                   help="draw only these styles, as npm names them (e.g. big-ears "
-                        "pixel-art; default all ten); best with --dest, so that the default "
-                        "folder keeps the ten")
+                   help=f"draw these styles, as npm names them (default "
+                        f"{' '.join(DICEBEAR_DEFAULT_STYLES)}; all ten: "
+                        f"{' '.join(DICEBEAR_STYLES)}); another set or --per-style needs --dest")
     return ap
 
 

@@ -177,10 +177,10 @@ def cmd_prepare_openmoji(args) -> None:
 
 
 def cmd_prepare_dicebear(args) -> None:
-    from .data import DICEBEAR_STYLES, prepare_dicebear
+    from .data import DICEBEAR_DEFAULT_STYLES, prepare_dicebear
     from .data.folder import read_manifest_splits
     r = prepare_dicebear(args.size, args.dest, per_style=args.per_style, tarballs=args.tarballs,
-                         styles=tuple(args.styles or DICEBEAR_STYLES))
+                         styles=tuple(args.styles or DICEBEAR_DEFAULT_STYLES))
     test = sum(v == "test" for v in read_manifest_splits(r.root).values())
     print(f"{r.num_images} faces of {args.size} px in {len(r.categories)} classes "
           f"({r.num_images - test} train, {test} test) at {r.root}: "

@@ -36,8 +36,8 @@ DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
     "faces": ("dicebear", "faces64", "runs/demo-faces"),
 }
 # FD classifier steps per demo dataset (1692 emoji training images need fewer than 60k; the
-# faces' classifier names the style of all 2,000 test faces after 400 steps:
-# benchmarks/results/colour_datasets.md)
+# faces' classifier names the style of all 2,000 test faces of the ten styles after 400
+# steps, benchmarks/results/colour_datasets.md, and 0.999 of the six styles' 1,998)
 CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600, "faces": 400}
 # Where the budget would cut the presets' steps below this share, the demo trains a compact
 # setting instead: a smaller prior (192 x 4, 0.37 of the preset's work per step) at a higher

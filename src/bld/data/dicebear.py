@@ -1,6 +1,6 @@
-"""Cartoon faces drawn by DiceBear (npm `@dicebear/core` and ten of its face styles), run
-with Node.js and rasterised with cairosvg into a class-labelled folder: one class per style,
-thousands of distinct faces from seeds.
+"""Cartoon faces drawn by DiceBear (npm `@dicebear/core` and up to ten of its face styles,
+six by default), run with Node.js and rasterised with cairosvg into a class-labelled folder:
+one class per style, thousands of distinct faces from seeds.
 
 The prepared folder holds <style>/<style>-<seed>.png, manifest.csv (one row per image: path,
 class, split, seed, background and the attributes DiceBear chose for the face: hair, skin,
@@ -36,19 +36,30 @@ DICEBEAR_VERSION = "9.4.3"  # @dicebear/core and every style: one major version
 # Colour styles whose avatars are a face (the others are robots, shapes, initials, line art).
 DICEBEAR_STYLES = ("adventurer", "avataaars", "big-ears", "big-smile", "micah", "miniavs",
                    "open-peeps", "personas", "pixel-art", "toon-head")
+# The six the prior learns best, drawn by default: at the same training steps (the ten
+# styles' 20-minute plan on the emulated AVX2 host) sample recall 0.247 against the ten's
+# 0.098 at guidance 4.5, 0.360 / 0.356 at w 2 (results/guidance_faces_six_native.md); in 20
+# minutes on a slower AVX2-only CPU recall 0.046 and class accuracy 0.868 against 0.016 and
+# 0.498 (docs/colour_demo_six_styles_native_report.json, docs/colour_demo_ten_native_report.json).
+# `adventurer` and `big-smile` sampled as shapes without a face, `micah` and `open-peeps` as
+# noisy line art.
+DICEBEAR_DEFAULT_STYLES = ("avataaars", "big-ears", "miniavs", "personas", "pixel-art",
+                           "toon-head")
 # Backgrounds every style draws from (DiceBear picks one per seed): the same pastel set for
 # all styles, so the background tells nothing about the class.
 DICEBEAR_BACKGROUNDS = ("b6e3f4", "c0aede", "d1d4f9", "ffd5dc", "ffdfbf")
-# 1,200 per style: 2,000 test faces, so that FD and its real-vs-real floor (two disjoint
-# halves of the test split) are measured at N = 1,000
-DICEBEAR_PER_STYLE = 1200
+# 2,004 per style: 334 test faces per style, 2,004 for the six, so that FD and its
+# real-vs-real floor (two disjoint halves of the test split) are measured at N >= 1,000
+DICEBEAR_PER_STYLE = 2004
 DICEBEAR_TEST_EVERY = 6  # seed i of a style is a test image when i % 6 == 5: 1 in 6
 DICEBEAR_SIZES = (32, 1024)  # inclusive range of --size
 
 
 def default_dicebear_dir(size: int) -> Path:
-    """~/.cache/bld/dicebear-<size> (XDG_CACHE_HOME respected)."""
-    return cache_dir(f"dicebear-{size}")
+    """~/.cache/bld/dicebear6-<size> (XDG_CACHE_HOME respected): the default styles at the
+    default count. The ten-style folder of earlier versions, dicebear-<size>, is never read
+    as it."""
+    return cache_dir(f"dicebear6-{size}")
 
 
 def _check_size(size: int) -> None:
@@ -197,8 +208,8 @@ def _licences(metas: dict[str, dict], versions: dict[str, str],
 def extract_dicebear_tarballs(tarballs: list[str | os.PathLike], size: int,
                               dest: str | os.PathLike, per_style: int = DICEBEAR_PER_STYLE,
                               workers: int | None = None, progress: bool = True,
-                              styles: tuple[str, ...] = DICEBEAR_STYLES) -> PreparedEmoji:
-    """Draw per_style faces of each of `styles` (default all DICEBEAR_STYLES) at size x size
+                              styles: tuple[str, ...] = DICEBEAR_DEFAULT_STYLES) -> PreparedEmoji:
+    """Draw per_style faces of each of `styles` (default DICEBEAR_DEFAULT_STYLES) at size x size
     into dest from npm tarballs of @dicebear/core and the styles (other tarballs are ignored).
 
     Node.js runs DiceBear on the unpacked packages (seeds "<style>-<i>", i < per_style, a
@@ -258,13 +269,25 @@ def prepare_dicebear(size: int = 64, dest: str | os.PathLike | None = None,
                      per_style: int = DICEBEAR_PER_STYLE, version: str = DICEBEAR_VERSION,
                      tarballs: str | os.PathLike | None = None,
                      progress: bool = True,
-                     styles: tuple[str, ...] = DICEBEAR_STYLES) -> PreparedEmoji:
+                     styles: tuple[str, ...] = DICEBEAR_DEFAULT_STYLES) -> PreparedEmoji:
     """Fetch @dicebear/core and the face styles with `npm pack` (or take their tarballs from
-    the folder `tarballs`) and draw the faces of `styles` (default all ten) into dest
-    (default default_dicebear_dir(size)). Returns at once if dest already holds images."""
+    the folder `tarballs`) and draw the faces of `styles` (default the six of
+    DICEBEAR_DEFAULT_STYLES) into dest (default default_dicebear_dir(size), which takes only
+    the default styles and count). Returns at once if dest already holds images."""
     _check_size(size)
     _check_per_style(per_style)
     styles = check_styles(styles)
+    if dest is None:
+        if styles != check_styles(DICEBEAR_DEFAULT_STYLES) or per_style != DICEBEAR_PER_STYLE:
+            raise ValueError(
+                f"other styles or another count than the default ({len(DICEBEAR_DEFAULT_STYLES)} "
+                f"styles, {DICEBEAR_PER_STYLE} per style) need their own folder: pass dest "
+                f"(--dest DIR), so that {default_dicebear_dir(size)} keeps the default set")
+        legacy = cache_dir(f"dicebear-{size}")
+        if legacy.is_dir() and not default_dicebear_dir(size).exists():
+            logger.warning("%s holds the ten styles earlier versions drew by default; the default "
+                           "is now the six of DICEBEAR_DEFAULT_STYLES in %s (pass --data-dir %s "
+                           "to train on the ten)", legacy, default_dicebear_dir(size), legacy)
     dest = Path(dest).expanduser() if dest is not None else default_dicebear_dir(size)
     if (done := already_prepared(dest)) is not None:
         return done
