@@ -48,6 +48,10 @@ def test_a_slow_machine_gets_fewer_steps_that_fit_the_budget(minutes):
     # the largest steps that fit: one step more of each would overrun the aim
     assert total <= SAFETY * minutes * 60
     assert total + r.ae_step_s + r.prior_step_s > SAFETY * minutes * 60 - 1e-6
+    # the note names the smallest whole budget that trains every step
+    assert plan.note.endswith(f"all 2500 + 2800 steps need --minutes {plan.full_minutes}")
+    assert make_plan(r, plan.full_minutes, precision="fp32", **PRESETS, **WORK).scale == 1.0
+    assert make_plan(r, plan.full_minutes - 1, precision="fp32", **PRESETS, **WORK).scale < 1
 
 
 def test_a_budget_too_small_says_so_and_keeps_a_floor():
@@ -159,7 +163,15 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
     assert next(calls, None) is None  # timed twice
     plan, calls = plan_with([burst, burst])
     assert plan["variant"] == "compact" and plan["scale"] >= MIN_SCALE
-    assert plan["note"].startswith("the presets would be cut to 53%")
+    # the budget named is the presets' plan's (the faces' compact setting trains the
+    # presets' steps), said once
+    presets = make_plan(Rates(**plan["rates"]), 20, preset_ae_steps=plan["preset_ae_steps"],
+                        preset_prior_steps=plan["preset_prior_steps"], precision="fp32",
+                        **plan["work"])
+    assert plan["full_minutes"] == presets.full_minutes > 20
+    assert plan["note"].startswith("the presets would be cut to 53% of their steps (all of "
+                                   f"them need --minutes {plan['full_minutes']:g})")
+    assert plan["note"].count("--minutes") == 1
     assert RETIME_WITHIN * COMPACT_BELOW <= 0.53 < COMPACT_BELOW
     plan, calls = plan_with([fast, burst])  # no second timing where the first fits
     assert plan.get("variant") != "compact" and next(calls) is burst

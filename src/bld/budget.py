@@ -80,6 +80,9 @@ class Plan:
     overrides: dict[str, list[str]] = field(default_factory=dict)  # kind -> config overrides
     # the most prior steps the refit after the autoencoder may choose (0: its preset's)
     max_prior_steps: int = 0
+    # the budget whose plan would train every step of the presets here (0: not computed;
+    # the demo's compact variant keeps the presets' figure)
+    full_minutes: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
@@ -299,17 +302,21 @@ def guided_share(steps: int, timesteps: int, guidance: float,
 
 def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prior_steps: int,
               precision: str, ae_steps: int | None = None, prior_steps: int | None = None,
-              spent_s: float = 0.0, **work: float) -> Plan:
+              spent_s: float = 0.0, say_full: bool = True, **work: float) -> Plan:
     """Scale the presets' training steps by the largest factor <= 1 whose predicted total
     fits ``SAFETY * minutes``. A model whose steps are given (``ae_steps`` / ``prior_steps``:
     the user's) keeps them; the factor applies to the other. ``spent_s``: seconds of work
-    already done before the plan (the demo's FD classifier), counted as they were measured."""
+    already done before the plan (the demo's FD classifier), counted as they were measured.
+    ``full_minutes`` is the budget whose plan trains every step; a cut plan's note names it
+    (unless ``say_full`` is False)."""
     fixed = predict(rates, ae_steps=ae_steps or 0, prior_steps=prior_steps or 0,
                     **work)["total"] + spent_s
     training = ((ae_steps is None) * preset_ae_steps * rates.ae_step_s
                 + (prior_steps is None) * preset_prior_steps * rates.prior_step_s)
     room = SAFETY * minutes * 60 - fixed
     scale = min(1.0, room / training) if training > 0 else 1.0
+    # the whole budget's share the plan aims at, for all the steps: what would plan them
+    full_minutes = math.ceil((fixed + training) / (SAFETY * 60))
     note = ""
     if scale < MIN_SCALE:
         note = (f"the budget is too small for this machine: even {MIN_SCALE:.0%} of the "
@@ -321,11 +328,13 @@ def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prio
         prior_steps = max(1, math.floor(preset_prior_steps * scale))
     if scale < 1 and not note:
         note = "a slower machine than the presets assume: fewer training steps"
+    if scale < 1 and say_full:
+        note += f"; all {preset_ae_steps} + {preset_prior_steps} steps need --minutes {full_minutes}"
     predicted = predict(rates, ae_steps=ae_steps, prior_steps=prior_steps, **work)
     if spent_s:
         predicted = {"spent": spent_s, **predicted, "total": predicted["total"] + spent_s}
     return Plan(minutes, scale, ae_steps, prior_steps, preset_ae_steps, preset_prior_steps,
-                precision, rates, predicted, note, work)
+                precision, rates, predicted, note, work, full_minutes=full_minutes)
 
 
 def replan_prior(plan: Plan, elapsed_s: float) -> Plan:

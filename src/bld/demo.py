@@ -242,13 +242,15 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
             pr_c = resolve_prior_config(_config("prior", s, common + over["prior"]),
                                         compact_ae.model, classes)
             rates = calibrate_prior(rates, pr_c, pr_c.model.num_classes, device, precision)
+            full = plan.full_minutes
             plan = make_plan(rates, s.minutes, preset_ae_steps=compact_ae.optim.steps,
                              preset_prior_steps=pr_c.optim.steps, precision=precision.name,
-                             spent_s=spent_s, **work)
-            plan.variant, plan.overrides = "compact", over
+                             spent_s=spent_s, say_full=False, **work)
+            plan.variant, plan.overrides, plan.full_minutes = "compact", over, full
             plan.max_prior_steps = round(PRIOR_GROWTH * pr_c.optim.steps)
-            plan.note = (f"the presets would be cut to {cut:.0%} of their steps, so the compact "
-                         f"setting trains instead" + (f"; {plan.note}" if plan.note else ""))
+            plan.note = (f"the presets would be cut to {cut:.0%} of their steps (all of them "
+                         f"need --minutes {full:g}), so the compact setting trains instead"
+                         + (f"; {plan.note}" if plan.note else ""))
         elif free:
             plan.max_prior_steps = round(PRIOR_GROWTH * plan.preset_prior_steps)
         s.plan = plan.as_dict()
