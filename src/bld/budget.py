@@ -82,7 +82,7 @@ class Plan:
     max_prior_steps: int = 0
     # the budget whose plan would train every step of the presets here (0: not computed;
     # the demo's compact variant keeps the presets' figure)
-    full_minutes: float = 0.0
+    full_minutes: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":

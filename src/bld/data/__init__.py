@@ -52,7 +52,8 @@ __all__ = [
     "EMOJI_DATASOURCE_VERSION", "EMOJI_VENDORS", "OPENMOJI_SIZES", "OPENMOJI_VERSION",
     "default_emoji_dir", "default_openmoji_dir", "extract_emoji_tarball",
     "extract_openmoji_tarball", "prepare_emoji", "prepare_openmoji", "rasterise_svg",
-    "DICEBEAR_BACKGROUNDS", "DICEBEAR_DEFAULT_STYLES", "DICEBEAR_PER_STYLE", "DICEBEAR_STYLES", "DICEBEAR_VERSION", "default_dicebear_dir",
+    "DICEBEAR_BACKGROUNDS", "DICEBEAR_DEFAULT_STYLES", "DICEBEAR_PER_STYLE", "DICEBEAR_STYLES",
+    "DICEBEAR_VERSION", "default_dicebear_dir",
     "extract_dicebear_tarballs", "prepare_dicebear",
     "ShardDataset", "ShardWriteResult", "is_shard_folder", "write_shards", "LimitedDataset",
 ]
@@ -78,9 +79,9 @@ def build_dataset(source: str, split: str | None = "train", image_size: int | No
         ~/.cache/bld/openmoji-<size>, fetched with npm and rasterised if missing). Same split.
       * "dicebear": cartoon faces, one class per DiceBear style (six by default), drawn at
         image_size (32..1024, default 64); data_dir = the prepared folder (default
-        ~/.cache/bld/dicebear6-<size>, fetched with npm and drawn with Node.js if missing). The split is its manifest's (1 in
-        6 seeds of each style is a test image); the train split holds each face twice, the
-        second time mirrored (ImageFolderDataset's hflip).
+        ~/.cache/bld/dicebear6-<size>, fetched with npm and drawn with Node.js if missing).
+        The split is its manifest's (1 in 6 seeds of each style is a test image); the train
+        split holds each face twice, the second time mirrored (ImageFolderDataset's hflip).
       * anything else: a folder of images (ImageFolderDataset, classes from subfolders), same
         90/10 hash split unless the folder's manifest.csv gives one; image_size is then
         required.
