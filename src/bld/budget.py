@@ -329,7 +329,8 @@ def make_plan(rates: Rates, minutes: float, *, preset_ae_steps: int, preset_prio
     if scale < 1 and not note:
         note = "a slower machine than the presets assume: fewer training steps"
     if scale < 1 and say_full:
-        note += f"; all {preset_ae_steps} + {preset_prior_steps} steps need --minutes {full_minutes}"
+        note += (f"; all {preset_ae_steps} + {preset_prior_steps} steps need --minutes "
+                 f"{full_minutes}")
     predicted = predict(rates, ae_steps=ae_steps, prior_steps=prior_steps, **work)
     if spent_s:
         predicted = {"spent": spent_s, **predicted, "total": predicted["total"] + spent_s}

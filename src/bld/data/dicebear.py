@@ -278,17 +278,18 @@ def prepare_dicebear(size: int = 64, dest: str | os.PathLike | None = None,
     _check_per_style(per_style)
     styles = check_styles(styles)
     if dest is None:
+        dest = default_dicebear_dir(size)
         if styles != check_styles(DICEBEAR_DEFAULT_STYLES) or per_style != DICEBEAR_PER_STYLE:
             raise ValueError(
                 f"other styles or another count than the default ({len(DICEBEAR_DEFAULT_STYLES)} "
                 f"styles, {DICEBEAR_PER_STYLE} per style) need their own folder: pass dest "
-                f"(--dest DIR), so that {default_dicebear_dir(size)} keeps the default set")
+                f"(--dest DIR), so that {dest} keeps the default set")
         legacy = cache_dir(f"dicebear-{size}")
-        if legacy.is_dir() and not default_dicebear_dir(size).exists():
+        if legacy.is_dir() and not dest.exists():
             logger.warning("%s holds the ten styles earlier versions drew by default; the default "
                            "is now the six of DICEBEAR_DEFAULT_STYLES in %s (pass --data-dir %s "
-                           "to train on the ten)", legacy, default_dicebear_dir(size), legacy)
-    dest = Path(dest).expanduser() if dest is not None else default_dicebear_dir(size)
+                           "to train on the ten)", legacy, dest, legacy)
+    dest = Path(dest).expanduser()
     if (done := already_prepared(dest)) is not None:
         return done
     packages = dicebear_packages(version, styles)
