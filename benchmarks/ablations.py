@@ -198,9 +198,9 @@ ARMS: dict[str, Arm] = {
 def _ae_eval(ae, clf, ref: common.FDReference, test_x: torch.Tensor, test_y: torch.Tensor
              ) -> dict[str, Any]:
     """The autoencoder's figures on the whole test set (PSNR over the dataset MSE)."""
-    from bld.classifier import accuracy
-    from bld.metrics import bit_usage, ssim
-    from bld.pipeline import reconstruct
+    from bld.evaluation.classifier import accuracy
+    from bld.core.metrics import bit_usage, ssim
+    from bld.inference.generate import reconstruct
     rec = reconstruct(ae, test_x)
     with torch.no_grad():
         probs = torch.cat([ae(test_x[i:i + 500], deterministic=True).probs.float()
@@ -215,8 +215,8 @@ def _ae_eval(ae, clf, ref: common.FDReference, test_x: torch.Tensor, test_y: tor
 
 
 def _load_cfg(kind: str, overrides: list[str]):
-    from bld.config import load_config_dict
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict
     return config_from_dict(kind, load_config_dict(kind, "fashion-mnist", overrides))
 
 
@@ -263,8 +263,8 @@ class Study:
 
     def autoencoder(self, name: str, seed: int) -> tuple[Path, dict[str, Any]]:
         """Train (or reuse) an autoencoder arm; returns its run folder and figures."""
-        from bld.loading import load_autoencoder
-        from bld.train import train_autoencoder
+        from bld.core.loading import load_autoencoder
+        from bld.training.loop import train_autoencoder
         arm = ARMS[name]
         key = f"{name}|{seed}"
         out = self.work / f"{name.replace('/', '_')}-s{seed}"
@@ -294,8 +294,8 @@ class Study:
 
     def latents(self, ae_dir: Path) -> Path:
         from bld.data import build_dataset
-        from bld.pipeline import encode_dataset
-        from bld.loading import load_autoencoder
+        from bld.inference.generate import encode_dataset
+        from bld.core.loading import load_autoencoder
         cache = ae_dir / "latents_train.safetensors"
         if not cache.exists():
             ae = load_autoencoder(ae_dir, "cpu")
@@ -303,9 +303,9 @@ class Study:
         return cache
 
     def prior(self, name: str, seed: int) -> None:
-        from bld.evaluation import evaluate_prior
-        from bld.loading import load_autoencoder, load_prior
-        from bld.train import train_prior
+        from bld.evaluation.evaluate import evaluate_prior
+        from bld.core.loading import load_autoencoder, load_prior
+        from bld.training.loop import train_prior
         arm = ARMS[name]
         if arm.kind == "preset":
             ae_dir, _ = self.autoencoder(name, seed)

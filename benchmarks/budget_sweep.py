@@ -8,7 +8,7 @@ needs a fast device and the other the target CPU:
   train-prior, eval: N = 1000, S = 16, the demo's guidance), many arms at once as separate
   processes (``--jobs``), on any device; figures go to ``<out>/quality.json``. The arms'
   quality depends on the steps and settings, not on the device.
-* ``--cost``: on this CPU, `bld.budget.calibrate` times each arm's steps in the precision
+* ``--cost``: on this CPU, `bld.app.budget.calibrate` times each arm's steps in the precision
   `auto` picks here (for the demo's target: run it with the AVX2 restriction below) and
   predicts the whole demo's seconds for the arm; written to ``<out>/cost_<kind>.json``.
 
@@ -86,7 +86,7 @@ def bld(args: list[str], log: Path, env: dict) -> None:
     with open(log, "a") as f:
         f.write(f"$ bld {' '.join(args)}\n")
         f.flush()
-        subprocess.run([sys.executable, "-m", "bld.cli", *args], check=True, stdout=f,
+        subprocess.run([sys.executable, "-m", "bld.app.cli", *args], check=True, stdout=f,
                        stderr=subprocess.STDOUT, env=env)
 
 
@@ -159,14 +159,14 @@ def train(args) -> None:
 
 
 def cost(args) -> None:
-    """Predicted demo seconds per arm on this CPU (bld.budget)."""
+    """Predicted demo seconds per arm on this CPU (bld.app.budget)."""
     import torch
-    from bld.budget import calibrate, predict
-    from bld.config import load_config_dict
+    from bld.app.budget import calibrate, predict
+    from bld.core.config import load_config_dict
     from bld.data import build_dataset
-    from bld.precision import cpu_bf16_facts, resolve_precision
-    from bld.train import resolve_prior_config
-    from bld.train_config import config_from_dict
+    from bld.core.device import cpu_bf16_facts, resolve_precision
+    from bld.training.prior import resolve_prior_config
+    from bld.core.config import config_from_dict
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -205,7 +205,7 @@ def report(args) -> None:
              "`--train` where the arm was trained (one classifier per `--out` folder and device; "
              "figures compare within a device, roughly across). Arms marked `(rerun)` are a "
              "second run of the same arm. Minutes: the whole demo at the arm's steps, predicted "
-             "by `bld.budget` from timings on the CPU named in the column.", "",
+             "by `bld.app.budget` from timings on the CPU named in the column.", "",
              "| arm | trained on | FD | FD / recon FD | class acc | recall | recon PSNR | " +
              " | ".join(f"demo min ({k})" for k in kinds) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(kinds)]

@@ -129,12 +129,13 @@ def main() -> None:
                               else f"colour_autoencoders_{args.preset}")
     bench = common.setup(args.name, args, "~3 min per arm for emoji64, ~6 min for faces64 "
                                           "(2 threads, AVX2)")
-    from bld.config import load_config_dict
+    from bld.core.config import load_config_dict
     from bld.data import build_dataset
-    from bld.evaluation import dataset_tensors, evaluate_autoencoder
-    from bld.loading import load_autoencoder
-    from bld.train import train_autoencoder
-    from bld.train_config import config_from_dict
+    from bld.data import dataset_tensors
+    from bld.evaluation.evaluate import evaluate_autoencoder
+    from bld.core.loading import load_autoencoder
+    from bld.training.loop import train_autoencoder
+    from bld.core.config import config_from_dict
     test_set = build_dataset(args.data, split="test")
     classes = list(test_set.classes)
     xt, yt = dataset_tensors(test_set, limit=200 if args.quick else None)
@@ -177,9 +178,9 @@ def main() -> None:
                "threads": torch.get_num_threads(), "seed": args.seed}
         if ref is not None:
             # the demo's reconstruction figures: the floor half's reconstructions against the
-            # reference half (`bld.evaluation.evaluate_prior`)
+            # reference half (`bld.evaluation.evaluate.evaluate_prior`)
             r = evaluate_autoencoder(ae, ref.floor, clf, ref.reference)
-            from bld.classifier import class_shares, predict, prediction_accuracy
+            from bld.evaluation.classifier import class_shares, predict, prediction_accuracy
             with torch.no_grad():
                 recon = torch.cat([ae(ref.floor[i:i + 250], deterministic=True).recon.clamp(-1, 1)
                                    for i in range(0, len(ref.floor), 250)])

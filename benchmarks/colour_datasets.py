@@ -10,7 +10,7 @@ Candidates (issue 16, part 1), both at 64 px:
     split); the published result used the ten styles earlier versions drew by default
     (`--faces DIR` with `bld prepare-dicebear --styles <all ten> --per-style 1200 --dest DIR`).
 For each: images, classes, the smallest and largest class, train / test sizes, and the test
-accuracy of the FD feature classifier (`bld.classifier`, the one the demo trains) after
+accuracy of the FD feature classifier (`bld.evaluation.classifier`, the one the demo trains) after
 --steps steps, per class too: whether its labels can be learnt and measured (the issue asks
 the classifier for >= 0.85).
 
@@ -67,7 +67,7 @@ def dicebear_faces(root: Path) -> list[tuple[Path, str, str, bool]]:
 
 
 def measure(name: str, items: list, steps: int, seed: int) -> dict:
-    from bld.classifier import ClassifierConfig, train_classifier
+    from bld.evaluation.classifier import ClassifierConfig, train_classifier
     from bld.data import load_image
     classes = sorted({c for _, c, _, _ in items})
     index = {c: i for i, c in enumerate(classes)}

@@ -104,7 +104,7 @@ def setup(name: str, args: argparse.Namespace, expected_full: str, expected_quic
 
 def environment() -> dict[str, Any]:
     """Where the figures were measured."""
-    from bld.demo import cpu_name
+    from bld.app.demo import cpu_name
     return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(), "load_average": _loadavg(),
@@ -269,7 +269,7 @@ def keep_result(path: Path, signature: dict[str, Any], **record: Any) -> None:
 
 def run_bld(argv: list[str]) -> None:
     """Run one `bld` command in this process; a non-zero exit stops the benchmark."""
-    from bld.cli import main as bld
+    from bld.app.cli import main as bld
     log.info("bld %s", " ".join(argv))
     rc = bld(argv)
     if rc:

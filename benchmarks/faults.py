@@ -35,7 +35,8 @@ import common  # noqa: F401  (sys.path fix-up before bld is imported)
 import torch
 from common import base_parser, markdown_table, setup, write_report
 
-from bld import checkpoint as ckpt
+from bld.core import checkpoint as ckpt
+from bld.core import runfolder
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_AE = ["--set", "model.channels=8", "--set", "model.hidden=16", "--set", "model.bits=8",
@@ -78,7 +79,7 @@ class Outcome:
 
 
 def bld(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "bld.cli", *map(str, argv)]
+    return [sys.executable, "-m", "bld.app.cli", *map(str, argv)]
 
 
 def env() -> dict[str, str]:
@@ -108,9 +109,9 @@ def half_written(out: Path, is_file: bool) -> bool:
     """A save in progress when the kill came: hidden temp folders / files beside the result."""
     if is_file:
         return out.with_name(f".{out.name}.tmp").exists()
-    folder = out / ckpt.CHECKPOINTS_SUBDIR
+    folder = out / runfolder.CHECKPOINTS_SUBDIR
     hidden = [p for p in folder.iterdir() if p.name.startswith(".")] if folder.is_dir() else []
-    return bool(hidden) or any(out.glob(f".{ckpt.LATEST_FILE}.tmp-*"))
+    return bool(hidden) or any(out.glob(f".{runfolder.LATEST_FILE}.tmp-*"))
 
 
 def tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[bool, float]:
@@ -144,12 +145,12 @@ def run_job(job: Job, work: Path, kills: int, rng: random.Random, log=print) -> 
     o = Outcome(job.name, promise=job.promise)
     ref = work / f"{job.name}-reference"
     got = work / f"{job.name}-killed"
-    started = None if job.out_is_file else ref / ckpt.LOCK_FILE  # taken once the model is built
+    started = None if job.out_is_file else ref / runfolder.LOCK_FILE  # taken once the model is built
     t_ref, t_start = timed_run([*job.argv, "--out", ref], started)
     t_work = t_ref - t_start
     log(f"{job.name}: unbroken run {t_ref:.1f} s ({t_start:.1f} s start-up)")
     while True:
-        resume = (not job.out_is_file) and ckpt.find_latest(got) is not None
+        resume = (not job.out_is_file) and runfolder.find_latest(got) is not None
         argv = [*job.argv, "--out", got, *(["--resume"] if resume else [])]
         o.starts += 1
         if o.kills >= kills:  # enough: let this one finish
@@ -171,7 +172,7 @@ def run_job(job: Job, work: Path, kills: int, rng: random.Random, log=print) -> 
             proc.wait()
             o.kills += 1
             o.mid_write += half_written(got, job.out_is_file)
-            if not job.out_is_file and ckpt.find_latest(got) is None:
+            if not job.out_is_file and runfolder.find_latest(got) is None:
                 o.before_first_checkpoint += 1
             check_loadable(job, got, o)
             continue
@@ -195,7 +196,7 @@ def run_job(job: Job, work: Path, kills: int, rng: random.Random, log=print) -> 
 def current_step(out: Path) -> int:
     """The step of the checkpoint `latest` names (0 before the first)."""
     try:
-        m = re.search(r"step_(\d+)", (out / ckpt.LATEST_FILE).read_text())
+        m = re.search(r"step_(\d+)", (out / runfolder.LATEST_FILE).read_text())
     except OSError:
         return 0
     return int(m.group(1)) if m else 0
@@ -226,7 +227,7 @@ def wait_for_a_moment(proc: subprocess.Popen, out: Path, total: int, kills_left:
         pass
     else:
         return  # it ended
-    folder = out / ckpt.CHECKPOINTS_SUBDIR
+    folder = out / runfolder.CHECKPOINTS_SUBDIR
     if rng.random() < 0.5:  # the moment a checkpoint write is under way
         poll_until(lambda: any(n.startswith(".step_") and ".tmp-" in n
                                for n in os.listdir(folder)), 10 * t_step + 1)
@@ -239,9 +240,9 @@ def check_loadable(job: Job, got: Path, o: Outcome) -> None:
     try:
         if job.out_is_file:
             if got.exists():
-                from bld.loading import load_latent_cache
+                from bld.core.loading import load_latent_cache
                 load_latent_cache(got)
-        elif ckpt.find_latest(got) is not None:
+        elif runfolder.find_latest(got) is not None:
             ckpt.load_checkpoint(got, job.kind).trainer_state()
     except Exception as e:  # noqa: BLE001  (any failure is a finding)
         o.folder_loadable_after_every_kill = False

@@ -139,7 +139,7 @@ class GaussianAutoencoder(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        from bld.autoencoder import Decoder, Encoder
+        from bld.models.autoencoder import Decoder, Encoder
         self.config = replace(config, norm_bits=False)
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
@@ -221,7 +221,7 @@ def sample_gaussian(model, sched_steps: int, n: int, shape, labels, guidance: fl
 def sample_bld(model, diffusion, steps: int, n: int, shape, labels, guidance: float, seed: int,
                batch: int, interval: tuple[float, float] = (0.0, 1.0),
                temperature: float = 1.0) -> torch.Tensor:
-    from bld.sampling import sample
+    from bld.models.sampling import sample
     g = torch.Generator().manual_seed(seed)
     out = []
     for start, b in common.batches(n, batch):
@@ -236,9 +236,9 @@ def sample_bld(model, diffusion, steps: int, n: int, shape, labels, guidance: fl
 def train_side(kind: str, seed: int, x_train, y_train, ae_train, pr_train, den_cfg) -> dict:
     """Train one pipeline's autoencoder and prior with the presets' optimiser settings;
     returns the EMA models, latent scale and times."""
-    from bld.autoencoder import AutoencoderLoss, BinaryAutoencoder
-    from bld.denoiser import Denoiser
-    from bld.diffusion import BernoulliDiffusion
+    from bld.models.autoencoder import AutoencoderLoss, BinaryAutoencoder
+    from bld.models.denoiser import Denoiser
+    from bld.models.diffusion import BernoulliDiffusion
 
     ae_cfg = ae_train.model
     torch.manual_seed(seed)
@@ -302,10 +302,10 @@ def train_side(kind: str, seed: int, x_train, y_train, ae_train, pr_train, den_c
 def main() -> None:
     args = parse_args()
     q = args.quick
-    from bld.config import load_config_dict
-    from bld.metrics import psnr
-    from bld.train import resolve_prior_config
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.core.metrics import psnr
+    from bld.training.prior import resolve_prior_config
+    from bld.core.config import config_from_dict
 
     small = ["optim.steps=4", "optim.batch_size=16", "model.channels=8", "model.hidden=16"]
     ae_train = config_from_dict("autoencoder", load_config_dict(

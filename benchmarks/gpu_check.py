@@ -77,9 +77,9 @@ def _median_images_per_s(run_dir: Path) -> float | None:
 
 
 def check_size(size: int, args, plan: dict) -> dict:
-    from bld.config import load_config_dict
-    from bld.train import train_autoencoder, train_prior
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.training.loop import train_autoencoder, train_prior
+    from bld.core.config import config_from_dict
 
     work = args.work / str(size)
     work.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for size in 256 1024; do
-  case " $* " in *" --tiny "*) ;; *) python3 -m bld.cli prepare-openmoji --size "$size" ;; esac
+  case " $* " in *" --tiny "*) ;; *) python3 -m bld.app.cli prepare-openmoji --size "$size" ;; esac
 done
 exec python3 benchmarks/gpu_check.py "$@"

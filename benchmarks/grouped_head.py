@@ -82,8 +82,8 @@ ARMS = {
 def _step_seconds(cfg) -> float:
     """One training step of this prior config on this machine, in the precision its training
     will use (the demo's calibration)."""
-    from bld.budget import time_prior_step
-    from bld.precision import resolve_precision
+    from bld.app.budget import time_prior_step
+    from bld.core.device import resolve_precision
     return time_prior_step(cfg, cfg.model.num_classes, torch.device("cpu"),
                            resolve_precision(cfg.run.precision))
 
@@ -124,13 +124,13 @@ def main() -> None:
         f"per run: {len(args.arms)} prior trainings (each as long as the run's prior) and "
         f"{len(args.arms)} x 1-2 min of sampling at N = {n}"))
 
-    from bld import checkpoint as ckpt
-    from bld.config import apply_overrides
-    from bld.evaluation import evaluate_autoencoder
-    from bld.loading import load_autoencoder, load_prior
-    from bld.pipeline import generate
-    from bld.train import train_prior
-    from bld.train_config import config_from_dict
+    from bld.core import checkpoint as ckpt
+    from bld.core.config import apply_overrides
+    from bld.evaluation.evaluate import evaluate_autoencoder
+    from bld.core.loading import load_autoencoder, load_prior
+    from bld.inference.generate import generate
+    from bld.training.loop import train_prior
+    from bld.core.config import config_from_dict
 
     args.work.mkdir(parents=True, exist_ok=True)
     rows, sections = [], []

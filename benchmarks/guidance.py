@@ -65,9 +65,9 @@ def main() -> None:
         f"~{len(settings) + 2} x 1 min per run at N = {n} for the compact prior in fp32 "
         "(x 2 for the 256 x 6 prior)"))
 
-    from bld.evaluation import evaluate_autoencoder
-    from bld.loading import load_autoencoder, load_prior
-    from bld.pipeline import generate
+    from bld.evaluation.evaluate import evaluate_autoencoder
+    from bld.core.loading import load_autoencoder, load_prior
+    from bld.inference.generate import generate
 
     jobs = [(*st, args.seed) for st in settings] + [(*st, args.seed + 1) for st in settings[:2]]
     tests: dict[str, tuple] = {}  # the test split of each run's dataset, loaded once

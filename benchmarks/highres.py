@@ -78,9 +78,9 @@ def main() -> None:
 
     def recon() -> dict:
         from bld.data import build_dataset
-        from bld.pipeline import reconstruct
-        from bld.plots import image_grid, save_image
-        from bld.loading import load_autoencoder
+        from bld.inference.generate import reconstruct
+        from bld.core.plots import image_grid, save_image
+        from bld.core.loading import load_autoencoder
         ae = load_autoencoder(work / "autoencoder")
         test = build_dataset("openmoji", "test", image_size=size)
         x = torch.stack([test[i][0] for i in range(len(test))])

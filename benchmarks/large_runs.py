@@ -53,9 +53,9 @@ def saved_bytes(fn) -> int:
 
 
 def presets():
-    from bld.config import load_config_dict
-    from bld.denoiser import PRESETS
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.models.denoiser import PRESETS
+    from bld.core.config import config_from_dict
     ae = config_from_dict("autoencoder", load_config_dict("autoencoder", "1024px", [])).model
     priors = {}
     for name, grid in (("256px", 16), ("1024px", 32)):
@@ -67,8 +67,8 @@ def presets():
 
 
 def activation_memory() -> list[dict]:
-    from bld.autoencoder import BinaryAutoencoder
-    from bld.denoiser import Denoiser
+    from bld.models.autoencoder import BinaryAutoencoder
+    from bld.models.denoiser import Denoiser
     ae, priors = presets()
     rows = []
     cases = [("autoencoder 1024px (factor 32, width 64)", lambda on: BinaryAutoencoder(
@@ -94,8 +94,8 @@ def activation_memory() -> list[dict]:
 
 
 def checkpoint_time(quick: bool) -> list[dict]:
-    from bld.autoencoder import BinaryAutoencoder
-    from bld.denoiser import Denoiser, PRESETS
+    from bld.models.autoencoder import BinaryAutoencoder
+    from bld.models.denoiser import Denoiser, PRESETS
     ae, priors = presets()
     size = 64 if quick else 256
     ae_small = dataclasses.replace(ae, channels=8, hidden=16, bits=16, image_size=size)

@@ -3,7 +3,7 @@ the reference FD is measured against (with its real-vs-real floor), and one shor
 loop shared by the in-script baselines so their budgets match.
 
 FD here is measured in the feature space of the project's own Fashion-MNIST classifier
-(`bld.classifier`), so it is comparable only with figures from the same classifier and the
+(`bld.evaluation.classifier`), so it is comparable only with figures from the same classifier and the
 same N, never with published Inception FID (SPEC 5). `common` re-exports these names, so a
 benchmark imports only `common`; this module imports nothing of `common`.
 """
@@ -62,7 +62,7 @@ def dataset_split(source: str, split: str = "test", limit: int | None = None,
     if source == "fashion-mnist" and data_dir is None:
         return fashion_mnist(split, limit)
     from bld.data import build_dataset
-    from bld.evaluation import dataset_tensors
+    from bld.data import dataset_tensors
     images, labels = dataset_tensors(build_dataset(source, split=split, data_dir=data_dir))
     if limit is not None and limit < len(images):  # a seeded subset: folders are sorted by class
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
@@ -76,7 +76,7 @@ def get_classifier(bench, run_dir: Path | None = None, source: str = "fashion-mn
     """The FD feature classifier of a running benchmark (``common.Bench``): --classifier, else
     RUN_DIR/classifier, else <out>/classifier (trained there on the train split of `source`
     when missing; ``CLASSIFIER_STEPS`` steps as in `bld demo`, 60 in quick mode)."""
-    from bld.evaluation import load_classifier, train_and_save_classifier
+    from bld.evaluation.evaluate import load_classifier, train_and_save_classifier
     candidates = [bench.args.classifier] if bench.args.classifier else []
     if run_dir is not None:
         candidates.append(run_dir / "classifier")
@@ -103,12 +103,12 @@ def get_classifier(bench, run_dir: Path | None = None, source: str = "fashion-mn
 
 class FDReference:
     """The real side of FD on the test set: a reference half and a disjoint floor set of n
-    images (`bld.evaluation.real_reference`), so that every FD comes with its real-vs-real
+    images (`bld.evaluation.evaluate.real_reference`), so that every FD comes with its real-vs-real
     floor at the same N (SPEC 5)."""
 
     def __init__(self, classifier: torch.nn.Module, test_images: torch.Tensor,
                  test_labels: torch.Tensor, n: int, seed: int = 0) -> None:
-        from bld.evaluation import real_reference
+        from bld.evaluation.evaluate import real_reference
         self.classifier, self.n = classifier, n
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(test_images), generator=g)
@@ -121,7 +121,7 @@ class FDReference:
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None
                  ) -> dict[str, float]:
         """FD (+ floor at the same N), precision/recall (+ class accuracy with labels)."""
-        from bld.evaluation import evaluate_images
+        from bld.evaluation.evaluate import evaluate_images
         if len(images) != self.n:
             raise ValueError(f"FD compares sets of one size: got {len(images)} images, the "
                              f"floor was made for n={self.n}")
@@ -148,7 +148,7 @@ def sampler_setting(text: str, evidence: bool = False) -> tuple[float, ...]:
                          "temperature > 0")
     if not evidence:
         return w, lo, hi, temp
-    from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
+    from bld.models.sampling import DEFAULT_EVIDENCE_WEIGHT
     return w, lo, hi, temp, (vals[4] if len(vals) == 5 else DEFAULT_EVIDENCE_WEIGHT)
 
 
@@ -180,13 +180,13 @@ class TrainResult:
 
 def autocast(precision: str = "auto"):
     """bf16 autocast on the CPU where ``precision`` (auto | fp32 | bf16) resolves to bf16."""
-    from bld.precision import resolve_precision
+    from bld.core.device import resolve_precision
     return resolve_precision(precision, "cpu").autocast("cpu")
 
 
 def precision_name(precision: str = "auto") -> str:
     """What ``precision`` resolves to on this CPU (fp32 / bf16), for the tables' captions."""
-    from bld.precision import resolve_precision
+    from bld.core.device import resolve_precision
     return resolve_precision(precision, "cpu").name
 
 
@@ -197,14 +197,14 @@ def train_model(model: torch.nn.Module,
     """A short training loop shared by the in-script baselines, identical for every model so
     that budgets (steps x batch) and optimiser settings match: AdamW (betas 0.9, 0.99), linear
     warm-up then cosine decay to 0.1 x lr (`bld.training.optim.lr_at`), gradient clipping, optional
-    EMA (`bld.training.optim.EMA`), the given precision (`bld.precision`; auto: bf16 autocast only
+    EMA (`bld.training.optim.EMA`), the given precision (`bld.core.device`; auto: bf16 autocast only
     where this CPU runs it natively and faster).
 
     ``loss_fn(idx, generator)`` gets the indices (batch_size,) of this step's items (epochs
     of a seeded permutation of range(n_items)) and returns the scalar loss.
     """
     from bld.training.optim import EMA, lr_at
-    from bld.train_config import OptimConfig
+    from bld.core.config import OptimConfig
     optim = OptimConfig(steps=steps, batch_size=batch_size, lr=lr,
                         warmup=max(1, steps // 20) if warmup is None else warmup,
                         weight_decay=weight_decay)

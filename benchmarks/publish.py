@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bld.data import DICEBEAR_DEFAULT_STYLES
-from bld.demo import schedule_name
-from bld.sampling import describe_guidance_interval
+from bld.app.demo import schedule_name
+from bld.models.sampling import describe_guidance_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -162,7 +162,7 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
     if report.get("precision_reason"):
         lines[-1] += f" Precision: {report['precision_reason']}."
     if report.get("plan"):
-        from bld.budget import Plan
+        from bld.app.budget import Plan
         lines[-1] += f" Time plan: {Plan.from_dict(report['plan']).describe()}."
     return "\n".join(lines)
 

@@ -66,9 +66,9 @@ def _rss_mb() -> float:
 def _configs(size: int, quick: bool, ae_checkpointing: bool = False):
     """The size's presets (tiny widths when quick); activation checkpointing off in the prior
     and as asked in the autoencoder, whatever the preset says."""
-    from bld.config import load_config_dict
-    from bld.train import resolve_prior_config
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.training.prior import resolve_prior_config
+    from bld.core.config import config_from_dict
     preset = PRESETS[size]
     ae_over = (QUICK_AE if quick else []) + [f"model.grad_checkpointing={str(ae_checkpointing).lower()}"]
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", preset, ae_over))
@@ -110,10 +110,10 @@ def _timed(step, repeats: int) -> tuple[float, int]:
 
 
 def worker(spec: dict) -> dict:
-    from bld.autoencoder import BinaryAutoencoder
-    from bld.denoiser import Denoiser
-    from bld.diffusion import BernoulliDiffusion
-    from bld.sampling import sample
+    from bld.models.autoencoder import BinaryAutoencoder
+    from bld.models.denoiser import Denoiser
+    from bld.models.diffusion import BernoulliDiffusion
+    from bld.models.sampling import sample
     torch.manual_seed(0)
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -188,7 +188,7 @@ def run_worker(spec: dict, timeout: float = 1800) -> dict:
 
 def pixel_flops(size: int, quick: bool) -> int:
     """Forward+backward FLOPs (3 x forward) of the pixel-space transformer, from the model's count."""
-    from bld.denoiser import Denoiser
+    from bld.models.denoiser import Denoiser
     _, pr_cfg = _configs(size, quick)
     with torch.device("meta"):
         return 3 * Denoiser(_pixel_model(pr_cfg.model, size)).flops_per_forward()

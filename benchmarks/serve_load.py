@@ -270,7 +270,7 @@ def tally_total(levels: list[Level]) -> int:
 
 
 def main() -> None:
-    from bld.web import Limits
+    from bld.app.serve import Limits
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from webcheck import served  # the driver the serving tests use
     args = parse_args()

@@ -7,7 +7,7 @@ in fp32 and in bf16 autocast:
 
 * training: one step = Bernoulli-diffusion loss, backward, gradient clipping, AdamW step
   (class-conditional, as `bld train-prior`); steps/s at the stated batch;
-* sampling: `bld.sampling.sample` with S = 16 steps, whole batches, without guidance and
+* sampling: `bld.models.sampling.sample` with S = 16 steps, whole batches, without guidance and
   with classifier-free guidance (w = 1: two network evaluations per step), images/s;
 * MFU = achieved matmul FLOP/s / peak, where the achieved figure counts
   `Denoiser.flops_per_forward()` per sample (x 3 for a training step: forward + backward,
@@ -110,14 +110,14 @@ def kinds_present() -> list[str]:
 
 def kind_worker(quick: bool) -> dict:
     """In a process restricted to one capability: rates of the demo presets per precision."""
-    from bld.autoencoder import AutoencoderLoss, BinaryAutoencoder
-    from bld.config import load_config_dict
-    from bld.denoiser import Denoiser
-    from bld.diffusion import BernoulliDiffusion
-    from bld.precision import Precision, cpu_bf16_facts, resolve_precision
-    from bld.sampling import sample
-    from bld.train import resolve_prior_config
-    from bld.train_config import config_from_dict
+    from bld.models.autoencoder import AutoencoderLoss, BinaryAutoencoder
+    from bld.core.config import load_config_dict
+    from bld.models.denoiser import Denoiser
+    from bld.models.diffusion import BernoulliDiffusion
+    from bld.core.device import Precision, cpu_bf16_facts, resolve_precision
+    from bld.models.sampling import sample
+    from bld.training.prior import resolve_prior_config
+    from bld.core.config import config_from_dict
     cap, native = cpu_bf16_facts()
     auto = resolve_precision("auto", "cpu")
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist", []))
@@ -241,8 +241,8 @@ def matmul_peak(n: int, dtype: torch.dtype, repeats: int = 5) -> float:
 
 
 def build(preset: str, bits: int, grid: int):
-    from bld.denoiser import Denoiser, preset_config
-    from bld.diffusion import BernoulliDiffusion, DiffusionConfig
+    from bld.models.denoiser import Denoiser, preset_config
+    from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig
     torch.manual_seed(0)
     model = Denoiser(preset_config(preset, bits=bits, grid=grid, num_classes=10))
     return model, BernoulliDiffusion(DiffusionConfig(timesteps=64))
@@ -269,7 +269,7 @@ def time_training(model, diffusion, batch: int, bits: int, grid: int, bf16: bool
 
 def time_sampling(model, diffusion, batch: int, bits: int, grid: int, bf16: bool, steps: int,
                   guidance: float, min_time: float, repeats: int) -> common.Timing:
-    from bld.sampling import sample
+    from bld.models.sampling import sample
     model.eval()
     y = torch.arange(batch) % 10
 
@@ -345,10 +345,10 @@ def _presets(args) -> None:
                      100 * row["train_mfu"], row["sample_img_s_plain"], row["sample_img_s_guided"])
 
     # the demo prior's training: the shipped preset against the settings before the study
-    from bld.config import load_config_dict
-    from bld.denoiser import Denoiser, DenoiserConfig
-    from bld.diffusion import BernoulliDiffusion
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.models.denoiser import Denoiser, DenoiserConfig
+    from bld.models.diffusion import BernoulliDiffusion
+    from bld.core.config import config_from_dict
     pcfg = config_from_dict("prior", load_config_dict("prior", "fashion-mnist", []))
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist", []))
     bits, grid = ae_cfg.model.bits, ae_cfg.model.grid

@@ -72,11 +72,11 @@ def main() -> None:
         f"~{max(1, round(30 * n / 2000))} min at N = {n} with 1 thread and the demo prior "
         "(~0.5 s of sampling per image over all settings; a calibrated estimate follows)"))
 
-    from bld.evaluation import evaluate_autoencoder
-    from bld.pipeline import generate
-    from bld.plots import image_grid, save_image
-    from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
-    from bld.loading import load_autoencoder, load_prior
+    from bld.evaluation.evaluate import evaluate_autoencoder
+    from bld.inference.generate import generate
+    from bld.core.plots import image_grid, save_image
+    from bld.models.sampling import DEFAULT_EVIDENCE_WEIGHT
+    from bld.core.loading import load_autoencoder, load_prior
 
     lam_base = DEFAULT_EVIDENCE_WEIGHT if args.evidence_weight is None else args.evidence_weight
 

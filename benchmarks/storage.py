@@ -2,14 +2,14 @@
 prior training.
 
 1. Bytes per image: a cache of M Fashion-MNIST test images encoded to 7 x 7 x 16 bits is
-   written with `bld.pipeline.encode_dataset` (packed, 1 bit per element, `bld.packing`)
+   written with `bld.inference.generate.encode_dataset` (packed, 1 bit per element, `bld.models.packing`)
    and, for comparison, as a float32 latent tensor (safetensors); both file sizes are
    measured, and the in-memory sizes are listed for the larger latent shapes of the presets
    (256 px: 16 x 16 x 64, 1024 px: 32 x 32 x 64) by arithmetic.
 2. Prior-training epoch time (60000 images) from the cache against encoding on the fly:
    K batches of each are timed and extrapolated to an epoch (stated in the report):
-     - packed cache, unpacked per batch (`bld.packing.unpack_bits` on a batch slice),
-     - packed cache through `bld.loading.LatentDataset` + DataLoader (unpacks per item, as
+     - packed cache, unpacked per batch (`bld.models.packing.unpack_bits` on a batch slice),
+     - packed cache through `bld.core.loading.LatentDataset` + DataLoader (unpacks per item, as
        `bld train-prior --latents` does),
      - float32 cache (batch slice),
      - on the fly: `BinaryAutoencoder.encode` of each image batch (as `bld train-prior`
@@ -63,13 +63,13 @@ def main() -> None:
                          expected_full="~2-4 min with 1 thread (encoding 10000 images ~0.5 min, "
                                        "4 x 21 training steps of the demo prior)")
     from safetensors.torch import save_file
-    from bld.autoencoder import AutoencoderConfig, BinaryAutoencoder
+    from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
     from bld.data import TensorImageDataset, load_fashion_mnist
-    from bld.denoiser import Denoiser, DenoiserConfig
-    from bld.diffusion import BernoulliDiffusion, DiffusionConfig
-    from bld.packing import unpack_bits
-    from bld.pipeline import encode_dataset
-    from bld.loading import LatentDataset, load_autoencoder
+    from bld.models.denoiser import Denoiser, DenoiserConfig
+    from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig
+    from bld.models.packing import unpack_bits
+    from bld.inference.generate import encode_dataset
+    from bld.core.loading import LatentDataset, load_autoencoder
 
     if args.run is not None:
         ae = load_autoencoder(args.run / "autoencoder")

@@ -1,6 +1,6 @@
 """Tokenizers at equal bits per position: our Bernoulli quantizer against LFQ, FSQ and VQ.
 
-Every tokenizer uses the same `bld.autoencoder.Encoder` / `Decoder` architecture and the
+Every tokenizer uses the same `bld.models.autoencoder.Encoder` / `Decoder` architecture and the
 settings of one autoencoder preset (``--preset``: the demo's ``fashion-mnist`` by default,
 ``faces64`` for the colour demo's DiceBear faces, ``faces64-grid8`` for its first 8 x 8 x 64
 autoencoder, which the published faces results used on the ten styles earlier versions drew
@@ -11,7 +11,7 @@ loss, steps x batch, learning rate, warm-up and EMA (the flags below change some
 and the same seed; only the quantizer between the encoder's 1x1 head (D channels) and the
 decoder's bias-free 1x1 input projection changes. The decoder sees code / sqrt(D) (for bits:
 (2z - 1) / sqrt(D), exactly what `BinaryAutoencoder` feeds it). Quantizers run in fp32, the
-networks in the precision `auto` picks (bld.precision). Every tokenizer is trained with two
+networks in the precision `auto` picks (bld.core.device). Every tokenizer is trained with two
 seeds (``--seeds``).
 
 Tokenizers (``make_specs``), at the preset's B bits per position and at 12 (log2 of the
@@ -33,7 +33,7 @@ number of codes a position can name):
 VQ with 2^B codes for B >= 16 is left out: its distance matrix (3136 tokens x 65536 codes
 per step at B = 16) is impractical on a CPU, so VQ is compared at 12 bits. Reported on the
 dataset's test split (Fashion-MNIST: 10000 images, DiceBear faces: 2004, the ten styles
-2000): PSNR (over the whole set, `bld.metrics.psnr`), SSIM, L1, reconstruction FD (in the
+2000): PSNR (over the whole set, `bld.core.metrics.psnr`), SSIM, L1, reconstruction FD (in the
 feature space of the project classifier of that dataset: ``--classifier``, else one trained
 into <out>/classifier[-<source>]; half the test set's reconstructions against the other half,
 with the real-vs-real floor at the same N: 5000, or 1002 on the faces), and code usage: for
@@ -148,8 +148,8 @@ def lfq_codebooks(dim: int, max_bits: int = 8) -> int:
 
 
 def _preset(name: str):
-    from bld.config import load_config_dict
-    from bld.train_config import config_from_dict
+    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict
     return config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
 
 
@@ -235,7 +235,7 @@ class Tokenizer(nn.Module):
         """``base``: the preset's AutoencoderConfig (layout: image channels and size, padding,
         patch, channel multipliers, attention...); bits and widths set here."""
         super().__init__()
-        from bld.autoencoder import BernoulliQuantizer, Decoder, Encoder
+        from bld.models.autoencoder import BernoulliQuantizer, Decoder, Encoder
         self.spec = spec
         self.config = cfg = replace(base, channels=channels, hidden=hidden, bits=spec.dim,
                                     norm_bits=False)
@@ -307,8 +307,8 @@ class Tokenizer(nn.Module):
 def usage_stats(spec: Spec, index: torch.Tensor, bits: torch.Tensor | None,
                 probs: torch.Tensor | None) -> dict[str, float]:
     """Code usage over the test tokens: perplexity (log2 = effective bits), share of the
-    codebook used, and for binary codes the bit entropy / dead bits (`bld.metrics`)."""
-    from bld.metrics import bit_usage
+    codebook used, and for binary codes the bit entropy / dead bits (`bld.core.metrics`)."""
+    from bld.core.metrics import bit_usage
     if index.dim() == 4:  # (B, h, w, G): a code is a row of G words
         counts = torch.unique(index.reshape(-1, index.shape[-1]), dim=0, return_counts=True)[1]
     else:
@@ -377,8 +377,8 @@ def main() -> None:
                                        "demo's budget)" if fashion else
                                        f"{len(args.tokenizers) * args.seeds} trainings of "
                                        f"{steps} steps (their s/step is logged as each ends)")
-    from bld.evaluation import extract_features
-    from bld.metrics import fd_from_features, psnr, ssim
+    from bld.evaluation.evaluate import extract_features
+    from bld.core.metrics import fd_from_features, psnr, ssim
 
     x_train, _ = common.dataset_split(source, "train", n_train)
     xt, yt = common.dataset_split(source, "test", n_test)
@@ -455,7 +455,7 @@ def main() -> None:
         return
 
     # ------------------------------------------------------------------------ report
-    from bld.plots import image_grid, save_image
+    from bld.core.plots import image_grid, save_image
     save_image(image_grid(torch.cat(grids), nrow=12), bench.path("_reconstructions.png"), scale=2)
     main_rows = [r for r in rows if r["seed"] == args.seed]
     for metric, ylabel in (("psnr", "PSNR (dB)"), ("fd_recon", f"reconstruction FD (N = {n_fd})")):

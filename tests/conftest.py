@@ -86,7 +86,7 @@ class Runs(NamedTuple):
 def runs(tmp_path_factory, fashion_mnist) -> Runs:
     """train-ae -> encode (first 256 training images) -> train-prior --latents, through the
     CLI, once per session. Tests must not write into these folders."""
-    from bld.cli import main
+    from bld.app.cli import main
     root = tmp_path_factory.mktemp("runs")
     ae, latents, prior = root / "ae", root / "latents.safetensors", root / "prior"
     before = torch.get_num_threads()
@@ -106,7 +106,7 @@ def runs(tmp_path_factory, fashion_mnist) -> Runs:
 def shards(tmp_path_factory, fashion_mnist) -> Path:
     """The first 100 Fashion-MNIST training images as tar shards of 32, 32, 32 and 4 samples
     (`bld shard`), once per session. Tests must not write into the folder."""
-    from bld.cli import main
+    from bld.app.cli import main
     out = tmp_path_factory.mktemp("shards") / "fmnist"
     assert main(["shard", "fashion-mnist", str(out), "--shard-size", "32", "--limit", "100"]) == 0
     return out

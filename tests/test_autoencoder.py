@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bld.autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig,
-                             BinaryAutoencoder, flip_bits)
-from bld.packing import pack_bits, unpack_bits
+from bld.models.autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig,
+                                    BinaryAutoencoder, flip_bits)
+from bld.models.packing import pack_bits, unpack_bits
 
 
 def small_config(**kw):
@@ -151,7 +151,7 @@ def test_threshold_training_bits_equal_evaluation_bits():
 
 
 def test_saturation_term_is_mean_p_times_one_minus_p():
-    from bld.autoencoder import AutoencoderLoss, AutoencoderLossConfig
+    from bld.models.autoencoder import AutoencoderLoss, AutoencoderLossConfig
     torch.manual_seed(0)
     ae = BinaryAutoencoder(AutoencoderConfig(channels=8, hidden=16, bits=8))
     x = torch.rand(4, 1, 28, 28) * 2 - 1
@@ -166,7 +166,7 @@ def test_saturation_term_is_mean_p_times_one_minus_p():
 
 
 def test_edge_loss_tells_a_lost_outline_from_a_shift_of_the_same_mse():
-    from bld.autoencoder import edge_loss
+    from bld.models.autoencoder import edge_loss
     # a flat face with a 1-pixel dark outline (a drawn image), and two reconstructions with
     # the same pixel MSE: one loses the outline, the other is brighter everywhere
     x = torch.full((1, 3, 32, 32), 0.5)

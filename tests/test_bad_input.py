@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import bld.cli
-from bld.cli import main
+import bld.app.cli
+from bld.app.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -247,7 +247,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(argv, expected, runs, files, unc
 
 def test_the_table_covers_every_command():
     commands = {row.values[0][0] if hasattr(row, "values") else row[0][0] for row in BAD_INPUT}
-    parser_commands = set(bld.cli.build_parser()._subparsers._group_actions[0].choices)
+    parser_commands = set(bld.app.cli.build_parser()._subparsers._group_actions[0].choices)
     assert parser_commands - commands <= {"prepare-emoji", "prepare-openmoji"}
 
 
@@ -275,7 +275,7 @@ def _train_stub(calls):
 def test_fuzzed_set_overrides_give_a_config_or_one_line(overrides, monkeypatch, capsys):
     """Any --set KEY=VALUE: either a valid config reaches training, or exit 2 with one line."""
     calls: list = []
-    monkeypatch.setattr("bld.train.train_autoencoder", _train_stub(calls))
+    monkeypatch.setattr("bld.training.loop.train_autoencoder", _train_stub(calls))
     argv = ["train-ae", "--out", "unused"]
     for k, v in overrides:
         argv += ["--set", f"{k}={v}"]
@@ -300,7 +300,7 @@ config_docs = st.recursive(
 @given(doc=st.one_of(config_docs.map(yaml.safe_dump), st.text(max_size=80)))
 def test_fuzzed_config_files_give_a_config_or_one_line(doc, monkeypatch, capsys):
     calls: list = []
-    monkeypatch.setattr("bld.train.train_prior", _train_stub(calls))
+    monkeypatch.setattr("bld.training.loop.train_prior", _train_stub(calls))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(doc, encoding="utf-8")
@@ -317,7 +317,7 @@ def test_image_folder_edge_cases_are_skipped_and_counted(tmp_path, monkeypatch, 
     EXIF-rotated JPEGs and 16-bit PNGs are read the right way round and scaled."""
     from PIL import Image as PILImage
 
-    from bld import checkpoint as ckpt
+    from bld.core import checkpoint as ckpt
     from bld.data import load_image
     root = tmp_path / "images"
     shirts, shoes = root / "shirts", root / "shoes"

@@ -30,7 +30,7 @@ def _colour_faces(tmp_path: Path) -> tuple[dict, Path]:
     from colour_faces import write_colour_faces
 
     from bld.data import default_dicebear_dir
-    from bld.evaluation import train_and_save_classifier
+    from bld.evaluation.evaluate import train_and_save_classifier
     cache = tmp_path / "cache"
     write_colour_faces(cache / "bld" / default_dicebear_dir(64).name, per_class=48)
     clf = tmp_path / "classifier"
@@ -83,7 +83,7 @@ def test_gaussian_baseline_bits_sweep_on_colour_keeps_each_pipeline(tmp_path):
 def test_grouped_head_measures_each_arm_once(tmp_path, runs):
     """Each arm retrains the run's prior with its overrides (quick: 20 steps) and is sampled
     at the run's settings; finished arms are kept and not trained again."""
-    from bld.evaluation import train_and_save_classifier
+    from bld.evaluation.evaluate import train_and_save_classifier
     run = tmp_path / "run"
     run.mkdir()
     (run / "autoencoder").symlink_to(runs.ae)
@@ -100,7 +100,7 @@ def test_grouped_head_measures_each_arm_once(tmp_path, runs):
     assert all(r["n"] == 20 and r["fd"] > 0 and 0 <= r["recall"] <= 1 for r in results["rows"])
     trained = sorted(p.name for p in (tmp_path / "work").iterdir() if p.is_dir())
     assert trained == ["run-group4-s0-quick", "run-per-bit-s0-quick"]
-    from bld.loading import load_prior
+    from bld.core.loading import load_prior
     grouped = load_prior(tmp_path / "work" / "run-group4-s0-quick")
     assert grouped.config.diffusion.bit_group == 4
     assert grouped.config.diffusion.loss_type == "mean"
@@ -221,7 +221,7 @@ def test_sampler_settings_take_an_evidence_weight_only_where_the_sampler_has_one
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import measures
 
-    from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
+    from bld.models.sampling import DEFAULT_EVIDENCE_WEIGHT
     assert measures.sampler_setting("2:0:0.6") == (2.0, 0.0, 0.6, 1.0)
     assert measures.sampler_setting("2:0:0.6:1.3", evidence=True) == (
         2.0, 0.0, 0.6, 1.3, DEFAULT_EVIDENCE_WEIGHT)

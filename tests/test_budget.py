@@ -1,4 +1,4 @@
-"""The demo's time plan (bld.budget): the steps it picks fit the budget, never exceed the
+"""The demo's time plan (bld.app.budget): the steps it picks fit the budget, never exceed the
 presets, keep the user's own counts, and the prior's are refitted to the time really spent."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bld.budget import MIN_SCALE, SAFETY, Plan, Rates, calibrate, make_plan, predict, replan_prior
-from bld.config import load_config_dict
+from bld.app.budget import (MIN_SCALE, SAFETY, Plan, Rates, calibrate, make_plan, predict,
+                            replan_prior)
+from bld.core.config import load_config_dict
 from bld.data import TensorImageDataset
-from bld.precision import Precision
-from bld.train import resolve_prior_config
-from bld.train_config import config_from_dict
+from bld.core.device import Precision
+from bld.training.prior import resolve_prior_config
+from bld.core.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,7 +118,7 @@ def test_calibration_times_the_real_steps(fashion_mnist):
 def test_the_compact_setting_keeps_the_latent_shape(dataset):
     """The compact setting's configs load, and its autoencoder makes the bits the presets'
     makes (the prior's shape and the demo's figures stay comparable)."""
-    from bld.demo import DEMO_DATASETS, compact_overrides
+    from bld.app.demo import DEMO_DATASETS, compact_overrides
     preset = DEMO_DATASETS[dataset][1]
     ae = config_from_dict("autoencoder", load_config_dict("autoencoder", preset, []))
     over = compact_overrides(dataset, ae.optim.steps)
@@ -131,9 +132,9 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
     """A calibration that would cut the presets below the compact threshold, but by less
     than 2x, is timed once more, and the faster of the two decides; a machine slow both
     times gets the compact setting, and one far below the threshold gets it at once."""
-    import bld.budget
-    from bld.demo import COMPACT_BELOW, PRIOR_GROWTH, RETIME_WITHIN, DemoSettings, _plan_steps
-    from bld.precision import resolve_precision
+    import bld.app.budget
+    from bld.app.demo import COMPACT_BELOW, PRIOR_GROWTH, RETIME_WITHIN, DemoSettings, _plan_steps
+    from bld.core.device import resolve_precision
 
     class Faces:  # what the plan reads of a training set
         classes = [str(i) for i in range(10)]
@@ -143,9 +144,9 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
 
     def plan_with(timings):
         calls = iter(timings)
-        monkeypatch.setattr(bld.budget, "calibrate", lambda *a: next(calls))
-        monkeypatch.setattr(bld.budget, "calibrate_autoencoder", lambda r, *a: r)
-        monkeypatch.setattr(bld.budget, "calibrate_prior", lambda r, *a: r)
+        monkeypatch.setattr(bld.app.budget, "calibrate", lambda *a: next(calls))
+        monkeypatch.setattr(bld.app.budget, "calibrate_autoencoder", lambda r, *a: r)
+        monkeypatch.setattr(bld.app.budget, "calibrate_prior", lambda r, *a: r)
         s = DemoSettings(out=tmp_path, dataset="faces", minutes=20)
         _plan_steps(s, tmp_path, [], Faces(), 2000, torch.device("cpu"),
                     resolve_precision("fp32", "cpu"))

@@ -11,19 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-import bld.checkpoint as ckpt_mod
-from bld.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    checkpoint_dir,
-    find_latest,
-    load_checkpoint,
-    load_state_strict,
-    prune_checkpoints,
-    restore_rng_state,
-    save_checkpoint,
-    write_latest,
-)
+import bld.core.checkpoint as ckpt_mod
+from bld.core.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint,
+                                 load_state_strict, restore_rng_state, save_checkpoint)
+from bld.core.runfolder import checkpoint_dir, find_latest, prune_checkpoints, write_latest
 
 
 class Tiny(nn.Module):

@@ -2,7 +2,7 @@
 train-ae -> encode -> train-prior -> sample / inpaint / reconstruct, the run folder they
 write, and the errors promised for bad configs and bad data folders.
 
-Commands run in-process through ``bld.cli.main`` (which returns the exit code); the shared
+Commands run in-process through ``bld.app.cli.main`` (which returns the exit code); the shared
 ``runs`` fixture (conftest.py) trains the autoencoder and prior once per session.
 """
 
@@ -19,12 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bld.cli import main
+from bld.app.cli import main
 from bld.data import load_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PAD = 2  # bld.plots.image_grid's padding
+PAD = 2  # bld.core.plots.image_grid's padding
 SIZE = 28  # Fashion-MNIST pixels per side
 
 
@@ -77,7 +77,7 @@ def test_run_folder_layout(runs, which, kind, columns):
 
 
 def test_encode_writes_the_limited_split(runs):
-    from bld.loading import load_latent_cache
+    from bld.core.loading import load_latent_cache
     cache = load_latent_cache(runs.latents)
     assert len(cache) == 256 and cache.shape == (8, 7, 7)
     _, labels = load_fashion_mnist("train")
@@ -145,7 +145,7 @@ def test_inpaint_keeps_the_known_pixels(runs, tmp_path):
     # The fill, at the latent level: the same call through the pipeline the command uses gives
     # the command's pixels, keeps every known bit, and samples the unknown ones.
     from bld.data import load_image
-    from bld.pipeline import BinaryLatentDiffusionPipeline
+    from bld.inference.pipeline import BinaryLatentDiffusionPipeline
     pipe = BinaryLatentDiffusionPipeline.from_run(runs.prior, device="cpu")
     image = load_image(tmp_path / "image.png", SIZE, 1)
     res = pipe.inpaint(image, ~torch.from_numpy(keep), n=n, steps=4, guidance=0.0, seed=0,
@@ -176,8 +176,8 @@ def test_reconstruct_test_images_prints_errors(runs, tmp_path, capsys):
     # the figures are the model's: the first 8 test images through encode -> bits -> decode,
     # recomputed here, and far better than an autoencoder that returns noise
     from bld.data import to_model_range
-    from bld.metrics import psnr_from_mse
-    from bld.loading import load_autoencoder
+    from bld.core.metrics import psnr_from_mse
+    from bld.core.loading import load_autoencoder
     ae = load_autoencoder(runs.ae)
     x = to_model_range(load_fashion_mnist("test")[0][:8])
     with torch.no_grad():

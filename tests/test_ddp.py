@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from bld import checkpoint as ckpt
-from bld.cli import main
+from bld.core import checkpoint as ckpt
+from bld.core import runfolder
+from bld.app.cli import main
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -26,10 +27,10 @@ pytestmark = [
 
 
 def torchrun(*argv, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=2 -m bld.cli ARGV`; fails with its output
+    """`torchrun --standalone --nproc_per_node=2 -m bld.app.cli ARGV`; fails with its output
     (unless ``check`` is False)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "bld.cli", *map(str, argv)]
+           "-m", "bld.app.cli", *map(str, argv)]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -50,7 +51,7 @@ def check_run_folder(run_dir: Path, kind: str) -> None:
         "leftover temporary folders: two ranks wrote checkpoints?"
     assert (run_dir / "latest").read_text().strip() == "checkpoints/step_000006"
     for step in (3, 6):
-        c = ckpt.load_checkpoint(ckpt.checkpoint_dir(run_dir, step), kind)
+        c = ckpt.load_checkpoint(runfolder.checkpoint_dir(run_dir, step), kind)
         assert c.step == step and c.ema_state is not None
         gens = c.trainer_state()["generators"]
         assert len(gens) == 2 and not torch.equal(gens[0], gens[1])  # per-rank streams
@@ -71,7 +72,7 @@ def ddp_autoencoder(tmp_path_factory, fashion_mnist, tiny_ae_args) -> Path:
 
 def test_ddp_train_autoencoder(ddp_autoencoder):
     check_run_folder(ddp_autoencoder, "autoencoder")
-    header = json.loads((ckpt.checkpoint_dir(ddp_autoencoder, 6) / "config.json").read_text())
+    header = json.loads((runfolder.checkpoint_dir(ddp_autoencoder, 6) / "config.json").read_text())
     assert header["config"]["optim"]["batch_size"] == 16  # per process
 
 
@@ -89,8 +90,8 @@ def test_ddp_resume_is_bitwise_equal(ddp_autoencoder, tmp_path, tiny_ae_args):
     step 6 comes out bitwise equal (each rank's generator state is restored)."""
     run_dir = tmp_path / "ae"
     shutil.copytree(ddp_autoencoder, run_dir)
-    shutil.rmtree(ckpt.checkpoint_dir(run_dir, 6))
-    ckpt.write_latest(run_dir, ckpt.checkpoint_dir(run_dir, 3))
+    shutil.rmtree(runfolder.checkpoint_dir(run_dir, 6))
+    runfolder.write_latest(run_dir, runfolder.checkpoint_dir(run_dir, 3))
     torchrun("train-ae", "--out", run_dir, *tiny_ae_args, "--no-bf16", "--resume", cwd=tmp_path)
     check_run_folder(run_dir, "autoencoder")
     a = ckpt.load_checkpoint(ddp_autoencoder, "autoencoder")
@@ -113,8 +114,8 @@ def test_ddp_shards_with_grad_accum_resume_is_bitwise_equal(shards, tmp_path, ti
     torchrun(*argv, "--out", unbroken, cwd=tmp_path)
     check_run_folder(unbroken, "autoencoder")
     shutil.copytree(unbroken, resumed)
-    shutil.rmtree(ckpt.checkpoint_dir(resumed, 6))
-    ckpt.write_latest(resumed, ckpt.checkpoint_dir(resumed, 3))
+    shutil.rmtree(runfolder.checkpoint_dir(resumed, 6))
+    runfolder.write_latest(resumed, runfolder.checkpoint_dir(resumed, 3))
     torchrun(*argv, "--out", resumed, "--resume", cwd=tmp_path)
     a, b = (ckpt.load_checkpoint(d, "autoencoder") for d in (unbroken, resumed))
     assert a.step == b.step == 6
@@ -147,8 +148,8 @@ def test_ddp_averages_gradients_over_ranks_that_see_different_batches(fashion_mn
         assert float(a["grad_norm"]) == pytest.approx(float(b["grad_norm"]), rel=2e-3), a["step"]
     # weights: the two runs' difference (float rounding that Adam's normalisation amplifies
     # where gradients are tiny) is small against how far training moved them from the start
-    from bld.autoencoder import BinaryAutoencoder
-    from bld.train_config import config_from_dict
+    from bld.models.autoencoder import BinaryAutoencoder
+    from bld.core.config import config_from_dict
     a, b = (ckpt.load_checkpoint(tmp_path / d, "autoencoder") for d in ("ddp", "one"))
     cfg = config_from_dict("autoencoder", b.config)
     torch.manual_seed(cfg.run.seed)  # as the training loop builds it
@@ -163,7 +164,7 @@ def test_ddp_run_into_a_locked_folder_is_refused_on_every_rank(fashion_mnist, tm
     """Rank 0 alone takes run.lock; when another run holds it, every rank stops with the
     message (none waits at a collective for rank 0), and nothing is written."""
     out = tmp_path / "ae"
-    with ckpt.RunLock(out):
+    with runfolder.RunLock(out):
         res = torchrun("train-ae", "--out", out, *tiny_ae_args, cwd=tmp_path, check=False)
     assert res.returncode != 0
     assert res.stderr.count("is in use by another run") == 2, res.stderr[-3000:]  # both ranks

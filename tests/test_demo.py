@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bld.cli import main
-from bld.config import load_config_dict
-from bld.sampling import DEFAULT_EVIDENCE_WEIGHT
+from bld.app.cli import main
+from bld.core.config import load_config_dict
+from bld.models.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,7 +130,7 @@ def test_demo_on_colour_emoji(tmp_path):
     assert rep["autoencoder"]["latent_shape"] == [32, 8, 8]
     grid = Image.open(out / "samples.png")
     assert grid.mode == "RGB" and grid.height > 3 * 64  # three rows of 64 px colour samples
-    from bld.checkpoint import find_latest
+    from bld.core.runfolder import find_latest
     ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
     assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "emoji64", [])["model"]}
 
@@ -158,14 +158,14 @@ def test_demo_on_dicebear_faces(tmp_path):
     assert rep["figures"]["test_images"] == 6  # seeds 5 and 11 of each class, as the manifest says
     with safe_open(str(out / "latents_train.safetensors"), "pt") as f:
         assert f.get_tensor("labels").shape == (2 * 30,)  # 30 training faces and their mirrors
-    from bld.checkpoint import find_latest
+    from bld.core.runfolder import find_latest
     ae_cfg = json.loads((find_latest(out / "autoencoder") / "config.json").read_text())["config"]
     assert ae_cfg["data"]["source"] == "dicebear"
     assert ae_cfg["model"] == {**ae_cfg["model"], **load_config_dict("autoencoder", "faces64", [])["model"]}
 
 
 def test_schedule_name_reads_old_and_shifted_reports():
-    from bld.demo import schedule_name
+    from bld.app.demo import schedule_name
     assert schedule_name({"schedule": "cosine"}) == "cosine"  # reports from before the shift
     assert schedule_name({"schedule": "cosine", "schedule_shift": 1.0}) == "cosine"
     assert schedule_name({"schedule": "linear", "schedule_shift": 2.0}) == "linear shifted x2"

@@ -4,7 +4,7 @@ time and class reach the output through either route."""
 import pytest
 import torch
 
-from bld.denoiser import Denoiser, DenoiserConfig
+from bld.models.denoiser import Denoiser, DenoiserConfig
 
 
 def _net(conditioning: str, **kw) -> Denoiser:

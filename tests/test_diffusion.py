@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from bld.diffusion import BernoulliDiffusion, DiffusionConfig, retention_schedule, sampling_timesteps
+from bld.models.diffusion import (BernoulliDiffusion, DiffusionConfig, retention_schedule,
+                                  sampling_timesteps)
 
 SCHEDULES = ["linear", "cosine", "sigmoid"]
 

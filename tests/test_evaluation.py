@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from bld.classifier import (Classifier, ClassifierConfig, accuracy, augment,
-                            per_class_accuracy, prediction_accuracy, train_classifier)
+from bld.evaluation.classifier import (Classifier, ClassifierConfig, accuracy, augment,
+                                       per_class_accuracy, prediction_accuracy, train_classifier)
 from bld.data import load_fashion_mnist, to_model_range
-from bld.evaluation import InceptionFeatures, extract_features
-from bld.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
-                         precision_recall, psnr, ssim)
+from bld.evaluation.evaluate import InceptionFeatures, extract_features
+from bld.core.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
+                                    precision_recall, psnr, ssim)
 
 
 @pytest.fixture
@@ -259,4 +259,4 @@ def test_inception_missing_weights_error_is_clear(tmp_path):
         InceptionFeatures(missing)
     msg = str(err.value)
     assert str(missing) in msg
-    assert "Download" in msg and "https://" in msg and "bld.classifier" in msg
+    assert "Download" in msg and "https://" in msg and "bld.evaluation.classifier" in msg

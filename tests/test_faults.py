@@ -3,7 +3,7 @@ checkpoint is skipped on --resume, a changed config is refused, a run folder is 
 full disk is a clear error that leaves the previous checkpoint intact.
 
 Faults are injected in-process (a poisoned loss, a write that fails with ENOSPC, a truncated
-file), then the run goes on through ``bld.cli.main`` as a user's would.
+file), then the run goes on through ``bld.app.cli.main`` as a user's would.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-import bld.train
-from bld import checkpoint as ckpt
-from bld.cli import main
-from bld.diffusion import BernoulliDiffusion
+import bld.training.loop
+from bld.core import checkpoint as ckpt
+from bld.core import runfolder
+from bld.app.cli import main
+from bld.models.diffusion import BernoulliDiffusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,7 +102,7 @@ def test_nan_in_a_row_stops_and_keeps_last_good_checkpoint(prior_argv, tmp_path,
     assert len(error_lines(err)) == 1 and "stopped at step 6" in err and "--resume" in err
     # step 4's checkpoint holds the weights of step 3 (step 4 was skipped); steps 5 and 6 were
     # never saved, and pruning (keep 1) left the checkpoint `latest` names
-    latest = ckpt.find_latest(out)
+    latest = runfolder.find_latest(out)
     assert latest.name == "step_000004"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000004"]
     ck = ckpt.load_checkpoint(latest, "prior")
@@ -111,18 +112,18 @@ def test_nan_in_a_row_stops_and_keeps_last_good_checkpoint(prior_argv, tmp_path,
 def test_weights_with_nan_are_never_checkpointed(runs, tmp_path):
     """The last line of defence: _save refuses weights holding NaN; `latest` stays."""
     run_dir = tmp_path / "run"
-    ckpt.save_checkpoint(ckpt.checkpoint_dir(run_dir, 3), kind="prior", config={}, model={
+    ckpt.save_checkpoint(runfolder.checkpoint_dir(run_dir, 3), kind="prior", config={}, model={
         "w": torch.ones(2)}, step=3)
-    ckpt.write_latest(run_dir, ckpt.checkpoint_dir(run_dir, 3))
+    runfolder.write_latest(run_dir, runfolder.checkpoint_dir(run_dir, 3))
     model = torch.nn.Linear(2, 2)
-    ema = bld.train.EMA(model, 0.9)
+    ema = bld.training.optim.EMA(model, 0.9)
     with torch.no_grad():
         model.weight[0, 0] = float("inf")
-    ctx = bld.train.Context(torch.device("cpu"))
-    with pytest.raises(bld.train.TrainingError, match="step 4: the weights hold NaN / inf"):
-        bld.train._save(run_dir, "prior", bld.train.PriorTrainConfig(), 4, model, ema, {}, ctx, 1)
-    assert ckpt.find_latest(run_dir).name == "step_000003"
-    assert not ckpt.checkpoint_dir(run_dir, 4).exists()
+    ctx = bld.training.context.Context(torch.device("cpu"))
+    with pytest.raises(bld.training.context.TrainingError, match="step 4: the weights hold NaN / inf"):
+        bld.training.loop._save(run_dir, "prior", bld.core.config.PriorTrainConfig(), 4, model, ema, {}, ctx, 1)
+    assert runfolder.find_latest(run_dir).name == "step_000003"
+    assert not runfolder.checkpoint_dir(run_dir, 4).exists()
 
 
 # ------------------------------------------------------------------ damaged checkpoints
@@ -132,12 +133,12 @@ def damage(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
-@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.TRAINER_STATE_FILE, ckpt.CONFIG_FILE])
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.TRAINER_STATE_FILE, runfolder.CONFIG_FILE])
 def test_resume_falls_back_past_a_damaged_checkpoint(name, prior_argv, tmp_path, caplog, capsys):
     a, b = tmp_path / "unbroken", tmp_path / "damaged"
     assert run(*prior_argv, "--out", a) == 0  # checkpoints at steps 3 and 6
     shutil.copytree(a, b)
-    damage(ckpt.checkpoint_dir(b, 6) / name)
+    damage(runfolder.checkpoint_dir(b, 6) / name)
 
     # sampling names the damaged file and stops (it does not read the trainer state)
     code = run("sample", "--prior", b, "--autoencoder", prior_argv[2], "-n", "2",
@@ -148,7 +149,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(name, prior_argv, tmp_path,
 
     with caplog.at_level(logging.WARNING, logger="bld"):
         assert run(*prior_argv, "--out", b, "--resume") == 0
-    assert f"skipping checkpoint {ckpt.checkpoint_dir(b, 6)}" in caplog.text and name in caplog.text
+    assert f"skipping checkpoint {runfolder.checkpoint_dir(b, 6)}" in caplog.text and name in caplog.text
     assert "resuming from" in caplog.text and "step_000003 (step 3)" in caplog.text
     ca, cb = ckpt.load_checkpoint(a, "prior"), ckpt.load_checkpoint(b, "prior")
     assert cb.step == 6
@@ -176,23 +177,23 @@ def test_resume_with_changed_config_is_refused_listing_differences(prior_argv, t
 # ------------------------------------------------------------------------------ the lock
 def test_second_run_into_a_locked_folder_is_refused(prior_argv, tmp_path, capsys):
     out = tmp_path / "prior"
-    with ckpt.RunLock(out):
+    with runfolder.RunLock(out):
         assert run(*prior_argv, "--out", out) == 1
         err = capsys.readouterr().err
         assert f"pid {os.getpid()}" in err and "in use by another run" in err
     assert not (out / "checkpoints").exists()  # the refused run wrote nothing
     assert run(*prior_argv, "--out", out) == 0  # released: the folder is free again
-    assert not (out / ckpt.LOCK_FILE).exists()
+    assert not (out / runfolder.LOCK_FILE).exists()
 
 
 def test_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    tmp_path.joinpath(ckpt.LOCK_FILE).write_text(f"{dead} somehost\n")
-    with caplog.at_level(logging.WARNING), ckpt.RunLock(tmp_path) as lock:
+    tmp_path.joinpath(runfolder.LOCK_FILE).write_text(f"{dead} somehost\n")
+    with caplog.at_level(logging.WARNING), runfolder.RunLock(tmp_path) as lock:
         assert lock.path.read_text().split()[0] == str(os.getpid())
-        with pytest.raises(ckpt.RunLockedError, match=f"pid {os.getpid()}"):
-            ckpt.RunLock(tmp_path).acquire()
+        with pytest.raises(runfolder.RunLockedError, match=f"pid {os.getpid()}"):
+            runfolder.RunLock(tmp_path).acquire()
     assert f"left by pid {dead}" in caplog.text
 
 
@@ -223,7 +224,7 @@ def test_disk_full_during_checkpoint(prior_argv, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1
     assert "No space left on device" in err and "--resume" in err and "step_000006" in err
-    assert ckpt.find_latest(out).name == "step_000003"
+    assert runfolder.find_latest(out).name == "step_000003"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000003"]
     monkeypatch.undo()
     assert run(*prior_argv, "--out", out, "--resume") == 0
@@ -239,11 +240,11 @@ def test_disk_full_while_appending_metrics(prior_argv, tmp_path, monkeypatch, ca
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(bld.train, "open", full_open, raising=False)
+    monkeypatch.setattr(bld.training.loop, "open", full_open, raising=False)
     assert run(*prior_argv, "--out", out) == 1
     err = capsys.readouterr().err
     assert "metrics.csv (No space left on device" in err and len(error_lines(err)) == 1
-    assert ckpt.find_latest(out).name == "step_000003" and len(metrics(out)) == 4
+    assert runfolder.find_latest(out).name == "step_000003" and len(metrics(out)) == 4
 
 
 def test_disk_full_during_encode(runs, tmp_path, monkeypatch, capsys):

@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 
-from bld.autoencoder import AutoencoderConfig
-from bld.checkpoint import save_checkpoint
-from bld.config import ConfigError, to_dict
-from bld.denoiser import Denoiser, DenoiserConfig
-from bld.diffusion import BernoulliDiffusion, DiffusionConfig, retention_schedule
-from bld.loading import load_prior
-from bld.sampling import sample
-from bld.train_config import PriorTrainConfig, config_from_dict
+from bld.models.autoencoder import AutoencoderConfig
+from bld.core.checkpoint import save_checkpoint
+from bld.core.config import ConfigError, to_dict
+from bld.models.denoiser import Denoiser, DenoiserConfig
+from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig, retention_schedule
+from bld.core.loading import load_prior
+from bld.models.sampling import sample
+from bld.core.config import PriorTrainConfig, config_from_dict
 from bld.training.prior import resolve_prior_config
 
 
@@ -419,8 +419,8 @@ def test_cli_trains_and_samples_a_grouped_prior(runs, tiny_prior_args, tmp_path,
     # train-prior with diffusion.bit_group=4 on the session's latents (8 bits per position),
     # then `bld sample` and `bld inpaint` through the pipeline: the head follows the config
     # (the preset's class-balanced loss is refused with the grouped head: loss_type mean)
-    from bld.cli import main
-    from bld.plots import save_image
+    from bld.app.cli import main
+    from bld.core.plots import save_image
     out = tmp_path / "prior"
     assert main(["train-prior", "--out", str(out), "--autoencoder", str(runs.ae), "--latents",
                  str(runs.latents), *tiny_prior_args, "--set", "diffusion.bit_group=4",

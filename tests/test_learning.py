@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from bld.autoencoder import AutoencoderConfig, BinaryAutoencoder
+from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from bld.data import DatasetNotFoundError, load_fashion_mnist, to_model_range
-from bld.denoiser import Denoiser, DenoiserConfig
-from bld.diffusion import BernoulliDiffusion, DiffusionConfig
-from bld.precision import resolve_precision
-from bld.sampling import sample
+from bld.models.denoiser import Denoiser, DenoiserConfig
+from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig
+from bld.core.device import resolve_precision
+from bld.models.sampling import sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,5 +1,5 @@
 """The training loop takes any task: a third, toy task (a line fitted to points) trains
-through `bld.train.fit` with no change to the loop, with its rows, snapshots, checkpoints
+through `bld.training.loop.fit` with no change to the loop, with its rows, snapshots, checkpoints
 and a bitwise resume after a kill, as the autoencoder and the prior do.
 
 This is the shape a new task (say, a distilled student) takes: one module with a config
@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-import bld.train
-from bld import checkpoint as ckpt
-from bld.train_config import DataConfig, OptimConfig, RunConfig
+import bld.training.loop
+from bld.core import checkpoint as ckpt
+from bld.core import runfolder
+from bld.core.config import DataConfig, OptimConfig, RunConfig
 from bld.training.task import Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,8 +84,8 @@ class LineTask(Task):
 
 
 def test_a_new_task_trains_through_the_loop(tmp_path):
-    out = bld.train.fit(LineTask(LineConfig()), tmp_path / "line")
-    assert out == ckpt.checkpoint_dir(tmp_path / "line", 8)
+    out = bld.training.loop.fit(LineTask(LineConfig()), tmp_path / "line")
+    assert out == runfolder.checkpoint_dir(tmp_path / "line", 8)
     ck = ckpt.load_checkpoint(tmp_path / "line", "line")
     assert ck.step == 8 and ck.metadata["precision"] == "fp32"
     with open(tmp_path / "line" / "metrics.csv", newline="") as f:
@@ -97,8 +98,8 @@ def test_a_new_task_trains_through_the_loop(tmp_path):
 
 def test_a_new_task_resumes_bitwise(tmp_path, monkeypatch):
     a, b = tmp_path / "unbroken", tmp_path / "killed"
-    bld.train.fit(LineTask(LineConfig()), a)
-    save = bld.train._save
+    bld.training.loop.fit(LineTask(LineConfig()), a)
+    save = bld.training.loop._save
 
     def save_then_die(run_dir, kind, cfg, step, *args, **kwargs):
         save(run_dir, kind, cfg, step, *args, **kwargs)
@@ -106,10 +107,10 @@ def test_a_new_task_resumes_bitwise(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(bld.train, "_save", save_then_die)
+        m.setattr(bld.training.loop, "_save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            bld.train.fit(LineTask(LineConfig()), b)
-    bld.train.fit(LineTask(LineConfig()), b, resume=True)
+            bld.training.loop.fit(LineTask(LineConfig()), b)
+    bld.training.loop.fit(LineTask(LineConfig()), b, resume=True)
     ca, cb = ckpt.load_checkpoint(a, "line"), ckpt.load_checkpoint(b, "line")
     for k in ca.model_state:
         assert torch.equal(ca.model_state[k], cb.model_state[k]), k

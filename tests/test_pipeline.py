@@ -30,9 +30,9 @@ def test_sampling_never_imports_the_training_module(runs, tmp_path):
     out = tmp_path / "grid.png"
     code = f"""
 import json, sys
-import bld.pipeline, bld.loading
+import bld.inference.pipeline, bld.core.loading
 before = sorted(m for m in sys.modules if m.startswith("bld."))
-from bld.cli import main
+from bld.app.cli import main
 rc = main(["sample", "--prior", {str(runs.prior)!r}, "-n", "2", "--steps", "2",
            "--device", "cpu", "--out", {str(out)!r}])
 print(json.dumps({{"rc": rc, "before": before,
@@ -42,20 +42,20 @@ print(json.dumps({{"rc": rc, "before": before,
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["rc"] == 0 and out.is_file()
-    assert "bld.loading" in got["before"]
-    assert "bld.train" not in got["before"], "importing the pipeline imported bld.train"
-    assert "bld.train" not in got["after"], "`bld sample` imported bld.train"
+    assert "bld.core.loading" in got["before"]
+    assert "bld.training.loop" not in got["before"], "importing the pipeline imported bld.training.loop"
+    assert "bld.training.loop" not in got["after"], "`bld sample` imported bld.training.loop"
 
 
 def test_cli_and_demo_do_not_import_each_other():
     code = """
 import sys
-import bld.cli
-a = "bld.demo" in sys.modules
+import bld.app.cli
+a = "bld.app.demo" in sys.modules
 for m in [m for m in sys.modules if m.startswith("bld.")]:
     del sys.modules[m]
-import bld.demo
-print(a, "bld.cli" in sys.modules)
+import bld.app.demo
+print(a, "bld.app.cli" in sys.modules)
 """
     res = _fresh_python(code)
     assert res.returncode == 0, res.stderr
@@ -100,14 +100,14 @@ def test_pipeline_guidance_interval_defaults_to_the_priors(pipe, monkeypatch):
     and sampling with the default is sampling with that interval spelled out."""
     import dataclasses
     import torch
-    import bld.pipeline
+    import bld.inference.pipeline
     cfg = pipe.prior.config
     monkeypatch.setattr(pipe.prior, "config",
                         dataclasses.replace(cfg, sample_guidance_interval=(0.0, 0.5)))
     assert pipe.default_guidance_interval == (0.0, 0.5)
     seen = []
-    real = bld.pipeline.generate
-    monkeypatch.setattr(bld.pipeline, "generate",
+    real = bld.inference.generate.generate
+    monkeypatch.setattr(bld.inference.pipeline, "generate",
                         lambda *a, **k: seen.append(k["guidance_interval"]) or real(*a, **k))
     kw = dict(class_labels=[0, 1], steps=4, seed=3, guidance=2.0, return_bits=True,
               precision="fp32")
@@ -123,13 +123,13 @@ def test_pipeline_temperature_defaults_to_the_priors(pipe, monkeypatch):
     the default samples exactly what the value spelled out samples."""
     import dataclasses
     import torch
-    import bld.pipeline
+    import bld.inference.pipeline
     monkeypatch.setattr(pipe.prior, "config",
                         dataclasses.replace(pipe.prior.config, sample_temperature=1.4))
     assert pipe.default_temperature == 1.4
     seen = []
-    real = bld.pipeline.generate
-    monkeypatch.setattr(bld.pipeline, "generate",
+    real = bld.inference.generate.generate
+    monkeypatch.setattr(bld.inference.pipeline, "generate",
                         lambda *a, **k: seen.append(k["temperature"]) or real(*a, **k))
     kw = dict(class_labels=[0, 1], steps=4, seed=3, return_bits=True, precision="fp32")
     default = pipe(**kw)
@@ -141,7 +141,7 @@ def test_pipeline_temperature_defaults_to_the_priors(pipe, monkeypatch):
 
 def test_pipeline_trajectory_ends_at_the_sample(pipe):
     import torch
-    from bld.pipeline import bits_flipped
+    from bld.inference.pipeline import bits_flipped
     out = pipe(class_labels=[1, 2], steps=5, seed=0, return_bits=True, return_trajectory=True)
     assert len(out.trajectory) == 6 and out.timesteps[0] == pipe.timesteps
     assert torch.equal(out.trajectory[-1], out.bits)
@@ -173,8 +173,8 @@ def test_pipeline_save_and_load_one_folder(pipe, tmp_path, monkeypatch):
 
 def test_pipeline_encode_decode_round_trip(pipe, test_images, runs):
     import torch
-    from bld.loading import load_autoencoder
-    from bld.pipeline import reconstruct
+    from bld.core.loading import load_autoencoder
+    from bld.inference.generate import reconstruct
     x, _ = test_images
     bits = pipe.encode(x)
     assert bits.shape == (8, 8, 7, 7) and set(bits.unique().tolist()) <= {0.0, 1.0}

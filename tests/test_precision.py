@@ -9,12 +9,12 @@ import logging
 import pytest
 import yaml
 
-import bld.precision as precision
-from bld.checkpoint import find_latest
-from bld.cli import build_parser, main
-from bld.config import ConfigError, load_config_dict, preset_names
-from bld.precision import Precision, resolve_precision
-from bld.train_config import config_from_dict
+import bld.core.device as precision
+from bld.core.runfolder import find_latest
+from bld.app.cli import build_parser, main
+from bld.core.config import ConfigError, load_config_dict, preset_names
+from bld.core.device import Precision, resolve_precision
+from bld.core.config import config_from_dict
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_bf16_flags_are_aliases_of_precision():
     assert parser.parse_args(["sample", "--prior", "p", "--out", "x", "--no-bf16"]).precision == "fp32"
     assert parser.parse_args(["sample", "--prior", "p", "--out", "x", "--bf16"]).precision == "bf16"
     ns = parser.parse_args(["train-ae", "--out", "x", "--bf16"])
-    from bld.cli import _shortcut_overrides
+    from bld.app.cli import _shortcut_overrides
     assert "run.precision=bf16" in _shortcut_overrides(ns)
     assert parser.parse_args(["demo", "--precision", "fp32"]).precision == "fp32"
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bld.autoencoder import BinaryAutoencoder
-from bld.config import load_config_dict
+from bld.models.autoencoder import BinaryAutoencoder
+from bld.core.config import load_config_dict
 from bld.data import DatasetNotFoundError, build_dataset
-from bld.denoiser import Denoiser
-from bld.diffusion import BernoulliDiffusion
-from bld.train import resolve_prior_config
-from bld.train_config import config_from_dict
+from bld.models.denoiser import Denoiser
+from bld.models.diffusion import BernoulliDiffusion
+from bld.training.prior import resolve_prior_config
+from bld.core.config import config_from_dict
 
 REDUCED_AE = ["model.channels=4", "model.hidden=16"]
 

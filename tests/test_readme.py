@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bld.cli import build_parser, preset_names
+from bld.app.cli import build_parser, preset_names
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -44,7 +44,7 @@ def test_readme_pipeline_example_runs(runs, tmp_path, monkeypatch):
 
 def test_readme_low_level_example_runs(fashion_mnist):
     ns: dict = {}
-    exec(compile(_python_block("from bld.denoiser import"), "README.md", "exec"), ns)
+    exec(compile(_python_block("from bld.models.denoiser import"), "README.md", "exec"), ns)
     assert ns["z"].shape == (8, 16, 7, 7) and set(ns["z"].unique().tolist()) <= {0.0, 1.0}
 
 
@@ -102,11 +102,11 @@ def test_every_preset_loads_and_builds():
     valid config and builds its model (on the meta device: shapes only, no memory)."""
     import torch
 
-    from bld.autoencoder import BinaryAutoencoder
-    from bld.config import load_config_dict
-    from bld.denoiser import Denoiser
-    from bld.train import resolve_prior_config
-    from bld.train_config import config_from_dict
+    from bld.models.autoencoder import BinaryAutoencoder
+    from bld.core.config import load_config_dict
+    from bld.models.denoiser import Denoiser
+    from bld.training.prior import resolve_prior_config
+    from bld.core.config import config_from_dict
     names = preset_names("autoencoder")
     assert names == preset_names("prior")
     assert {"fashion-mnist", "emoji64", "faces64", "256px", "1024px"} <= set(names)

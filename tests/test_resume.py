@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import bld.train
-from bld import checkpoint as ckpt
-from bld.cli import main
+import bld.training.loop
+from bld.core import checkpoint as ckpt
+from bld.core import runfolder
+from bld.app.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,7 +80,7 @@ def test_killed_and_resumed_run_is_bitwise_equal(variant, request, tmp_path, mon
     a, b = tmp_path / "unbroken", tmp_path / "killed"
     assert run(*argv, "--out", a) == 0
 
-    save = bld.train._save
+    save = bld.training.loop._save
 
     def save_then_die(run_dir, kind_, cfg, step, *args, **kwargs):
         save(run_dir, kind_, cfg, step, *args, **kwargs)
@@ -87,11 +88,11 @@ def test_killed_and_resumed_run_is_bitwise_equal(variant, request, tmp_path, mon
             raise KeyboardInterrupt  # killed right after the checkpoint is on disk
 
     with monkeypatch.context() as m:
-        m.setattr(bld.train, "_save", save_then_die)
+        m.setattr(bld.training.loop, "_save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
             run(*argv, "--out", b)
-    assert ckpt.find_latest(b).name == f"step_{KILL_AT:06d}"
-    assert not ckpt.checkpoint_dir(b, STEPS).exists()
+    assert runfolder.find_latest(b).name == f"step_{KILL_AT:06d}"
+    assert not runfolder.checkpoint_dir(b, STEPS).exists()
 
     assert run(*argv, "--out", b, "--resume") == 0
 

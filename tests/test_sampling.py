@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bld.denoiser import Denoiser, DenoiserConfig
-from bld.diffusion import BernoulliDiffusion, DiffusionConfig
-from bld.sampling import guided_logits, sample
+from bld.models.denoiser import Denoiser, DenoiserConfig
+from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig
+from bld.models.sampling import guided_logits, sample
 
 T = 64
 SHAPE = (4, 8, 3, 3)
@@ -251,7 +251,7 @@ def test_guidance_interval_guides_only_inside_it():
            generator=torch.Generator().manual_seed(0))
     assert ts == [64, 43, 22, 1] and sizes == [8, 8, 4, 4]
     # the demo's time plan prices sampling from the same rule: mean batch 6 of 8 images
-    from bld.budget import guided_share
+    from bld.app.budget import guided_share
     assert guided_share(4, T, 2.0, (0.5, 1.0)) == sum(sizes) / (8 * len(sizes))
     assert guided_share(4, T, 2.0) == 1.0 and guided_share(4, T, 0.0) == 0.5
     with pytest.raises(ValueError, match="guidance_interval"):

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bld.autoencoder import AutoencoderConfig, BinaryAutoencoder
-from bld.cli import main
-from bld.config import load_config_dict
-from bld.denoiser import Denoiser, DenoiserConfig
-from bld.train import config_from_dict
+from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
+from bld.app.cli import main
+from bld.core.config import load_config_dict
+from bld.models.denoiser import Denoiser, DenoiserConfig
+from bld.core.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +165,7 @@ def test_checkpointing_prior_preset_at_reduced_width(preset, conditioning):
     """The prior presets on the 'original' size turn checkpointing on; at width 32, depth 3,
     with dropout, the loss and gradients match the model without it."""
     import dataclasses
-    from bld.diffusion import BernoulliDiffusion
+    from bld.models.diffusion import BernoulliDiffusion
     cfg = config_from_dict("prior", load_config_dict("prior", preset, []))
     assert cfg.preset == "original" and cfg.model.grad_checkpointing
     small = dataclasses.replace(cfg.model, width=32, depth=3, heads=2, bits=8, grid=4,

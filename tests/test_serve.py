@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bld.cli import main
-from bld.web import AUTH_ENV, App, Limits
+from bld.app.cli import main
+from bld.app.serve import AUTH_ENV, App, Limits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -247,7 +247,7 @@ def test_file_routes_serve_the_apps_outputs_and_nothing_else(server, runs):
 def no_serving(monkeypatch):
     """`bld serve` up to the point where it would start: what it would have been given."""
     calls = []
-    monkeypatch.setattr("bld.web.serve", lambda run_dir, **kw: calls.append(kw))
+    monkeypatch.setattr("bld.app.serve.serve", lambda run_dir, **kw: calls.append(kw))
     monkeypatch.delenv(AUTH_ENV, raising=False)
     return calls
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bld.cli import main
+from bld.app.cli import main
 from bld.data import build_dataset
 from bld.data import ShardDataset
 from bld.training.batches import ShardBatchSampler

@@ -104,7 +104,7 @@ def test_quick_run_on_colour_faces_writes_its_own_files(tmp_path, monkeypatch):
     from colour_faces import write_colour_faces
 
     from bld.data import default_dicebear_dir
-    from bld.evaluation import train_and_save_classifier
+    from bld.evaluation.evaluate import train_and_save_classifier
     cache = tmp_path / "cache"
     write_colour_faces(cache / "bld" / default_dicebear_dir(64).name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bld.web import UNCONDITIONAL, App, Limits, UserError
+from bld.app.serve import UNCONDITIONAL, App, Limits, UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,7 +141,7 @@ def test_the_page_in_a_real_browser(runs, tmp_path):
 
 def test_serve_command_errors_are_one_line(runs, monkeypatch, capsys):
     import sys
-    from bld.cli import main
+    from bld.app.cli import main
     assert main(["serve", str(runs.prior), "--port", "70000"]) == 2
     assert "--port must be 1..65535" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the [web] extra were missing

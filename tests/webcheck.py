@@ -58,7 +58,7 @@ def served(run_dir: str | Path, port: int | None = None, timeout: float = 180,
         [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "bld.cli", "serve", str(run_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "bld.app.cli", "serve", str(run_dir),
                              "--port", str(port), "--device", "cpu", *(extra or [])],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -14,6 +14,6 @@ __all__ = ["BinaryLatentDiffusionPipeline", "__version__"]
 def __getattr__(name: str):
     # imported on first use, so `import bld` (and its version) stays free of torch
     if name == "BinaryLatentDiffusionPipeline":
-        from .pipeline import BinaryLatentDiffusionPipeline
+        from .inference.pipeline import BinaryLatentDiffusionPipeline
         return BinaryLatentDiffusionPipeline
     raise AttributeError(f"module 'bld' has no attribute {name!r}")

@@ -11,7 +11,8 @@ label, and exposes `.classes` and `.num_classes`.
     dicebear.py       cartoon faces drawn by DiceBear (npm, Node.js), one class per style
     shards.py         webdataset-style tar shards: write_shards, ShardDataset
 
-`LimitedDataset` (the first N items of any of them) is here, beside `build_dataset`.
+`LimitedDataset` (the first N items of any of them) and `dataset_tensors` (a dataset as two
+tensors) are here, beside `build_dataset`.
 
 This module imports the source modules (and re-exports their public names, so
 ``from bld.data import X`` keeps working); they import only each other, never this module.
@@ -26,14 +27,13 @@ import torch
 from torch.utils.data import Dataset
 
 from .dicebear import (DICEBEAR_BACKGROUNDS, DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE,
-                       DICEBEAR_STYLES, DICEBEAR_VERSION,
-                       default_dicebear_dir, extract_dicebear_tarballs, prepare_dicebear)
-from .emoji import (EMOJI_DATASOURCE_VERSION, EMOJI_VENDORS, OPENMOJI_SIZES,
-                    OPENMOJI_VERSION, default_emoji_dir, default_openmoji_dir,
-                    extract_emoji_tarball, extract_openmoji_tarball, prepare_emoji,
-                    prepare_openmoji, rasterise_svg)
-from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIRS,
-                            TensorImageDataset, find_fashion_mnist, load_fashion_mnist)
+                       DICEBEAR_STYLES, DICEBEAR_VERSION, default_dicebear_dir,
+                       extract_dicebear_tarballs, prepare_dicebear)
+from .emoji import (EMOJI_DATASOURCE_VERSION, EMOJI_VENDORS, OPENMOJI_SIZES, OPENMOJI_VERSION,
+                    default_emoji_dir, default_openmoji_dir, extract_emoji_tarball,
+                    extract_openmoji_tarball, prepare_emoji, prepare_openmoji, rasterise_svg)
+from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIRS, TensorImageDataset,
+                            find_fashion_mnist, load_fashion_mnist)
 from .folder import IMAGE_EXTENSIONS, MANIFEST, ImageFolderDataset
 from .images import (SPLITS, DatasetNotFoundError, ImageReadError, check_channels,
                      check_image_size, image_to_tensor, load_image, open_image, pil_to_mode,
@@ -42,8 +42,8 @@ from .install import PreparedEmoji, npm_pack
 from .shards import ShardDataset, ShardWriteResult, is_shard_folder, write_shards
 
 __all__ = [
-    "DATASET_SOURCES", "SPLITS", "build_dataset", "DatasetNotFoundError", "ImageReadError",
-    "check_channels", "check_image_size", "image_to_tensor", "load_image", "open_image",
+    "DATASET_SOURCES", "SPLITS", "build_dataset", "dataset_tensors", "DatasetNotFoundError",
+    "ImageReadError", "check_channels", "check_image_size", "image_to_tensor", "load_image", "open_image",
     "pil_to_mode", "to_model_range",
     "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIRS", "TensorImageDataset", "find_fashion_mnist",
     "load_fashion_mnist",
@@ -143,3 +143,13 @@ class LimitedDataset(Dataset):
         if not 0 <= i < self.limit:
             raise IndexError(i)
         return self.base[i]
+
+def dataset_tensors(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (or the first ``limit``) items of an image dataset as (images, labels) tensors."""
+    images = getattr(ds, "images", None)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if images is not None and images.dtype == torch.uint8 and getattr(ds, "image_size", None) in (
+            None, images.shape[-1]) and getattr(ds, "channels", images.shape[1]) == images.shape[1]:
+        return to_model_range(images[:n]), torch.as_tensor(ds.labels[:n]).long()
+    items = [ds[i] for i in range(n)]
+    return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])

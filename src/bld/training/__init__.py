@@ -1,4 +1,4 @@
-"""The parts of the one training loop (`bld.train`), and one task per model.
+"""The parts of the one training loop (`bld.training.loop`), and one task per model.
 
     context.py     the process: device, precision, torch.distributed, rank 0's lock
     batches.py     the training set a DataConfig names and each step's batch of it
@@ -9,7 +9,7 @@
     autoencoder.py `AutoencoderTask`: the binary autoencoder, its GAN and both optimizers
     prior.py       `PriorTask`: the Bernoulli diffusion prior on binary latents
 
-The loop itself, the metrics rows and the checkpoint writes are in `bld.train`. Nothing in
-this package imports `bld.train`; the loop takes a task as its argument. Imports nothing
+The loop itself, the metrics rows and the checkpoint writes are in `bld.training.loop`. Nothing in
+this package imports `bld.training.loop`; the loop takes a task as its argument. Imports nothing
 itself, so that importing one module of the package loads only what that module needs.
 """

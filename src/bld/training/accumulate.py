@@ -1,7 +1,7 @@
 """Gradient accumulation: a step's batch in micro-batches, DDP's gradient sync in the last.
 
 A step's gradient is the whole batch's: each micro-batch back-propagates its (mean) loss
-divided by the number of micro-batches. Imports only torch and bld.train_config.
+divided by the number of micro-batches. Imports only torch and bld.core.config.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from ..train_config import OptimConfig
+from ..core.config import OptimConfig
 
 Out = TypeVar("Out")  # a loss tensor, or a named tuple of losses with a ``loss`` field
 

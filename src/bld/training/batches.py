@@ -12,9 +12,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from ..data import DATASET_SOURCES, LimitedDataset, ShardDataset, build_dataset
-from ..train_config import DataConfig, OptimConfig, RunConfig
+from ..core.config import DataConfig, OptimConfig, RunConfig
 from .context import Context
 
 

@@ -3,8 +3,8 @@ torch.distributed.
 
 One code path for 1 or N processes: under ``torchrun`` the RANK / WORLD_SIZE / LOCAL_RANK
 environment variables turn on DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0
-logs, draws grids, writes checkpoints and holds the lock on the run folder. Imports only
-torch and bld's checkpoint, loading, precision and train_config modules.
+logs, draws grids, writes checkpoints and holds the lock on the run folder. `TrainingError`
+is what a run raises when it cannot go on.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .. import checkpoint as ckpt
-from ..loading import resolve_device
-from ..precision import Precision, resolve_precision
-from ..train_config import RunConfig
+from ..core import runfolder
+from ..core.device import Precision, resolve_device, resolve_precision
+from ..core.config import RunConfig
+
+
+class TrainingError(RuntimeError):
+    """A training run cannot go on (it diverged, or another process stopped)."""
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    lock: ckpt.RunLock | None = None  # rank 0's lock on the run folder
+    lock: runfolder.RunLock | None = None  # rank 0's lock on the run folder
     precision: Precision = Precision("fp32", "fp32: not resolved yet")
 
     @property
@@ -87,7 +90,7 @@ def agree(ctx: Context, error: Exception | None) -> None:
         box = [f"{type(error).__name__}: {error}" if error is not None else None]
         dist.broadcast_object_list(box, src=0)
         if error is None and box[0] is not None:
-            raise ckpt.TrainingError(f"rank 0 stopped: {box[0]}")
+            raise TrainingError(f"rank 0 stopped: {box[0]}")
     if error is not None:
         raise error
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import TrainingError
-from ..config import ConfigError
-from ..train_config import OptimConfig
+from .context import TrainingError
+from ..core.config import ConfigError
+from ..core.config import OptimConfig
 from .context import Context
 
 log = logging.getLogger("bld")

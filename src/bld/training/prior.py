@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .. import checkpoint as ckpt
-from ..autoencoder import AutoencoderConfig
-from ..config import ConfigError
-from ..denoiser import PRESETS, Denoiser
-from ..diffusion import MAX_BIT_GROUP, BernoulliDiffusion, LossOutput
-from ..loading import load_autoencoder, load_latent_cache
-from ..plots import image_grid, save_image, write_snapshot_index
-from ..sampling import sample
-from ..train_config import PriorTrainConfig
+from ..core import checkpoint as ckpt
+from ..models.autoencoder import AutoencoderConfig
+from ..core.config import ConfigError
+from ..models.denoiser import PRESETS, Denoiser
+from ..models.diffusion import MAX_BIT_GROUP, BernoulliDiffusion, LossOutput
+from ..core.loading import load_autoencoder, load_latent_cache
+from ..core.plots import image_grid, save_image, write_snapshot_index
+from ..models.sampling import sample
+from ..core.config import PriorTrainConfig
 from .batches import load_data
 from .context import Context
 from .task import Task

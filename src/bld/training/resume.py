@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint as ckpt
-from ..config import to_dict
-from ..train_config import upgrade_config_dict
+from ..core import checkpoint as ckpt
+from ..core import runfolder
+from ..core.config import to_dict
+from ..core.config import upgrade_config_dict
 from .context import Context, agree
 from .optim import EMA
 
@@ -43,11 +44,11 @@ def start_run(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
     error: Exception | None = None
     if ctx.is_main:
         try:
-            ctx.lock = ckpt.RunLock(run_dir).acquire()
-            if not resume and ckpt.find_latest(run_dir) is not None:
+            ctx.lock = runfolder.RunLock(run_dir).acquire()
+            if not resume and runfolder.find_latest(run_dir) is not None:
                 raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; pass --resume "
                                            "to continue that run, or choose a new --out folder")
-        except (ckpt.RunLockedError, ckpt.CheckpointError, OSError) as e:
+        except (runfolder.RunLockedError, ckpt.CheckpointError, OSError) as e:
             error = e
     agree(ctx, error)
     gen = torch.Generator(ctx.device).manual_seed(cfg.run.seed * 7919 + ctx.rank)
@@ -96,7 +97,7 @@ def _resume(run_dir: Path, kind: str, cfg, model: torch.nn.Module, ema: EMA,
             ) -> tuple[int, dict[str, Any]]:
     """Load the newest readable checkpoint of ``run_dir`` (a damaged one is skipped with a
     warning); its config must match ``cfg`` unless ``allow_config_change``."""
-    candidates = ckpt.resume_candidates(run_dir)
+    candidates = runfolder.resume_candidates(run_dir)
     if not candidates:
         raise ckpt.CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from; "
                                    "drop --resume to start a new run")

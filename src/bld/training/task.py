@@ -1,4 +1,4 @@
-"""`Task`: what the training loop (`bld.train.fit`) asks of one model.
+"""`Task`: what the training loop (`bld.training.loop.fit`) asks of one model.
 
 The loop owns the run: the process context, the lock and resume, precision, the lr schedule,
 gradient accumulation, clipping, the non-finite guard, the EMA, metrics rows, progress,

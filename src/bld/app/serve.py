@@ -12,7 +12,7 @@ every one themselves, uploads from their header before decoding, so a crafted ca
 one-line message the page shows. Temporary files (uploads, results, gradio's cache) live in
 one folder that keeps the newest `Limits.keep_files` and is removed at exit.
 
-The handlers and their checks are `bld.webapp.App`; this module builds the gradio page over
+The handlers and their checks are `bld.app.handlers.App`; this module builds the gradio page over
 them and serves it. Imports bld's pipeline and webapp modules.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .pipeline import BinaryLatentDiffusionPipeline
-from .webapp import UNCONDITIONAL, App, Limits, TempFiles, UserError
+from ..inference.pipeline import BinaryLatentDiffusionPipeline
+from .handlers import UNCONDITIONAL, App, Limits, TempFiles, UserError
 
 __all__ = ["build_app", "serve", "logins", "is_loopback", "AUTH_ENV",
            # the handlers' names, whose home this module was

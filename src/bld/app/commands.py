@@ -1,9 +1,9 @@
-"""What each ``bld`` sub-command does once `bld.cli` has parsed it: a few lines each that
+"""What each ``bld`` sub-command does once `bld.app.cli` has parsed it: a few lines each that
 call library functions (the training loop, the pipeline, evaluation, the web app).
 
 Every import of the library is made inside the command that needs it, so a command loads
 only its own modules (`bld sample` never loads the training code). Imports nothing of bld at
-import time but config; `bld.cli` imports this module, never the other way round.
+import time but config; `bld.app.cli` imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config_dict
+from ..core.config import ConfigError, load_config_dict
 
 log = logging.getLogger("bld")
 
 
 def cmd_train(args, kind: str, overrides: list[str]) -> None:
     """train-ae / train-prior: the config (preset or YAML, then ``overrides``), then the loop."""
-    from .train import train_autoencoder, train_prior
-    from .train_config import config_from_dict
+    from ..training.loop import train_autoencoder, train_prior
+    from ..core.config import config_from_dict
     cfg = config_from_dict(kind, load_config_dict(kind, args.config, overrides))
     fn = train_autoencoder if kind == "autoencoder" else train_prior
     path = fn(cfg, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
@@ -29,18 +29,18 @@ def cmd_train(args, kind: str, overrides: list[str]) -> None:
 
 def _autoencoder_data(path: str):
     """The DataConfig an autoencoder was trained with (its checkpoint's config)."""
-    from . import checkpoint as ckpt
-    from .train_config import config_from_dict
+    from ..core import checkpoint as ckpt
+    from ..core.config import config_from_dict
     return config_from_dict("autoencoder", ckpt.load_checkpoint(path, "autoencoder").config).data
 
 
 def _device(name: str):
-    from .loading import resolve_device
+    from ..core.device import resolve_device
     return resolve_device(name)
 
 
 def _load_pipeline(args):
-    from .pipeline import BinaryLatentDiffusionPipeline
+    from ..inference.pipeline import BinaryLatentDiffusionPipeline
     return BinaryLatentDiffusionPipeline.from_run(args.prior, autoencoder=args.autoencoder,
                                                   device=args.device, precision=args.precision)
 
@@ -56,7 +56,7 @@ def _interval(args) -> tuple[float, float] | None:
     """--guidance-interval LO HI as a tuple (None: the prior's own)."""
     if args.guidance_interval is None:
         return None
-    from .sampling import check_guidance_interval
+    from ..models.sampling import check_guidance_interval
     try:
         return check_guidance_interval(args.guidance_interval, "--guidance-interval")
     except ValueError as e:
@@ -64,7 +64,7 @@ def _interval(args) -> tuple[float, float] | None:
 
 
 def cmd_sample(args) -> None:
-    from .plots import image_grid, save_image
+    from ..core.plots import image_grid, save_image
     pipe = _load_pipeline(args)
     res = pipe(**_sampling_kwargs(args), batch_size=args.batch_size, progress=True)
     save_image(image_grid(res.images, nrow=args.nrow), args.out, scale=args.scale)
@@ -77,7 +77,7 @@ def cmd_sample(args) -> None:
 
 def _check_mask(mask_path: str, image_path: str) -> None:
     """The mask must be black-and-white (mode 1 or L) and the size of the image."""
-    from .data import open_image
+    from ..data import open_image
     with open_image(mask_path) as mask, open_image(image_path) as image:
         if mask.mode not in ("1", "L"):
             raise ValueError(f"mask {mask_path} is a {mask.mode} image; save it as black-and-white "
@@ -90,8 +90,8 @@ def _check_mask(mask_path: str, image_path: str) -> None:
 
 def cmd_inpaint(args) -> None:
     import torch
-    from .data import load_image
-    from .plots import image_grid, save_image
+    from ..data import load_image
+    from ..core.plots import image_grid, save_image
     pipe = _load_pipeline(args)
     c = pipe.autoencoder.config
     image = load_image(args.image, c.image_size, c.in_channels)
@@ -106,10 +106,10 @@ def cmd_inpaint(args) -> None:
 
 def cmd_reconstruct(args) -> None:
     import torch
-    from .data import build_dataset, load_image
-    from .inference import reconstruct
-    from .plots import image_grid, save_image
-    from .loading import load_autoencoder
+    from ..data import build_dataset, load_image
+    from ..inference.generate import reconstruct
+    from ..core.plots import image_grid, save_image
+    from ..core.loading import load_autoencoder
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
     c = ae.config
@@ -126,9 +126,9 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_encode(args) -> None:
-    from .data import LimitedDataset, build_dataset
-    from .inference import encode_dataset
-    from .loading import load_autoencoder
+    from ..data import LimitedDataset, build_dataset
+    from ..inference.generate import encode_dataset
+    from ..core.loading import load_autoencoder
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
     ae_data = _autoencoder_data(args.autoencoder)
@@ -147,8 +147,8 @@ def cmd_encode(args) -> None:
 
 
 def cmd_shard(args) -> None:
-    from .data import DATASET_SOURCES, build_dataset
-    from .data import write_shards
+    from ..data import DATASET_SOURCES, build_dataset
+    from ..data import write_shards
     if args.source not in DATASET_SOURCES and Path(args.source).is_dir() and not args.image_size:
         raise ConfigError(f"pass --image-size for the image folder {args.source}")
     ds = build_dataset(args.source, split=args.split, image_size=args.image_size,
@@ -163,13 +163,13 @@ def cmd_shard(args) -> None:
 
 
 def cmd_prepare_emoji(args) -> None:
-    from .data import prepare_emoji
+    from ..data import prepare_emoji
     res = prepare_emoji(args.vendor, args.dest)
     print(f"{res.num_images} images in {len(res.categories)} categories at {res.root}")
 
 
 def cmd_prepare_openmoji(args) -> None:
-    from .data import prepare_openmoji
+    from ..data import prepare_openmoji
     r = prepare_openmoji(args.size, args.dest, skin_tones=args.skin_tones, tarball=args.tarball)
     print(f"{r.num_images} images of {args.size} px in {len(r.categories)} classes at {r.root}: "
           + ", ".join(f"{k} {v}" for k, v in r.categories.items())
@@ -177,8 +177,8 @@ def cmd_prepare_openmoji(args) -> None:
 
 
 def cmd_prepare_dicebear(args) -> None:
-    from .data import DICEBEAR_DEFAULT_STYLES, prepare_dicebear
-    from .data.folder import read_manifest_splits
+    from ..data import DICEBEAR_DEFAULT_STYLES, prepare_dicebear
+    from ..data.folder import read_manifest_splits
     r = prepare_dicebear(args.size, args.dest, per_style=args.per_style, tarballs=args.tarballs,
                          styles=tuple(args.styles or DICEBEAR_DEFAULT_STYLES))
     test = sum(v == "test" for v in read_manifest_splits(r.root).values())
@@ -189,7 +189,7 @@ def cmd_prepare_dicebear(args) -> None:
 
 
 def cmd_train_classifier(args) -> None:
-    from .evaluation import train_and_save_classifier
+    from ..evaluation.evaluate import train_and_save_classifier
     res = train_and_save_classifier(args.data, args.out, steps=args.steps, seed=args.seed,
                                     data_dir=args.data_dir, image_size=args.image_size,
                                     channels=args.channels)
@@ -197,11 +197,12 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .data import build_dataset
-    from .evaluation import (dataset_tensors, evaluate_autoencoder, evaluate_prior,
-                             load_classifier, real_reference, write_report)
-    from .plots import image_grid, save_image
-    from .loading import load_autoencoder, load_prior
+    from ..data import build_dataset
+    from ..data import dataset_tensors
+    from ..evaluation.evaluate import (evaluate_autoencoder, evaluate_prior, load_classifier,
+                                       real_reference, write_report)
+    from ..core.plots import image_grid, save_image
+    from ..core.loading import load_autoencoder, load_prior
     device = _device(args.device)
     prior = load_prior(args.prior, device) if args.prior else None
     ae_path = args.autoencoder or (prior.config.autoencoder if prior else None)
@@ -243,9 +244,9 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
     """The denoising trajectory and, for a conditional prior, per-class rows of samples
     beside real test images."""
     import dataclasses
-    from .evaluation import dataset_tensors
+    from ..data import dataset_tensors
     from .figures import class_rows_figure, trajectory_figure
-    from .pipeline import BinaryLatentDiffusionPipeline
+    from ..inference.pipeline import BinaryLatentDiffusionPipeline
     pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data), args.precision)
     sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance,
@@ -256,7 +257,7 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from .web import Limits, is_loopback, logins, serve
+    from .serve import Limits, is_loopback, logins, serve
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
     auth = logins(args.host, args.auth, args.auth_file, args.no_auth)

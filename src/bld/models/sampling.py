@@ -2,7 +2,7 @@
 
 One pure function under ``@torch.no_grad()`` (as in k-diffusion's ``sampling.py``).
 
-Imports only bld.diffusion.
+Imports only bld.models.diffusion.
 """
 
 from __future__ import annotations

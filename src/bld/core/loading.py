@@ -1,7 +1,7 @@
 """Loading trained models and latent caches, for sampling, inpainting and evaluation.
 
-Nothing here imports the training loops (`bld.train`): a trained run is read through
-`bld.checkpoint` and the configuration dataclasses of `bld.train_config`.
+Nothing here imports the training loops (`bld.training.loop`): a trained run is read through
+`bld.core.checkpoint` and the configuration dataclasses of `bld.core.config`.
 
 Imports bld's autoencoder, checkpoint, config, denoiser, diffusion, packing and
 train_config modules.
@@ -18,22 +18,12 @@ import torch
 from torch.utils.data import Dataset
 
 from . import checkpoint as ckpt
-from .autoencoder import BinaryAutoencoder
-from .config import ConfigError
-from .denoiser import Denoiser
-from .diffusion import BernoulliDiffusion
-from .packing import unpack_bits
-from .train_config import AutoencoderTrainConfig, PriorTrainConfig, config_from_dict
+from ..models.autoencoder import BinaryAutoencoder
+from ..models.denoiser import Denoiser
+from ..models.diffusion import BernoulliDiffusion
+from ..models.packing import unpack_bits
+from .config import AutoencoderTrainConfig, PriorTrainConfig, config_from_dict
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 class LatentDataset(Dataset):

@@ -2,7 +2,7 @@
 run.lock that keeps a second run out.
 
     <run>/
-        checkpoints/step_000123/   one checkpoint each (`bld.checkpoint`); complete once it
+        checkpoints/step_000123/   one checkpoint each (`bld.core.checkpoint`); complete once it
                                    holds config.json, which save_checkpoint writes last
         latest                     the newest checkpoint's path, relative to the run folder
         run.lock                   held by the run writing here (RunLock): an advisory flock,
@@ -11,7 +11,7 @@ run.lock that keeps a second run out.
 
 Every change is atomic: `latest` is replaced by a rename, a pruned checkpoint is renamed to
 a hidden name before it is deleted, and a save killed between its two renames is undone
-(`recover_interrupted`). Imports no bld module; `bld.checkpoint` imports this one and
+(`recover_interrupted`). Imports no bld module; `bld.core.checkpoint` imports this one and
 exports its names.
 """
 
@@ -27,7 +27,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-logger = logging.getLogger("bld.checkpoint")
+logger = logging.getLogger("bld.core.checkpoint")
 
 CONFIG_FILE = "config.json"
 LATEST_FILE = "latest"

@@ -1,4 +1,4 @@
-"""Precision: bf16 autocast only where the hardware runs it natively and faster, fp32 elsewhere.
+"""Device and precision: bf16 autocast only where the hardware runs it natively and faster, fp32 elsewhere.
 
 One setting, ``precision: auto | fp32 | bf16``, used by every command that trains, samples,
 evaluates or serves. ``auto`` resolves, once per process and device kind, to
@@ -11,7 +11,10 @@ evaluates or serves. ``auto`` resolves, once per process and device kind, to
 * any other device: fp32.
 
 The choice and its reason are logged once and written into run metadata and reports, e.g.
-``fp32: this CPU has no native bf16 (AVX2)``. Imports only torch.
+``fp32: this CPU has no native bf16 (AVX2)``.
+
+Also the device itself: `resolve_device` (``--device auto | cpu | cuda``) and `autocast`, the
+one wrapper every loop enters. Imports bld's config (the precision names and ConfigError).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import ConfigError, check_precision
+
 log = logging.getLogger("bld")
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # bf16 must beat fp32 by this factor in the start-up timing to be chosen on a CPU: the
 # models' mix of matmuls, convolutions and element-wise work gains less than a bare matmul
 CPU_BF16_MIN_SPEEDUP = 1.5
@@ -53,11 +57,6 @@ class Precision:
         return {"precision": self.name, "precision_requested": self.requested,
                 "precision_reason": self.reason}
 
-
-def check_precision(name: str) -> str:
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    return name
 
 
 def cpu_bf16_facts() -> tuple[str, bool]:
@@ -143,3 +142,19 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Pre
         level = logging.WARNING if slow else logging.INFO if requested == "auto" else logging.DEBUG
         log.log(level, "precision %s", p.reason)
     return p
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``; a clear error otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def autocast(device: torch.device | str, precision: str):
+    """bf16 autocast on ``device`` when ``precision`` (auto | fp32 | bf16) resolves to bf16."""
+    return resolve_precision(precision, device).autocast(device)

@@ -1,7 +1,7 @@
 """The measures (SPEC 5): Frechet distance, precision / recall, PSNR / SSIM and bit usage.
 
 Pure functions of the features or images the caller supplies: nothing here trains, samples
-or loads a model (`bld.evaluation` does, and reports these figures).
+or loads a model (`bld.evaluation.evaluate` does, and reports these figures).
 
 Reading the figures (SPEC 5):
   * FD is biased by the sample count: compare only figures computed with the same N, report

@@ -29,13 +29,13 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from .autoencoder import AutoencoderLoss, BinaryAutoencoder
-from .classifier import Classifier, ClassifierConfig
-from .denoiser import Denoiser
-from .diffusion import BernoulliDiffusion, sampling_timesteps
-from .loading import LatentDataset
-from .precision import Precision
-from .sampling import sample
+from ..models.autoencoder import AutoencoderLoss, BinaryAutoencoder
+from ..evaluation.classifier import Classifier, ClassifierConfig
+from ..models.denoiser import Denoiser
+from ..models.diffusion import BernoulliDiffusion, sampling_timesteps
+from ..core.loading import LatentDataset
+from ..core.device import Precision
+from ..models.sampling import sample
 
 log = logging.getLogger("bld")
 
@@ -293,7 +293,7 @@ def guided_share(steps: int, timesteps: int, guidance: float,
                  interval: tuple[float, float] = (0.0, 1.0)) -> float:
     """A sampling step's mean cost relative to a guided one: guided steps run the
     conditional and unconditional passes as one batch of twice the images, the others half
-    of that (bld.sampling guides only at lo <= t / T <= hi)."""
+    of that (bld.models.sampling guides only at lo <= t / T <= hi)."""
     ts = sampling_timesteps(steps, timesteps)
     lo, hi = interval
     guided = sum(1 for t in ts if guidance != 0 and lo <= t / timesteps <= hi)

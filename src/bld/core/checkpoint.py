@@ -10,7 +10,7 @@ Layout (after HF `save_pretrained` and k-diffusion's `save()`):
         trainer_state.pt     optional: optimizer / scheduler / ... state, step, RNG states
 
 A training run's folder holds them as `checkpoints/step_000123/`, with a `latest` pointer
-and the run's lock: `bld.runfolder`, whose names this module exports too.
+and the run's lock: `bld.core.runfolder`, whose names this module exports too.
 
 `trainer_state.pt` holds tensors, numbers, strings and plain containers only, and is read with
 `torch.load(weights_only=True)`, so no file a user passes in is unpickled into arbitrary objects.
@@ -42,20 +42,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bld import __version__
-
-from .runfolder import (CHECKPOINTS_SUBDIR, CONFIG_FILE, LATEST_FILE, LOCK_FILE, RunLock,
-                        RunLockedError, checkpoint_dir, find_latest, fsync_dir,
-                        prune_checkpoints, recover_interrupted, resume_candidates, write_latest)
+from .. import __version__
+from .runfolder import (CHECKPOINTS_SUBDIR, CONFIG_FILE, LATEST_FILE, find_latest, fsync_dir,
+                        recover_interrupted)
 
 __all__ = [
-    "CheckpointError", "WriteError", "TrainingError", "Checkpoint", "capture_rng_state",
+    "CheckpointError", "WriteError", "Checkpoint", "capture_rng_state",
     "restore_rng_state", "save_checkpoint", "load_checkpoint", "load_state_strict",
     "weights_fingerprint", "write_failure", "FORMAT_VERSION", "MODEL_FILE", "EMA_FILE",
-    "TRAINER_STATE_FILE", "CONFIG_FILE",
-    # the run folder's names (bld.runfolder), exported here as before
-    "CHECKPOINTS_SUBDIR", "LATEST_FILE", "LOCK_FILE", "RunLock", "RunLockedError",
-    "checkpoint_dir", "find_latest", "prune_checkpoints", "resume_candidates", "write_latest",
+    "TRAINER_STATE_FILE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,10 +67,6 @@ class CheckpointError(ValueError):
 
 class WriteError(OSError):
     """Writing a file failed (disk full, no permission, ...); what was there before is intact."""
-
-
-class TrainingError(RuntimeError):
-    """A training run cannot go on (it diverged: too many non-finite steps in a row)."""
 
 
 
@@ -334,7 +325,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None,
     missing = [k for k in ("kind", "config") if k not in (header if isinstance(header, dict) else {})]
     if missing:
         raise CheckpointError(f"{folder / CONFIG_FILE} lacks {missing}; it was not written by "
-                              "bld.checkpoint.save_checkpoint.")
+                              "bld.core.checkpoint.save_checkpoint.")
     if kind is not None and header["kind"] != kind:
         raise CheckpointError(f"{folder} holds a {header['kind']!r} checkpoint, expected {kind!r}; "
                               f"pass the {kind}'s folder.")

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import ConfigError, load_config_dict, to_dict
-from .data import build_dataset
-from .plots import image_grid, save_image
-from .precision import resolve_precision
-from .sampling import DEFAULT_EVIDENCE_WEIGHT, describe_guidance_interval
+from .. import __version__
+from ..core.config import ConfigError, load_config_dict, to_dict
+from ..data import build_dataset
+from ..core.plots import image_grid, save_image
+from ..core.device import resolve_precision
+from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, describe_guidance_interval
 
 log = logging.getLogger("bld")
 
@@ -99,7 +99,7 @@ class DemoSettings:
     out: Path = Path("runs/demo")
     dataset: str = "fashion-mnist"  # a key of DEMO_DATASETS
     device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 (bld.precision)
+    precision: str = "auto"  # auto | fp32 | bf16 (bld.core.device)
     minutes: float = 15.0  # time budget the plan fits the training steps to (0: no plan)
     seed: int = 0
     limit: int = 0
@@ -117,7 +117,7 @@ class DemoSettings:
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     reused_s: float = 0.0  # recorded seconds of stages a --resume reused (counted in total_s)
-    plan: dict[str, Any] | None = None  # the time plan (bld.budget), kept in plan.json
+    plan: dict[str, Any] | None = None  # the time plan (bld.app.budget), kept in plan.json
 
 
 def cpu_name() -> str:
@@ -138,7 +138,7 @@ ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTI
 
 def cpu_facts() -> dict[str, Any]:
     """torch's CPU capability, native bf16, and any instruction-set restriction in force."""
-    from .precision import cpu_bf16_facts
+    from ..core.device import cpu_bf16_facts
     cap, native = cpu_bf16_facts()
     return {"capability": cap, "native_bf16": native,
             "restricted_by": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
@@ -159,7 +159,7 @@ def _load_average() -> float | None:
 
 
 def _stage_done(run_dir: Path) -> bool:
-    from .checkpoint import find_latest
+    from ..core.runfolder import find_latest
     if not (run_dir / "done.json").exists():
         return False
     return find_latest(run_dir) is not None
@@ -170,7 +170,7 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
 
 
 def _config(kind: str, s: DemoSettings, overrides: list[str]):
-    from .train_config import config_from_dict
+    from ..core.config import config_from_dict
     return config_from_dict(kind, load_config_dict(kind, DEMO_DATASETS[s.dataset][1], overrides))
 
 
@@ -192,12 +192,12 @@ def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, wh
 
 def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test: int,
                 device, precision, spent_s: float = 0.0) -> None:
-    """Fit the training steps to ``s.minutes`` (bld.budget): calibrate and plan, counting the
+    """Fit the training steps to ``s.minutes`` (bld.app.budget): calibrate and plan, counting the
     ``spent_s`` seconds already taken (the FD classifier, trained first). The plan is kept in
     ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
-    from .budget import (calibrate, calibrate_autoencoder, calibrate_prior, fastest,
-                         guided_share, make_plan)
-    from .train import resolve_prior_config
+    from .budget import (calibrate, calibrate_autoencoder, calibrate_prior, fastest, guided_share,
+                         make_plan)
+    from ..training.prior import resolve_prior_config
     record = out / "plan.json"
     if s.resume and record.exists():
         s.plan = json.loads(record.read_text())
@@ -285,9 +285,12 @@ def _describe(plan: dict[str, Any]) -> str:
 
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
-    from .pipeline import BinaryLatentDiffusionPipeline, encode_dataset, reconstruct
-    from .loading import load_autoencoder, load_prior, resolve_device
-    from .train import LimitedDataset, train_autoencoder, train_prior
+    from ..inference.pipeline import BinaryLatentDiffusionPipeline
+    from ..inference.generate import encode_dataset, reconstruct
+    from ..core.loading import load_autoencoder, load_prior
+    from ..core.device import resolve_device
+    from ..data import LimitedDataset
+    from ..training.loop import train_autoencoder, train_prior
 
     if s.dataset not in DEMO_DATASETS:
         raise ConfigError(f"unknown demo dataset {s.dataset!r}; choose one of {sorted(DEMO_DATASETS)}")
@@ -355,7 +358,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                     seed=s.seed)
     res = pipe(class_labels=torch.arange(nc).repeat_interleave(k), output_type="pt", **sampling)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
-    from .evaluation import dataset_tensors
+    from ..data import dataset_tensors
     from .figures import class_rows_figure, trajectory_figure
     xt, yt = dataset_tensors(test_set)
     trajectory_figure(pipe, out / "trajectory.png", **sampling)
@@ -420,7 +423,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 def _fd_classifier(s: DemoSettings, out: Path, device) -> tuple[Any, dict[str, Any]]:
     """The FD classifier (trained, or the one a --resume finds): first of all, so that the
     time plan counts the seconds it really took. -> (classifier, its metadata)."""
-    from .evaluation import load_classifier, train_and_save_classifier
+    from ..evaluation.evaluate import load_classifier, train_and_save_classifier
     cls_dir = out / "classifier"
     t0 = time.perf_counter()
     if s.classifier_steps is None:
@@ -445,8 +448,8 @@ def _evaluate(prior, ae, clf_meta, xt, yt, recon, s: DemoSettings, classes: list
     (``clf_meta``: `_fd_classifier`'s); the classifier's accuracy on the reconstructions of
     every test image beside it. -> (figures, per class: the share of its samples classified
     as it and of its test images' reconstructions classified as it; None unconditional)."""
-    from .classifier import class_shares, predict, prediction_accuracy
-    from .evaluation import evaluate_prior
+    from ..evaluation.classifier import class_shares, predict, prediction_accuracy
+    from ..evaluation.evaluate import evaluate_prior
     clf, meta = clf_meta
     # FD's real-vs-real floor needs two disjoint halves of the test set of N images each
     n = min(s.eval_samples, len(xt) // 2)

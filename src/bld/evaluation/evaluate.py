@@ -1,8 +1,8 @@
 """Evaluating trained models: features, the FD classifier as a checkpoint, and the reports.
 
 `evaluate_images` / `evaluate_autoencoder` / `evaluate_prior` compute the figures of
-`bld.metrics` (SPEC 5) in the feature space of the project's own classifier
-(`bld.classifier`, trained offline in a minute) or, when its weights file is on disk, the
+`bld.core.metrics` (SPEC 5) in the feature space of the project's own classifier
+(`bld.evaluation.classifier`, trained offline in a minute) or, when its weights file is on disk, the
 standard Inception network (`InceptionFeatures`). Imports bld's metrics, and on first use its
 checkpoint, classifier, config, data, inference, precision and sampling modules; nothing
 imports this module back but the CLI, the web app and the demo.
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metrics import (FeatureStats, bit_usage, fd_from_features, precision_recall, psnr,
-                      ssim)
+from ..data import dataset_tensors
+from ..core.metrics import FeatureStats, bit_usage, fd_from_features, precision_recall, psnr, ssim
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (
@@ -35,7 +35,7 @@ def extract_features(extractor: nn.Module, images: torch.Tensor, batch_size: int
                      ) -> torch.Tensor:
     """Features (N, D) of images (N, C, H, W) in [-1, 1], `batch_size` images at a time.
 
-    Uses `extractor.features(x)` when it exists (e.g. `bld.classifier.Classifier`,
+    Uses `extractor.features(x)` when it exists (e.g. `bld.evaluation.classifier.Classifier`,
     `InceptionFeatures`), else `extractor(x)`. Batches go to the extractor's device; the
     result comes back as float32 on the images' device. The extractor is put in eval mode
     for the call and its previous mode is restored.
@@ -76,7 +76,7 @@ class InceptionFeatures(nn.Module):
                 f"Inception weights file {str(path)!r} not found. Download "
                 f"{INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL} on a machine with "
                 "internet access, copy it here and pass its path; or measure FD with the "
-                "project's own classifier (bld.classifier), which needs no download."
+                "project's own classifier (bld.evaluation.classifier), which needs no download."
             )
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
@@ -113,7 +113,7 @@ class InceptionFeatures(nn.Module):
 def save_classifier(path: str | os.PathLike, result, dataset: str, seconds: float) -> Path:
     """Store a trained classifier like any checkpoint (kind 'classifier')."""
     from dataclasses import asdict
-    from .checkpoint import save_checkpoint
+    from ..core.checkpoint import save_checkpoint
     return save_checkpoint(path, kind="classifier", config=asdict(result.model.config),
                            model=result.model, metadata={
                                "dataset": dataset, "test_accuracy": result.test_accuracy,
@@ -122,9 +122,9 @@ def save_classifier(path: str | os.PathLike, result, dataset: str, seconds: floa
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A stored FD classifier in eval mode, and its metadata (dataset, test accuracy)."""
-    from .checkpoint import load_checkpoint, load_state_strict
+    from ..core.checkpoint import load_checkpoint, load_state_strict
     from .classifier import Classifier, ClassifierConfig
-    from .config import from_dict
+    from ..core.config import from_dict
     ck = load_checkpoint(path, kind="classifier", map_location=device)
     model = Classifier(from_dict(ClassifierConfig, ck.config))
     load_state_strict(model, ck.model_state, "classifier")
@@ -138,7 +138,7 @@ def train_and_save_classifier(dataset: str, out: str | os.PathLike, *, steps: in
     """Train the FD feature classifier on a dataset's train split; test on its test split."""
     import time
     from .classifier import ClassifierConfig, train_classifier
-    from .data import build_dataset
+    from ..data import build_dataset
     train = build_dataset(dataset, "train", image_size, channels, data_dir)
     test = build_dataset(dataset, "test", image_size, channels, data_dir)
     if train.num_classes < 2:
@@ -153,17 +153,6 @@ def train_and_save_classifier(dataset: str, out: str | os.PathLike, *, steps: in
     save_classifier(out, res, dataset, time.perf_counter() - t0)
     return res
 
-
-def dataset_tensors(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (or the first ``limit``) items of an image dataset as (images, labels) tensors."""
-    images = getattr(ds, "images", None)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    if images is not None and images.dtype == torch.uint8 and getattr(ds, "image_size", None) in (
-            None, images.shape[-1]) and getattr(ds, "channels", images.shape[1]) == images.shape[1]:
-        from .data import to_model_range
-        return to_model_range(images[:n]), torch.as_tensor(ds.labels[:n]).long()
-    items = [ds[i] for i in range(n)]
-    return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
 
 
 def real_reference(test_images: torch.Tensor, n: int, seed: int = 0
@@ -250,9 +239,9 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     the same n (FD of reconstructions: a prior cannot beat its decoder) and the settings and
     wall time per image.
     """
-    from .inference import generate
-    from .precision import resolve_precision
-    from .sampling import DEFAULT_EVIDENCE_WEIGHT
+    from ..inference.generate import generate
+    from ..core.device import resolve_precision
+    from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
     device = next(prior.model.parameters()).device
     if evidence_weight is None:
         evidence_weight = DEFAULT_EVIDENCE_WEIGHT

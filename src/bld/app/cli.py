@@ -1,8 +1,8 @@
 """The ``bld`` command line: the parser, its option groups (each declared once), and `main`.
 
-Thin: it parses arguments, then calls the command's function in `bld.commands`, which calls
+Thin: it parses arguments, then calls the command's function in `bld.app.commands`, which calls
 library functions. Imports bld's config, precision and sampling modules (for choices and
-defaults); `bld.commands` (and through it everything else) and the error classes of
+defaults); `bld.app.commands` (and through it everything else) and the error classes of
 checkpoint and data only once a command runs, so ``bld --help`` stays quick.
 """
 
@@ -14,10 +14,10 @@ import math
 import os
 import sys
 
-from .config import ConfigError, preset_names
-from .data.dicebear import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE, DICEBEAR_STYLES
-from .precision import PRECISIONS
-from .sampling import DEFAULT_EVIDENCE_WEIGHT
+from ..core.config import ConfigError, preset_names
+from ..data.dicebear import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE, DICEBEAR_STYLES
+from ..core.config import PRECISIONS
+from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
 
@@ -110,7 +110,7 @@ def _image_flags(p: argparse.ArgumentParser, size: str) -> None:
 
 
 def _sampler_flags(p: argparse.ArgumentParser) -> None:
-    """The sampler's settings (bld.sampling), shared by sample, inpaint and eval."""
+    """The sampler's settings (bld.models.sampling), shared by sample, inpaint and eval."""
     p.add_argument("--steps", type=_positive, default=16, help="sampling steps S (2..T)")
     p.add_argument("--temperature", type=_temperature, help=TEMPERATURE_HELP)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
@@ -354,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                         (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from . import commands as run
-    from .checkpoint import CheckpointError, RunLockedError, TrainingError
-    from .data import DatasetNotFoundError
+    from ..core.checkpoint import CheckpointError
+    from ..core.runfolder import RunLockedError
+    from ..training.context import TrainingError
+    from ..data import DatasetNotFoundError
     commands = {
         "demo": run.cmd_demo,
         "train-ae": lambda a: run.cmd_train(a, "autoencoder", _shortcut_overrides(a)),

@@ -3,7 +3,7 @@ object (diffusers' habit): load a run or a `save_pretrained` folder, sample, inp
 the denoising trajectory, blend two images in bit space.
 
 Every public method checks its inputs and answers bad ones with a one-line ValueError; the
-loops themselves are the functions of `bld.inference` (re-exported here). One object with
+loops themselves are the functions of `bld.inference.generate` (re-exported here). One object with
 its checks beside it, so longer than most modules. Imports bld's autoencoder, inference,
 loading, plots, precision and sampling modules, and on first use config, data, denoiser,
 diffusion and train_config.
@@ -21,18 +21,14 @@ from typing import Callable
 import torch
 from huggingface_hub import ModelHubMixin
 
-from .autoencoder import BinaryAutoencoder
-from .inference import (GenerateResult, ReconstructResult, autocast, class_labels,
-                        encode_dataset, generate, inpaint, reconstruct)
-from .loading import LoadedPrior
-from .plots import to_pil
-from .precision import check_precision
-from .sampling import DEFAULT_EVIDENCE_WEIGHT, check_guidance_interval
+from ..models.autoencoder import BinaryAutoencoder
+from .generate import GenerateResult, class_labels, generate, inpaint
+from ..core.loading import LoadedPrior
+from ..core.plots import to_pil
+from ..core.config import check_precision
+from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, check_guidance_interval
 
-__all__ = ["BinaryLatentDiffusionPipeline", "PipelineOutput", "BlendOutput", "bits_flipped",
-           # the functions of bld.inference, whose home this module was
-           "GenerateResult", "ReconstructResult", "autocast", "class_labels", "encode_dataset",
-           "generate", "inpaint", "reconstruct"]
+__all__ = ["BinaryLatentDiffusionPipeline", "PipelineOutput", "BlendOutput", "bits_flipped"]
 
 
 # ------------------------------------------------------------------- the pipeline object
@@ -82,7 +78,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         self.autoencoder = autoencoder.eval()
         self.prior = prior
         self.data = dict(data or {})  # the autoencoder's dataset (source, data_dir, ...)
-        # auto | fp32 | bf16 (bld.precision); a call's own ``precision`` overrides it
+        # auto | fp32 | bf16 (bld.core.device); a call's own ``precision`` overrides it
         self.precision = check_precision(precision)
 
     # ---------------------------------------------------------------- loading and saving
@@ -93,9 +89,10 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         """Load a trained run: a `bld demo` folder (autoencoder/ and prior/ inside), a prior
         run or checkpoint folder (its autoencoder is the one it was trained on, unless
         ``autoencoder`` is given), or a folder written by `save_pretrained`. ``precision``
-        (auto | fp32 | bf16) is the default of every sampling call (bld.precision)."""
-        from .config import ConfigError, to_dict
-        from .loading import load_autoencoder_with_config, load_prior, resolve_device
+        (auto | fp32 | bf16) is the default of every sampling call (bld.core.device)."""
+        from ..core.config import ConfigError, to_dict
+        from ..core.loading import load_autoencoder_with_config, load_prior
+        from ..core.device import resolve_device
         device = resolve_device(str(device))
         if run_dir is not None:
             run_dir = Path(run_dir)
@@ -121,8 +118,8 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
-        from . import __version__
-        from .config import to_dict
+        from .. import __version__
+        from ..core.config import to_dict
         save_directory = Path(save_directory)
         save_model(self.autoencoder, str(save_directory / PIPELINE_FILES["autoencoder"]))
         save_model(self.prior.model, str(save_directory / PIPELINE_FILES["prior"]))
@@ -139,12 +136,12 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                          config: dict | None = None, device: torch.device | str = "cpu",
                          **_ignored) -> "BinaryLatentDiffusionPipeline":
         from safetensors.torch import load_model
-        from .autoencoder import AutoencoderConfig
-        from .config import ConfigError, from_dict
-        from .denoiser import Denoiser
-        from .diffusion import BernoulliDiffusion
-        from .loading import resolve_device
-        from .train_config import config_from_dict
+        from ..models.autoencoder import AutoencoderConfig
+        from ..core.config import ConfigError, from_dict
+        from ..models.denoiser import Denoiser
+        from ..models.diffusion import BernoulliDiffusion
+        from ..core.device import resolve_device
+        from ..core.config import config_from_dict
         if not config or config.get("format") != PIPELINE_FORMAT:
             raise ConfigError(f"{model_id} is not a bld pipeline folder (its config.json must "
                               f"say format {PIPELINE_FORMAT!r}); write one with save_pretrained")
@@ -331,7 +328,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         centre-cropped as training data is)."""
         import numpy as np
         from PIL import Image
-        from .data import image_to_tensor
+        from ..data import image_to_tensor
         if isinstance(images, np.ndarray) and images.dtype == np.uint8:
             images = Image.fromarray(images)  # (H, W) or (H, W, 3|4) pixels
         if isinstance(images, Image.Image):

@@ -2,7 +2,7 @@
 without a browser or gradio; the limits they enforce, and the folder of temporary files.
 
 Every value a handler receives is checked here (uploads from their header before decoding),
-so a crafted API call gets the same one-line message the page shows. `bld.web` builds the
+so a crafted API call gets the same one-line message the page shows. `bld.app.serve` builds the
 gradio page over an `App` and serves it. Imports bld's pipeline and plots modules, and on
 first use data and evaluation (for the test images).
 """
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from .pipeline import BinaryLatentDiffusionPipeline, bits_flipped
-from .plots import image_grid, to_pil
+from ..inference.pipeline import BinaryLatentDiffusionPipeline, bits_flipped
+from ..core.plots import image_grid, to_pil
 
 log = logging.getLogger("bld")
 
@@ -154,8 +154,8 @@ class App:
     # ------------------------------------------------------------------------ helpers
     def _load_test_images(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The test split of the autoencoder's dataset, to pick images from (if readable)."""
-        from .data import build_dataset
-        from .evaluation import dataset_tensors
+        from ..data import build_dataset
+        from ..data import dataset_tensors
         src = self.pipe.data.get("source")
         if not src:
             return None

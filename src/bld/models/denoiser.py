@@ -3,7 +3,7 @@
 Input embedding ``(2z - 1) @ W_in``, learned positional embedding initialised to 2-D
 sin-cos, pre-LN blocks (attention + 4x GELU MLP), final LayerNorm, linear head to one logit
 per bit (or, with ``bit_group`` g > 1, to 2^g logits per group of g bits: the categorical
-of the grouped head, see bld.diffusion). Time (sinusoidal -> MLP) and the optional class
+of the grouped head, see bld.models.diffusion). Time (sinusoidal -> MLP) and the optional class
 enter in one of two ways (``conditioning``):
 
 * ``"adaln"``: adaLN-Zero as in DiT (Peebles & Xie 2023, arXiv 2212.09748): the sum of the
@@ -11,7 +11,7 @@ enter in one of two ways (``conditioning``):
   residual branch, the gates start at zero so every block starts as the identity;
 * ``"tokens"``: a time token and a class token are prepended to the sequence.
 
-Imports only bld.diffusion (for the grouped head's output size).
+Imports only bld.models.diffusion (for the grouped head's output size).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ function of (seed, step, rank) and every random draw goes through a per-rank
 ends with the same weights as one that was not.
 
 Imports bld.training (the loop's parts and the tasks) and bld's checkpoint, config, data,
-plots and train_config modules. Only the command line (`bld.commands`) and the demo import
+plots and train_config modules. Only the command line (`bld.app.commands`) and the demo import
 this module, so sampling never loads training code (tests/test_pipeline.py checks).
 """
 
@@ -30,33 +30,21 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .config import to_dict
-from .plots import plot_metrics
-from .train_config import AutoencoderTrainConfig, PriorTrainConfig
-from .training.accumulate import backward_by_parts, mean_over, micro_batches
-from .training.autoencoder import AutoencoderTask
-from .training.batches import make_loader
-from .training.context import (Context, distribute, gather_generator_states, setup_context,
-                               teardown)
-from .training.optim import EMA, NonFiniteGuard, lr_at, make_optimizer, set_lr
-from .training.prior import PriorTask
-from .training.resume import start_run
-from .training.task import Task
+from ..core import checkpoint as ckpt
+from ..core import runfolder
+from ..core.config import to_dict
+from ..core.plots import plot_metrics
+from ..core.config import AutoencoderTrainConfig, PriorTrainConfig
+from .accumulate import backward_by_parts, mean_over, micro_batches
+from .autoencoder import AutoencoderTask
+from .batches import make_loader
+from .context import Context, TrainingError, distribute, gather_generator_states, setup_context, teardown
+from .optim import EMA, NonFiniteGuard, lr_at, make_optimizer, set_lr
+from .prior import PriorTask
+from .resume import start_run
+from .task import Task
 
-# Names callers imported from this module before the loop was split into bld.training
-# (the demo, benchmarks and tests); they still work from here.
-from .checkpoint import TrainingError
-from .train_config import config_from_dict
-from .data import LimitedDataset
-from .training.batches import ShardBatchSampler, StepBatchSampler
-from .training.prior import resolve_prior_config
-
-__all__ = ["fit", "train_autoencoder", "train_prior", "CSVLogger", "RateMeter",
-           # re-exported for callers of the names this module held before bld.training
-           "Context", "EMA", "lr_at", "TrainingError", "config_from_dict", "LimitedDataset",
-           "ShardBatchSampler", "StepBatchSampler", "resolve_prior_config",
-           "AutoencoderTrainConfig", "PriorTrainConfig"]
+__all__ = ["fit", "train_autoencoder", "train_prior", "CSVLogger", "RateMeter"]
 
 log = logging.getLogger("bld")
 
@@ -144,7 +132,7 @@ def fit(task: Task, run_dir: str | Path, resume: bool = False,
         if ctx.is_main:
             plot_metrics(run_dir / "metrics.csv", run_dir / "loss_curves.png", list(task.curves),
                          title=task.title)
-        return ckpt.find_latest(run_dir) or run_dir
+        return runfolder.find_latest(run_dir) or run_dir
     finally:
         teardown(ctx)
 
@@ -167,14 +155,14 @@ def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema:
                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
             raise TrainingError(f"step {step}: the weights hold NaN / inf ({', '.join(bad[:3])}); "
-                                f"not checkpointed, {ckpt.find_latest(run_dir)} stays the latest. "
+                                f"not checkpointed, {runfolder.find_latest(run_dir)} stays the latest. "
                                 "Lower optim.lr and continue from it with --resume.")
-        d = ckpt.checkpoint_dir(run_dir, step)
+        d = runfolder.checkpoint_dir(run_dir, step)
         metadata = {**(metadata or {}), **ctx.precision.as_dict()}
         ckpt.save_checkpoint(d, kind=kind, config=to_dict(cfg), model=model, ema=ema.model,
                              trainer_state=trainer_state, step=step, metadata=metadata)
-        ckpt.write_latest(run_dir, d)
-        ckpt.prune_checkpoints(run_dir, keep)
+        runfolder.write_latest(run_dir, d)
+        runfolder.prune_checkpoints(run_dir, keep)
     ctx.barrier()
 
 

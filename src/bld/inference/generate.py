@@ -2,7 +2,7 @@
 into a latent cache, generate, inpaint, reconstruct.
 
 They hold the short loops (as diffusers pipelines do); `BinaryLatentDiffusionPipeline`
-(`bld.pipeline`) wraps them as one object with checked inputs, and `bld.evaluation` samples
+(`bld.inference.pipeline`) wraps them as one object with checked inputs, and `bld.evaluation.evaluate` samples
 through `generate`. Imports bld's autoencoder, loading, metrics, packing, precision and
 sampling modules (and checkpoint, for the cache's fingerprint and write errors).
 """
@@ -20,17 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .autoencoder import BinaryAutoencoder
-from .loading import LoadedPrior
-from .metrics import psnr_from_mse
-from .packing import pack_bits
-from .precision import resolve_precision
-from .sampling import DEFAULT_EVIDENCE_WEIGHT, sample
+from ..models.autoencoder import BinaryAutoencoder
+from ..core.loading import LoadedPrior
+from ..core.metrics import psnr_from_mse
+from ..models.packing import pack_bits
+from ..core.device import autocast
+from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, sample
 
-
-def autocast(device: torch.device | str, precision: str):
-    """bf16 autocast on ``device`` when ``precision`` (auto | fp32 | bf16) resolves to bf16."""
-    return resolve_precision(precision, device).autocast(device)
 
 
 @torch.no_grad()
@@ -46,7 +42,7 @@ def encode_dataset(ae: BinaryAutoencoder, dataset: Dataset, out_path: str | Path
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from .checkpoint import WriteError, weights_fingerprint, write_failure
+    from ..core.checkpoint import WriteError, weights_fingerprint, write_failure
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
