@@ -142,7 +142,7 @@ def sync(device: torch.device | str | None = None) -> None:
 def time_fn(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3,
             device: torch.device | str | None = None, min_time: float = 0.0) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls (more while the
-    total is under ``min_time`` seconds). Whole calls are timed (SPEC 5: time whole batches)."""
+    total is under ``min_time`` seconds). Whole calls are timed (method.md §5: time whole batches)."""
     for _ in range(warmup):
         fn()
     sync(device)

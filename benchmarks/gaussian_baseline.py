@@ -186,7 +186,7 @@ def decode_all(decode, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
 
 
 def cond_drop(y: torch.Tensor, null: int, g: torch.Generator, p: float = 0.1) -> torch.Tensor:
-    """Per-sample label dropout to the learned null label (SPEC 2)."""
+    """Per-sample label dropout to the learned null label (docs/method.md §2)."""
     return torch.where(torch.rand(y.shape, generator=g) < p, torch.full_like(y, null), y)
 
 
@@ -402,7 +402,7 @@ def main() -> None:
                           f"w {w:g} at [{lo:g}, {hi:g}]" + (f", T {temp:g}" if kind == "bld"
                                                              else ""))
                          for w, lo, hi, temp in args.samplers]
-            warm = labels[:8]  # warm-up before timing (SPEC 5)
+            warm = labels[:8]  # warm-up before timing (docs/method.md §5)
             if kind == "bld":
                 sample_bld(side["prior"], side["diffusion"], 2, 8, shape, warm, guidance, 0, 8,
                            interval, temperature)

@@ -1,6 +1,6 @@
 """The prior's head and recipe on trained demo runs: bits predicted one by one (independent
 given z_t) against a head that predicts each group of g bits jointly (``diffusion.bit_group``:
-a categorical over the 2^g patterns of the group, the exact step summed over them; SPEC 2),
+a categorical over the 2^g patterns of the group, the exact step summed over them; method.md §2),
 the prior's size, token size, batch and learning rate at the run's training seconds, and its
 noise schedule and training length.
 

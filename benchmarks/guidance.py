@@ -116,7 +116,7 @@ def main() -> None:
                      "precision": common.precision_name(args.precision)}
     intro = ["## Settings", "",
              f"N = {n} samples per row, S = {args.steps}, labels cycled through the classes; "
-             "evidence weight lambda of SPEC 2 (1 = the exact step, 0 = the original code's "
+             "evidence weight lambda of method.md §2 (1 = the exact step, 0 = the original code's "
              "product). Interval (lo, hi): guidance applies "
              "at steps with lo <= t / T <= hi (t / T = 1 is pure noise), plain conditional "
              "logits elsewhere; (0, 1) guides every step. FD, precision and recall in the "

@@ -4,7 +4,7 @@ loop shared by the in-script baselines so their budgets match.
 
 FD here is measured in the feature space of the project's own Fashion-MNIST classifier
 (`bld.evaluation.classifier`), so it is comparable only with figures from the same classifier and the
-same N, never with published Inception FID (SPEC 5). `common` re-exports these names, so a
+same N, never with published Inception FID (method.md §5). `common` re-exports these names, so a
 benchmark imports only `common`; this module imports nothing of `common`.
 """
 
@@ -104,7 +104,7 @@ def get_classifier(bench, run_dir: Path | None = None, source: str = "fashion-mn
 class FDReference:
     """The real side of FD on the test set: a reference half and a disjoint floor set of n
     images (`bld.evaluation.evaluate.real_reference`), so that every FD comes with its real-vs-real
-    floor at the same N (SPEC 5)."""
+    floor at the same N (docs/method.md §5)."""
 
     def __init__(self, classifier: torch.nn.Module, test_images: torch.Tensor,
                  test_labels: torch.Tensor, n: int, seed: int = 0) -> None:
@@ -131,7 +131,7 @@ class FDReference:
 def sampler_setting(text: str, evidence: bool = False) -> tuple[float, ...]:
     """A sampler setting W:LO:HI[:TEMPERATURE] (guidance w at LO <= t / T <= HI; temperature
     1 when left out) as (w, lo, hi, temperature); with ``evidence``, W:LO:HI[:TEMPERATURE
-    [:LAMBDA]] as (w, lo, hi, temperature, lambda), the evidence weight of SPEC 2 (the
+    [:LAMBDA]] as (w, lo, hi, temperature, lambda), the evidence weight of docs/method.md §2 (the
     library's default when left out). ValueError with what to write instead."""
     form = "W:LO:HI[:TEMPERATURE[:LAMBDA]]" if evidence else "W:LO:HI[:TEMPERATURE]"
     example = "1.5:0:0.6:1.3:0.5" if evidence else "1.5:0:0.6:1.3"

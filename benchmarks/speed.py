@@ -21,7 +21,7 @@ demo's settings before the learning-speed study (256 x 6, condition tokens, batc
 fp32, bf16 autocast and bf16 under `torch.compile` (CPU inductor; its compile time is
 reported). Writes ``mfu_bf16`` and ``train_images_per_s`` (the preset, bf16, eager) to
 headline.json.
-Warm-up precedes every timing (SPEC 5). Nothing is asserted; figures depend on the machine
+Warm-up precedes every timing (method.md §5). Nothing is asserted; figures depend on the machine
 and on other load (the load average is recorded in the report).
 
     python benchmarks/speed.py            # ~8-12 min on 1 thread of a 2-core CPU

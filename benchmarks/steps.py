@@ -1,4 +1,4 @@
-"""Sample quality of a trained prior against the number of sampling steps S (SPEC 4: "as few
+"""Sample quality of a trained prior against the number of sampling steps S (method.md §4: "as few
 as 16 steps"), the evidence weight, temperature and classifier-free guidance.
 
 Given a `bld demo --out RUN_DIR` folder (RUN_DIR/prior, RUN_DIR/autoencoder,
@@ -7,7 +7,7 @@ set: FD (with the real-vs-real floor at the same N), improved precision/recall, 
 accuracy of the samples, and seconds per image (sampling + decoding, whole batches).
 
 Settings: S in {2, 4, 8, 16, 32, 64} of the trained T = 64 at the base temperature,
-guidance and evidence weight; evidence weights (SPEC 2's lambda) {1, 0.5, 0, -0.5},
+guidance and evidence weight; evidence weights (docs/method.md §2's lambda) {1, 0.5, 0, -0.5},
 temperatures {1.0, 0.9, 0.8} and guidance {0, 1, 3} at S = 16. The key comparisons (S = 8
 and 16 against S = 64) are repeated with a second sampling seed, so the report shows the
 run-to-run spread next to the differences it discusses. Writes ``fd16_over_fd64`` and

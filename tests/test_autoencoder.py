@@ -1,4 +1,4 @@
-"""Binary autoencoder (SPEC 1) and bit packing."""
+"""Binary autoencoder (docs/method.md §1) and bit packing."""
 
 import pytest
 import torch
@@ -132,7 +132,7 @@ def test_pack_rejects_non_binary():
 
 def test_threshold_training_bits_equal_evaluation_bits():
     # train_bits="threshold": training-mode forward draws nothing, its bits are [p > 0.5]
-    # with gradients straight through; "bernoulli" draws (SPEC 1)
+    # with gradients straight through; "bernoulli" draws (docs/method.md §1)
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     torch.manual_seed(0)
     thr = BinaryAutoencoder(AutoencoderConfig(channels=8, hidden=16, bits=8, train_bits="threshold"))

@@ -216,7 +216,7 @@ def test_a_run_made_with_a_data_dir_is_measured_on_that_folder(tmp_path, monkeyp
 
 
 def test_sampler_settings_take_an_evidence_weight_only_where_the_sampler_has_one(monkeypatch):
-    """guidance.py's W:LO:HI[:TEMPERATURE[:LAMBDA]]: lambda (SPEC 2's evidence weight) is the
+    """guidance.py's W:LO:HI[:TEMPERATURE[:LAMBDA]]: lambda (method.md §2's evidence weight) is the
     library's default when left out; the Gaussian baseline's settings have no lambda."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import measures

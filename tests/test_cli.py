@@ -344,7 +344,7 @@ def test_refuses_to_overwrite_a_run_without_resume(runs, capsys, tiny_ae_args, t
 
 
 def test_one_sampling_step_is_a_clear_error(runs, tmp_path, capsys):
-    # S = 1 would visit only t = 1 and never denoise from t = T (SPEC 2): refused
+    # S = 1 would visit only t = 1 and never denoise from t = T (docs/method.md §2): refused
     assert run("sample", "--prior", runs.prior, "--out", tmp_path / "s.png", "-n", 2,
                "--steps", 1, "--device", "cpu") == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The denoiser's conditioning (SPEC 3): adaLN-Zero starts every block at the identity, and
+"""The denoiser's conditioning (method.md §3): adaLN-Zero starts every block at the identity, and
 time and class reach the output through either route."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Invariants of the Bernoulli noise process (SPEC 2)."""
+"""Invariants of the Bernoulli noise process (docs/method.md §2)."""
 
 import itertools
 import math
@@ -119,7 +119,7 @@ def _joint_step(pi, ks, kt):
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_exact_step_equals_brute_force_over_the_joint(name):
     # fed the exact P(z_0 | z_t) of a known z_0 distribution, the posterior is the exact
-    # P(z_s | z_t) of the joint of (z_0, z_s, z_t), for every s < t (SPEC 2)
+    # P(z_s | z_t) of the joint of (z_0, z_s, z_t), for every s < t (docs/method.md §2)
     T = 8
     d = BernoulliDiffusion(DiffusionConfig(timesteps=T, schedule=name))
     k = retention_schedule(name, T)
@@ -215,7 +215,7 @@ def test_flip_parameterisation():
     zt = torch.tensor([0.0, 1.0, 0.0, 1.0])
     flip_logit = torch.tensor([3.0, 3.0, -2.0, -2.0])
     f = torch.sigmoid(flip_logit)
-    want = zt * (1 - f) + (1 - zt) * f  # SPEC 2: P(z_0 = 1 | z_t)
+    want = zt * (1 - f) + (1 - zt) * f  # docs/method.md §2: P(z_0 = 1 | z_t)
     assert torch.allclose(torch.sigmoid(d.z0_logits(flip_logit, zt)), want)
     d0 = BernoulliDiffusion(DiffusionConfig(parameterization="z0"))
     assert torch.equal(d0.z0_logits(flip_logit, zt), flip_logit)
@@ -291,7 +291,7 @@ def test_loss_equals_a_hand_computed_value(loss_type):
 
 
 def test_balanced_loss_is_minimised_by_the_evidence_free_logit():
-    # SPEC 2: the class-balanced BCE's minimiser is l' = logit P(z_0 = 1 | z_t) - evidence.
+    # method.md §2: the class-balanced BCE's minimiser is l' = logit P(z_0 = 1 | z_t) - evidence.
     # One bit, z_0 ~ B(0.3), t fixed: at the exact l' the expected gradient is zero (within
     # sampling noise), at the full posterior logit it is not.
     T, t_val, pi, n = 16, 5, 0.3, 400_000

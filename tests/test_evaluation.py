@@ -1,4 +1,4 @@
-"""Tests of the measuring code (SPEC 5) and the FD classifier."""
+"""Tests of the measuring code (docs/method.md §5) and the FD classifier."""
 
 import math
 

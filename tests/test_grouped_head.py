@@ -80,7 +80,7 @@ def _flip_logits(logp: torch.Tensor, g: int) -> torch.Tensor:
 def test_grouped_step_equals_brute_force_over_the_joint(g, param, schedule):
     # fed the exact categorical P(z_0 | z_t) of a correlated z_0 distribution, the grouped step
     # is the exact P(z_s | z_t) over the whole group, and averaged over z_t ~ q(z_t) it gives
-    # q(z_s); the per-bit step fed the same posterior's marginals misses the joint (SPEC 2)
+    # q(z_s); the per-bit step fed the same posterior's marginals misses the joint (method.md §2)
     T = 8
     d = BernoulliDiffusion(DiffusionConfig(timesteps=T, schedule=schedule, parameterization=param,
                                            bit_group=g))
@@ -137,7 +137,7 @@ def test_grouped_step_draws_from_its_distribution():
 @pytest.mark.parametrize("tau", [1.0, 0.7])
 def test_one_bit_groups_are_the_per_bit_step(lam, tau):
     # the grouped step's weights pi(v) ∝ softmax(l'/tau)(v) q(z_t | v) at g = 1 are exactly
-    # the per-bit step of SPEC 2, evidence weight and temperature included
+    # the per-bit step of docs/method.md §2, evidence weight and temperature included
     T = 16
     d = BernoulliDiffusion(DiffusionConfig(timesteps=T, parameterization="z0"))
     gen = torch.Generator().manual_seed(0)

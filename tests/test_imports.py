@@ -8,7 +8,16 @@ sibling does not re-run it. The package root ``bld/__init__.py`` is left out: it
 nothing when imported (checked here), only on first use of its lazy alias
 ``bld.BinaryLatentDiffusionPipeline``, so modules may take ``__version__`` from it.
 
-Run alone: ``python3 -m pytest -q tests/test_imports.py``; a failure prints the circle.
+The packages are layers, and an import only points down (or within its own package):
+
+    app                          the command line, the demo, the browser app
+    evaluation                   figures, FD classifier, reports
+    training  |  inference       (side by side: neither imports the other)
+    core                         config, device, checkpoints, run folders, loading, metrics, plots
+    models  |  data              (the bottom: each imports only itself)
+
+Run alone: ``python3 -m pytest -q tests/test_imports.py``; a failure prints the circle or
+the edges that point the wrong way.
 """
 
 from __future__ import annotations
@@ -118,11 +127,57 @@ def test_no_import_circle_in_src_bld():
 
 
 def test_the_cycle_finder_finds_a_circle_through_a_lazy_import():
-    """The check itself: the evaluation <-> pipeline circle of an earlier layout is found."""
+    """The check itself: a lazy import that closes a circle is found."""
     modules = module_names()
-    lazy = ast.parse("def f():\n    from .pipeline import generate\n")
+    lazy = ast.parse("def f():\n    from ..inference.pipeline import bits_flipped\n")
     edges = graph()
     edges["bld.core.metrics"] = imported("bld.core.metrics", lazy, modules)
     edges["bld.inference.pipeline"] = edges["bld.inference.pipeline"] | {"bld.core.metrics"}
     cycle = find_cycle(edges)
     assert cycle is not None and {"bld.core.metrics", "bld.inference.pipeline"} <= set(cycle)
+
+
+# The layer of each package of bld; an import may point to a lower layer or within its own
+# package. Two packages of one layer (training, inference; models, data) never import each
+# other.
+LAYERS = {"models": 0, "data": 0, "core": 1, "training": 2, "inference": 2, "evaluation": 3,
+          "app": 4}
+
+
+def wrong_way(edges: dict[str, set[str]]) -> list[str]:
+    """Every edge ``a -> b`` whose package is not below a's (nor a's own), as text."""
+    bad = []
+    for a, deps in sorted(edges.items()):
+        pa = a.split(".")[1]
+        for b in sorted(deps):
+            parts = b.split(".")
+            if len(parts) < 2 or parts[1] == pa:
+                continue  # the package root (its __version__) or a's own package
+            if LAYERS[parts[1]] >= LAYERS[pa]:
+                bad.append(f"{a} -> {b}")
+    return bad
+
+
+def test_every_module_is_in_a_layer():
+    """A new top-level module or package must be given its place (LAYERS) to pass."""
+    loose = [n for n in module_names() if n != ROOT and n.split(".")[1] not in LAYERS]
+    assert loose == []
+
+
+def test_imports_point_down_the_layers():
+    bad = wrong_way(graph())
+    assert bad == [], "imports against the layers: " + "; ".join(bad)
+
+
+def test_the_layer_check_finds_an_upward_and_a_sideways_import():
+    """The check itself: models importing core, inference importing training."""
+    modules = module_names()
+    edges = graph()
+    edges["bld.models.diffusion"] = imported(
+        "bld.models.diffusion", ast.parse("from ..core.config import ConfigError\n"), modules)
+    edges["bld.inference.generate"] = edges["bld.inference.generate"] | imported(
+        "bld.inference.generate", ast.parse("def f():\n    from ..training import loop\n"),
+        modules)
+    bad = wrong_way(edges)
+    assert "bld.models.diffusion -> bld.core.config" in bad
+    assert "bld.inference.generate -> bld.training.loop" in bad

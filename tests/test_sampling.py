@@ -1,4 +1,4 @@
-"""Samplers (SPEC 2, sampling): oracle recovery, guidance, inpainting, reproducibility."""
+"""Samplers (method.md §2, sampling): oracle recovery, guidance, inpainting, reproducibility."""
 
 import pytest
 import torch
@@ -181,7 +181,7 @@ def _pattern_frequencies(z):
 
 @pytest.mark.parametrize("steps,exact_tv,gap", [(64, 0.012, 0.015), (16, 0.04, 0.01)])
 def test_exact_chain_reproduces_an_explicit_distribution(steps, exact_tv, gap):
-    # SPEC 2: with the exact denoiser and S = T, the exact step's chain draws the patterns with
+    # method.md §2: with the exact denoiser and S = T, the exact step's chain draws the patterns with
     # their frequencies (total variation 0.003-0.005 over seeds, sampling noise ~0.005); the
     # original code's product (evidence weight 0) is off by 0.025-0.035. Skipping steps
     # (S = 16) draws bits independently over a larger jump, so both drift (0.02-0.03 vs 0.04).

@@ -22,7 +22,7 @@ from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
 log = logging.getLogger("bld")
 
 DEVICES = ("auto", "cpu", "cuda")
-EVIDENCE_HELP = ("lambda of SPEC 2: how much of z_t's evidence each step removes from the "
+EVIDENCE_HELP = ("lambda of method.md §2: how much of z_t's evidence each step removes from the "
                  "network's posterior (1 = the exact step, 0 = the original code's lower-noise "
                  "product; default %(default)s, chosen by measurement)")
 

@@ -1,9 +1,9 @@
-"""The measures (SPEC 5): Frechet distance, precision / recall, PSNR / SSIM and bit usage.
+"""The measures (method.md §5): Frechet distance, precision / recall, PSNR / SSIM and bit usage.
 
 Pure functions of the features or images the caller supplies: nothing here trains, samples
 or loads a model (`bld.evaluation.evaluate` does, and reports these figures).
 
-Reading the figures (SPEC 5):
+Reading the figures (docs/method.md §5):
   * FD is biased by the sample count: compare only figures computed with the same N, report
     the real-vs-real floor at that N, prefer N >= 5000 for headline figures.
   * The autoencoder bounds the prior: report the FD of reconstructions next to the FD of
@@ -51,7 +51,7 @@ def _sym_psd_sqrt(s: torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-    FD = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))                    (SPEC 5)
+    FD = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))                    (method.md §5)
 
     The trace of the square root is taken as tr((A S2 A)^(1/2)) with A = S1^(1/2): A S2 A
     has the same eigenvalues as S1 S2 but is symmetric PSD, so `eigh` is stable even when
@@ -108,7 +108,7 @@ def fd_from_features(real: ArrayLike, fake: ArrayLike) -> float:
     """Frechet distance between two feature sets (N_r, D) and (N_f, D).
 
     FD is biased by N: compare only figures with the same N_f, next to the real-vs-real
-    floor at that N (SPEC 5).
+    floor at that N (docs/method.md §5).
     """
     return FeatureStats.from_features(real).frechet_distance(FeatureStats.from_features(fake))
 
@@ -144,7 +144,7 @@ def _inside_manifold(queries: torch.Tensor, refs: torch.Tensor, radii: torch.Ten
 
 def precision_recall(real_feats: ArrayLike, fake_feats: ArrayLike, k: int = 3,
                      chunk: int = 1024) -> PrecisionRecall:
-    """Improved precision and recall (Kynkaanniemi et al. 2019; SPEC 5).
+    """Improved precision and recall (Kynkaanniemi et al. 2019; docs/method.md §5).
 
     The real manifold is the union of balls around each real feature whose radius is the
     distance to its k-th nearest real neighbour (k = 3); likewise for the generated set.

@@ -1,9 +1,9 @@
 """A small CNN classifier trained by the project itself, used as the FD feature extractor.
 
-No Inception weights exist offline, so Frechet distance and precision/recall (SPEC 5) are
+No Inception weights exist offline, so Frechet distance and precision/recall (method.md §5) are
 measured in the penultimate feature space of this network, trained on the real data set.
 Its features are taken from a linear layer BEFORE the ReLU: rectified features pile up at
-zero and make the feature covariance singular (SPEC 5).
+zero and make the feature covariance singular (docs/method.md §5).
 
 Figures measured with it are comparable only with figures from the same trained
 classifier (same data, config and seed), never with published Inception FID.

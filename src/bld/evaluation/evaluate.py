@@ -1,7 +1,7 @@
 """Evaluating trained models: features, the FD classifier as a checkpoint, and the reports.
 
 `evaluate_images` / `evaluate_autoencoder` / `evaluate_prior` compute the figures of
-`bld.core.metrics` (SPEC 5) in the feature space of the project's own classifier
+`bld.core.metrics` (docs/method.md §5) in the feature space of the project's own classifier
 (`bld.evaluation.classifier`, trained offline in a minute) or, when its weights file is on disk, the
 standard Inception network (`InceptionFeatures`). Imports bld's metrics, and on first use its
 checkpoint, classifier, config, data, inference, precision and sampling modules; nothing
@@ -160,7 +160,7 @@ def real_reference(test_images: torch.Tensor, n: int, seed: int = 0
     """Two disjoint halves of the test set: (reference, floor set of n images).
 
     Generated sets are compared with the reference half; the real-vs-real floor at the
-    same n compares n images of the other half with that reference (SPEC 5).
+    same n compares n images of the other half with that reference (docs/method.md §5).
     """
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(test_images), generator=g)

@@ -161,7 +161,7 @@ def inpaint(prior: LoadedPrior, ae: BinaryAutoencoder, image: torch.Tensor,
     """Complete the unknown part of ``image`` (c, H, W) where ``pixel_mask`` (H, W) is 0.
 
     Known bits come from encoding the image; a latent position is kept only when its whole
-    pixel patch is known (SPEC 2). Returns n completions, pasted onto the known pixels
+    pixel patch is known (docs/method.md §2). Returns n completions, pasted onto the known pixels
     unless ``paste`` is False (then the images are the decoder's output everywhere).
     """
     device = next(prior.model.parameters()).device

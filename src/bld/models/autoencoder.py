@@ -1,4 +1,4 @@
-"""Binary autoencoder: encoder, Bernoulli quantizer, decoder, and its training losses. SPEC 1.
+"""Binary autoencoder: encoder, Bernoulli quantizer, decoder, and its training losses. method.md §1.
 
 An image x in [-1, 1] (B, c, H, W) maps to bits z in {0,1} (B, C, h, w): an h x w grid of
 C-bit vectors. No codebook: bit probabilities p = sigmoid(logits), z_b ~ B(p) in training
@@ -39,7 +39,7 @@ class AutoencoderConfig:
     hidden: int = 128  # width before the 1x1 conv to bit logits
     bits: int = 32  # C, bits per position
     norm_bits: bool = True  # decoder sees 2z - 1 scaled by 1/sqrt(C) instead of raw bits
-    # how bits are drawn in training mode: "bernoulli" z ~ B(p) (SPEC 1) or "threshold"
+    # how bits are drawn in training mode: "bernoulli" z ~ B(p) (docs/method.md §1) or "threshold"
     # [p > 0.5]; both pass gradients straight through. Evaluation is always [p > 0.5].
     train_bits: str = "bernoulli"
     # latent noise in training: each image's bits are flipped at a rate drawn uniformly from
@@ -224,7 +224,7 @@ class QuantizerOutput(NamedTuple):
 
 
 class BernoulliQuantizer(nn.Module):
-    """Bits from logits: z_b ~ B(p) (or [p > 0.5]); z = z_b + p - stopgrad(p). SPEC 1."""
+    """Bits from logits: z_b ~ B(p) (or [p > 0.5]); z = z_b + p - stopgrad(p). method.md §1."""
 
     def forward(self, logits: torch.Tensor, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> QuantizerOutput:
@@ -324,7 +324,7 @@ class BinaryAutoencoder(nn.Module):
         return self.decoder.conv_out.weight
 
     def latent_mask(self, pixel_mask: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) pixel mask (1 = keep) -> (B, C, h, w) latent mask. SPEC 2, inpainting.
+        """(B, 1, H, W) pixel mask (1 = keep) -> (B, C, h, w) latent mask. method.md §2, inpainting.
 
         A latent position is kept only when its whole patch of (padded) pixels is kept;
         the padding border counts as kept.
@@ -381,7 +381,7 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor
                     ) -> torch.Tensor:
-    """lambda = clamp(|grad_last(nll)| / (|grad_last(g)| + 1e-4), 0, 1). SPEC 1 (VQGAN)."""
+    """lambda = clamp(|grad_last(nll)| / (|grad_last(g)| + 1e-4), 0, 1). method.md §1 (VQGAN)."""
     g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_g = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return weight_from_gradients(g_nll, g_g)

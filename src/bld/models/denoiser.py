@@ -1,4 +1,4 @@
-"""Transformer denoiser over binary-latent grid positions, and its size presets. SPEC 3.
+"""Transformer denoiser over binary-latent grid positions, and its size presets. docs/method.md §3.
 
 Input embedding ``(2z - 1) @ W_in``, learned positional embedding initialised to 2-D
 sin-cos, pre-LN blocks (attention + 4x GELU MLP), final LayerNorm, linear head to one logit

@@ -1,7 +1,7 @@
 """Bernoulli diffusion over binary latents: schedules, q(z_t | z_0), posterior, losses.
 
 No network lives here: the denoiser is passed in as an argument (as in DiT's
-``gaussian_diffusion.py``). Every formula cites ``SPEC.md`` section 2.
+``gaussian_diffusion.py``). Every formula cites docs/method.md §2.
 
 Shapes: binary latents are float tensors of 0/1, any shape ``(B, ...)``; time ``t`` is an
 integer tensor of shape ``(B,)`` in ``1..T``. The network is called as
@@ -50,7 +50,7 @@ class DiffusionConfig:
     # time shift of the schedule toward noise: the schedule is read at
     # s' = shift s / (1 + (shift - 1) s), s = t / T, so shift > 1 spends more of the trained
     # and the sampled steps at high noise, where a sample's layout is chosen (the resolution
-    # shift of Esser et al. 2024, arXiv 2403.03206); 1 = the schedule as SPEC 2 gives it
+    # shift of Esser et al. 2024, arXiv 2403.03206); 1 = the schedule as docs/method.md §2 gives it
     schedule_shift: float = 1.0
     parameterization: Parameterization = "flip"
     loss_type: LossType = "mean"
@@ -82,7 +82,7 @@ class DiffusionConfig:
 
 
 def retention_schedule(name: str, timesteps: int, shift: float = 1.0) -> torch.Tensor:
-    """k_t for t = 0..T (float64, shape (T+1,)): k_0 = 1, k_T = 0, non-increasing. SPEC 2.
+    """k_t for t = 0..T (float64, shape (T+1,)): k_0 = 1, k_T = 0, non-increasing. method.md §2.
 
     ``shift`` != 1 reads the schedule at s' = shift s / (1 + (shift - 1) s) instead of s = t / T
     (``DiffusionConfig.schedule_shift``).
@@ -108,7 +108,7 @@ def retention_schedule(name: str, timesteps: int, shift: float = 1.0) -> torch.T
 
 
 def sampling_timesteps(steps: int, timesteps: int) -> list[int]:
-    """The S visited steps, in reverse: t_i = 1 + floor(linspace(0, 1, S) (T - 1)). SPEC 2."""
+    """The S visited steps, in reverse: t_i = 1 + floor(linspace(0, 1, S) (T - 1)). method.md §2."""
     if not 2 <= steps <= timesteps:
         raise ValueError(f"steps must be in 2..{timesteps} (the trained T), got {steps}: "
                          "one step would visit only t = 1 and never denoise from t = T")
@@ -169,7 +169,7 @@ class BernoulliDiffusion(torch.nn.Module):
         return _expand(self.k.to(like.device)[t.to(like.device)], like).to(like.dtype)
 
     def q_probs(self, z0: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """P(z_t = 1 | z_0) = k_t z_0 + (1 - k_t) / 2. SPEC 2, forward process."""
+        """P(z_t = 1 | z_0) = k_t z_0 + (1 - k_t) / 2. docs/method.md §2, forward process."""
         k = self.k_at(t, z0)
         return k * z0 + (1 - k) / 2
 
@@ -187,7 +187,7 @@ class BernoulliDiffusion(torch.nn.Module):
 
         The class-balanced losses ("balanced", and approximately "focal") weight flipped bits
         by 1 - r_t and kept bits by r_t; their minimiser is l', not logit P(z_0 = 1 | z_t).
-        SPEC 2, training loss.
+        docs/method.md §2, training loss.
         """
         return self.config.loss_type in ("balanced", "focal")
 
@@ -207,7 +207,7 @@ class BernoulliDiffusion(torch.nn.Module):
 
     def z0_logits(self, net_logits: torch.Tensor, z_t: torch.Tensor,
                   t: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Logit of P(z_0 = 1 | z_t) from the network's output. SPEC 2, flip parameterisation.
+        """Logit of P(z_0 = 1 | z_t) from the network's output. method.md §2, flip parameterisation.
 
         flip: the network's logit is for "bit of z_t is wrong", so
         logit(z_0 = 1) = +l where z_t = 0 and -l where z_t = 1. A network trained with a
@@ -233,7 +233,7 @@ class BernoulliDiffusion(torch.nn.Module):
                          t: torch.Tensor | int, s: torch.Tensor | int,
                          evidence_weight: float = 1.0, temperature: float = 1.0
                          ) -> torch.Tensor:
-        """Logit of P(z_s = 1 | z_t) for any s < t, given logit P(z_0 = 1 | z_t). SPEC 2.
+        """Logit of P(z_s = 1 | z_t) for any s < t, given logit P(z_0 = 1 | z_t). method.md §2.
 
         The exact step (``evidence_weight`` = 1) first removes the evidence of z_t from the
         network's posterior, then treats the result as a prior on z_0:
@@ -245,7 +245,7 @@ class BernoulliDiffusion(torch.nn.Module):
 
         lambda (``evidence_weight``) = 0 is the original code's product, which counts z_t's
         evidence twice: bits keep their value in z_t more often than in the exact step (a
-        lower-noise sampler variant, SPEC 2 "Evidence weight"). Computed in log space.
+        lower-noise sampler variant, docs/method.md §2 "Evidence weight"). Computed in log space.
         """
         k_t = self.k_at(t, z_t).float()
         k_s = self.k_at(s, z_t).float()
@@ -314,7 +314,7 @@ class BernoulliDiffusion(torch.nn.Module):
 
     def group_logits(self, net_logits: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         """log P(z_0 group = v | z_t) for every pattern v, (B, G, 2^g, ...) float32, from the
-        grouped network's output (B, G 2^g, ...). SPEC 2, flip parameterisation per group.
+        grouped network's output (B, G 2^g, ...). method.md §2, flip parameterisation per group.
 
         flip: the network's categorical is over the group's flip pattern f = z_0 XOR z_t
         (f = 0, "no bit flips", dominates at small t), so log P(z_0 = v) = l[v XOR c_t] with
@@ -367,7 +367,7 @@ class BernoulliDiffusion(torch.nn.Module):
     def _step_given_z0(z0: torch.Tensor, z_t: torch.Tensor, k_t: torch.Tensor,
                        k_s: torch.Tensor) -> torch.Tensor:
         """q(z_s = 1 | z_t, z_0) per bit for known bits z_0 (tensors broadcast together):
-        the a/L product of SPEC 2 with p' = z_0,
+        the a/L product of docs/method.md §2 with p' = z_0,
         a1 = k_s z_0 + (1 - k_s)/2, a0 = k_s (1 - z_0) + (1 - k_s)/2 (q(z_s | z_0)),
         L1 = rho z_t + (1 - rho)/2, L0 = rho (1 - z_t) + (1 - rho)/2 (q(z_t | z_s)),
         P = a1 L1 / (a1 L1 + a0 L0); the denominator is q(z_t | z_0) > 0 for t >= 1."""
@@ -386,7 +386,7 @@ class BernoulliDiffusion(torch.nn.Module):
                       evidence_weight: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
         """log pi(v), (B, G, 2^g, ...): the weights of the z_0 patterns in the grouped step.
 
-        The exact step of a group (SPEC 2; q factorises per bit given z_0):
+        The exact step of a group (docs/method.md §2; q factorises per bit given z_0):
 
             P(z_s | z_t) = sum_v p(v | z_t) q(z_s | z_t, v),
             q(z_s | z_t, v) = prod_i q(z_s,i | z_t,i, v_i) = q(z_t | z_s) q(z_s | v) / q(z_t | v).
@@ -424,7 +424,7 @@ class BernoulliDiffusion(torch.nn.Module):
     def group_step(self, logp: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor | int,
                    s: torch.Tensor | int, evidence_weight: float = 1.0, temperature: float = 1.0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw z_s ~ P(z_s | z_t) for s < t with the grouped head, jointly per group. SPEC 2.
+        """Draw z_s ~ P(z_s | z_t) for s < t with the grouped head, jointly per group. method.md §2.
 
         ``logp``: log P(z_0 group = v | z_t) (``group_logits``). Draws a pattern v from the
         weights pi of ``group_weights`` (inverse CDF, one uniform per group), then each bit
@@ -510,7 +510,7 @@ class BernoulliDiffusion(torch.nn.Module):
                         self_condition: bool = False,
                         draw: TrainingDraw | None = None,
                         weight_sum: torch.Tensor | None = None) -> LossOutput:
-        """Sample t ~ U{1..T}, z_t ~ q(z_t | z_0); BCE between P(z_0 = 1 | z_t) and z_0. SPEC 2.
+        """Sample t ~ U{1..T}, z_t ~ q(z_t | z_0); BCE between P(z_0 = 1 | z_t) and z_0. method.md §2.
 
         ``self_condition`` (Chen et al. 2022, "Analog Bits", arXiv 2208.04202): for a random
         half of the samples the network first predicts P(z_0 = 1 | z_t) without gradient and
@@ -556,7 +556,7 @@ class BernoulliDiffusion(torch.nn.Module):
         if cfg.loss_type == "mean":
             main = bce
         elif cfg.loss_type == "weighted":
-            # weight 1 - (t - 1)/T: more weight on small t (SPEC 2, training loss)
+            # weight 1 - (t - 1)/T: more weight on small t (docs/method.md §2, training loss)
             per_bit = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             w = 1 - (t.float() - 1) / self.T
             main = (per_bit.mean(dim=reduce_dims) * w).mean()

@@ -1,4 +1,4 @@
-"""Pack binary latents to uint8 (8 bits per byte) and back, for latent caches. SPEC 1.
+"""Pack binary latents to uint8 (8 bits per byte) and back, for latent caches. docs/method.md §1.
 
 Imports no bld module.
 """

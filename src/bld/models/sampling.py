@@ -1,4 +1,4 @@
-"""Samplers for the Bernoulli prior: few-step, guided, inpainting. SPEC 2, sampling.
+"""Samplers for the Bernoulli prior: few-step, guided, inpainting. docs/method.md §2, sampling.
 
 One pure function under ``@torch.no_grad()`` (as in k-diffusion's ``sampling.py``).
 
@@ -36,7 +36,7 @@ def describe_guidance_interval(interval) -> str:
     return f" at t / T <= {hi:g}" if lo == 0 else f" at {lo:g} <= t / T <= {hi:g}"
 
 
-# lambda of SPEC 2 "Evidence weight": how much of z_t's evidence is removed from the
+# lambda of docs/method.md §2 "Evidence weight": how much of z_t's evidence is removed from the
 # network's posterior before each step. 1 = the exact (ancestral) step; 0 = the original
 # code's product (bits stick to z_t: a lower-noise step). Chosen by measurement on the
 # demo prior (benchmarks/ablations.py); re-measure when the prior changes.
@@ -53,7 +53,7 @@ class SampleOutput(NamedTuple):
 def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Tensor,
                   t: torch.Tensor, y: torch.Tensor | None, guidance: float,
                   null_label: int | None, z0_prev: torch.Tensor | None = None) -> torch.Tensor:
-    """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. SPEC 2.
+    """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. method.md §2.
 
     With the grouped head the same combination acts on each group's categorical logits
     (a constant added to a group's logits changes nothing after the softmax).
@@ -98,8 +98,8 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
             logits elsewhere. The default (0, 1) guides every step.
         temperature: the evidence-free logit l' is divided by it before each step
             (tau < 1: less diverse, more faithful); the grouped head's categorical logits
-            l'(v) likewise. SPEC 2.
-        evidence_weight: lambda of SPEC 2: 1 = the exact step; 0 = the original code's
+            l'(v) likewise. docs/method.md §2.
+        evidence_weight: lambda of docs/method.md §2: 1 = the exact step; 0 = the original code's
             product, which keeps bits of z_t more often (lower noise); values in between
             (or below 0) trade between them.
         null_label: the label index of the learned null condition (needed when guidance != 0).
