@@ -97,8 +97,6 @@ ARMS: dict[str, Arm] = {
     "prior/adaln-drop0.2": Arm("prior", ADALN + ["cond_drop=0.2"], "adaLN-Zero, label drop 0.2"),
     "prior/adaln-on-ae-threshold": Arm("prior", ADALN, "adaLN-Zero prior on the latents of "
                                        "ae/threshold", autoencoder="ae/threshold"),
-    "prior/b64-selfcond": Arm("prior", B64 + ["model.self_condition=true"],
-                              "adaLN-Zero, batch 64 x 2000, self-conditioning (Analog Bits)"),
     "prior/b64-lr3e-3": Arm("prior", B64 + ["optim.lr=0.003"],
                             "adaLN-Zero, batch 64 x 2000, lr 3e-3"),
     "prior/b64-on-ae-bits32-threshold": Arm(
@@ -198,8 +196,8 @@ ARMS: dict[str, Arm] = {
 def _ae_eval(ae, clf, ref: common.FDReference, test_x: torch.Tensor, test_y: torch.Tensor
              ) -> dict[str, Any]:
     """The autoencoder's figures on the whole test set (PSNR over the dataset MSE)."""
-    from bld.evaluation.classifier import accuracy
     from bld.core.metrics import bit_usage, ssim
+    from bld.evaluation.classifier import accuracy
     from bld.inference.generate import reconstruct
     rec = reconstruct(ae, test_x)
     with torch.no_grad():
@@ -215,8 +213,7 @@ def _ae_eval(ae, clf, ref: common.FDReference, test_x: torch.Tensor, test_y: tor
 
 
 def _load_cfg(kind: str, overrides: list[str]):
-    from bld.core.config import load_config_dict
-    from bld.core.config import config_from_dict
+    from bld.core.config import config_from_dict, load_config_dict
     return config_from_dict(kind, load_config_dict(kind, "fashion-mnist", overrides))
 
 
@@ -293,9 +290,9 @@ class Study:
         return out, self.rows[key]
 
     def latents(self, ae_dir: Path) -> Path:
+        from bld.core.loading import load_autoencoder
         from bld.data import build_dataset
         from bld.inference.generate import encode_dataset
-        from bld.core.loading import load_autoencoder
         cache = ae_dir / "latents_train.safetensors"
         if not cache.exists():
             ae = load_autoencoder(ae_dir, "cpu")
@@ -303,8 +300,8 @@ class Study:
         return cache
 
     def prior(self, name: str, seed: int) -> None:
-        from bld.evaluation.evaluate import evaluate_prior
         from bld.core.loading import load_autoencoder, load_prior
+        from bld.evaluation.evaluate import evaluate_prior
         from bld.training.loop import train_prior
         arm = ARMS[name]
         if arm.kind == "preset":

@@ -161,12 +161,12 @@ def train(args) -> None:
 def cost(args) -> None:
     """Predicted demo seconds per arm on this CPU (bld.app.budget)."""
     import torch
+
     from bld.app.budget import calibrate, predict
-    from bld.core.config import load_config_dict
-    from bld.data import build_dataset
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.core.device import cpu_bf16_facts, resolve_precision
+    from bld.data import build_dataset
     from bld.training.prior import resolve_prior_config
-    from bld.core.config import config_from_dict
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

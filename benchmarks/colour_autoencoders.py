@@ -70,12 +70,9 @@ ARMS = {
         "bits32-gan16": (_B32 + ["loss.disc_weight=0.5", "loss.disc_start=1000",
                                  "loss.disc_channels=16", "loss.disc_layers=2"] + _NO_EDGE, 2150),
         # grid16-w48-bits32 with a gradient (edge) loss beside MSE (weight 2: the preset now):
-        # the same cost per step (375 ms against 369 ms, 1 thread, AVX2); and with a residual
-        # refinement of 16 channels at full resolution after the pixel-shuffle: 1.14x per
-        # step (421 ms), so 2350 steps
+        # the same cost per step (375 ms against 369 ms, 1 thread, AVX2)
         "bits32-edge": (_B32 + ["loss.edge_weight=1.0"], 2680),
         "bits32-edge2": (_B32 + ["loss.edge_weight=2.0"], 2680),
-        "bits32-refine16": (_B32 + ["model.refine_channels=16"] + _NO_EDGE, 2350),
     },
 }
 EVAL_N = 1000  # reconstructions measured against the reference half, as `bld demo` does
@@ -129,13 +126,11 @@ def main() -> None:
                               else f"colour_autoencoders_{args.preset}")
     bench = common.setup(args.name, args, "~3 min per arm for emoji64, ~6 min for faces64 "
                                           "(2 threads, AVX2)")
-    from bld.core.config import load_config_dict
-    from bld.data import build_dataset
-    from bld.data import dataset_tensors
-    from bld.evaluation.evaluate import evaluate_autoencoder
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.core.loading import load_autoencoder
+    from bld.data import build_dataset, dataset_tensors
+    from bld.evaluation.evaluate import evaluate_autoencoder
     from bld.training.loop import train_autoencoder
-    from bld.core.config import config_from_dict
     test_set = build_dataset(args.data, split="test")
     classes = list(test_set.classes)
     xt, yt = dataset_tensors(test_set, limit=200 if args.quick else None)

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (sys.path set-up; imported before bld on purpose)
-
 import torch
 
 log = logging.getLogger("bench")
@@ -67,8 +66,8 @@ def dicebear_faces(root: Path) -> list[tuple[Path, str, str, bool]]:
 
 
 def measure(name: str, items: list, steps: int, seed: int) -> dict:
-    from bld.evaluation.classifier import ClassifierConfig, train_classifier
     from bld.data import load_image
+    from bld.evaluation.classifier import ClassifierConfig, train_classifier
     classes = sorted({c for _, c, _, _ in items})
     index = {c: i for i, c in enumerate(classes)}
     x = torch.stack([load_image(p, 64, 3) for p, *_ in items])

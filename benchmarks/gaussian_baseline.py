@@ -52,12 +52,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-
-import common
 
 log = logging.getLogger("bench")
 
@@ -302,10 +301,9 @@ def train_side(kind: str, seed: int, x_train, y_train, ae_train, pr_train, den_c
 def main() -> None:
     args = parse_args()
     q = args.quick
-    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.core.metrics import psnr
     from bld.training.prior import resolve_prior_config
-    from bld.core.config import config_from_dict
 
     small = ["optim.steps=4", "optim.batch_size=16", "model.channels=8", "model.hidden=16"]
     ae_train = config_from_dict("autoencoder", load_config_dict(

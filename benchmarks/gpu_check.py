@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (sys.path set-up; imported before bld on purpose)
-
 import torch
 
 log = logging.getLogger("bench")
@@ -77,9 +76,8 @@ def _median_images_per_s(run_dir: Path) -> float | None:
 
 
 def check_size(size: int, args, plan: dict) -> dict:
-    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.training.loop import train_autoencoder, train_prior
-    from bld.core.config import config_from_dict
 
     work = args.work / str(size)
     work.mkdir(parents=True, exist_ok=True)

@@ -125,12 +125,11 @@ def main() -> None:
         f"{len(args.arms)} x 1-2 min of sampling at N = {n}"))
 
     from bld.core import checkpoint as ckpt
-    from bld.core.config import apply_overrides
-    from bld.evaluation.evaluate import evaluate_autoencoder
+    from bld.core.config import apply_overrides, config_from_dict
     from bld.core.loading import load_autoencoder, load_prior
+    from bld.evaluation.evaluate import evaluate_autoencoder
     from bld.inference.generate import generate
     from bld.training.loop import train_prior
-    from bld.core.config import config_from_dict
 
     args.work.mkdir(parents=True, exist_ok=True)
     rows, sections = [], []

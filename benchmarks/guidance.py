@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 import common
+from tqdm.auto import tqdm
 
 log = logging.getLogger("bench")
 
@@ -65,8 +64,8 @@ def main() -> None:
         f"~{len(settings) + 2} x 1 min per run at N = {n} for the compact prior in fp32 "
         "(x 2 for the 256 x 6 prior)"))
 
-    from bld.evaluation.evaluate import evaluate_autoencoder
     from bld.core.loading import load_autoencoder, load_prior
+    from bld.evaluation.evaluate import evaluate_autoencoder
     from bld.inference.generate import generate
 
     jobs = [(*st, args.seed) for st in settings] + [(*st, args.seed + 1) for st in settings[:2]]

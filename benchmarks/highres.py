@@ -26,7 +26,6 @@ import shutil
 from pathlib import Path
 
 import common  # noqa: F401  (sys.path set-up; imported before bld on purpose)
-
 import torch
 
 log = logging.getLogger("bench")
@@ -77,10 +76,10 @@ def main() -> None:
         "--batch-size", str(b["ae_batch"]), *ae_set]))
 
     def recon() -> dict:
+        from bld.core.loading import load_autoencoder
+        from bld.core.plots import image_grid, save_image
         from bld.data import build_dataset
         from bld.inference.generate import reconstruct
-        from bld.core.plots import image_grid, save_image
-        from bld.core.loading import load_autoencoder
         ae = load_autoencoder(work / "autoencoder")
         test = build_dataset("openmoji", "test", image_size=size)
         x = torch.stack([test[i][0] for i in range(len(test))])

@@ -33,9 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import common
+import torch
 
 log = logging.getLogger("bench")
 
@@ -53,9 +52,8 @@ def saved_bytes(fn) -> int:
 
 
 def presets():
-    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.models.denoiser import PRESETS
-    from bld.core.config import config_from_dict
     ae = config_from_dict("autoencoder", load_config_dict("autoencoder", "1024px", [])).model
     priors = {}
     for name, grid in (("256px", 16), ("1024px", 32)):
@@ -95,7 +93,7 @@ def activation_memory() -> list[dict]:
 
 def checkpoint_time(quick: bool) -> list[dict]:
     from bld.models.autoencoder import BinaryAutoencoder
-    from bld.models.denoiser import Denoiser, PRESETS
+    from bld.models.denoiser import PRESETS, Denoiser
     ae, priors = presets()
     size = 64 if quick else 256
     ae_small = dataclasses.replace(ae, channels=8, hidden=16, bits=16, image_size=size)
@@ -142,8 +140,8 @@ def read_epoch(source: str, limit: int, batch_size: int) -> dict:
     before the dataset is opened and its largest value while reading (sampled per batch)."""
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader
-    from bld.data import build_dataset
-    from bld.data import ShardDataset
+
+    from bld.data import ShardDataset, build_dataset
     from bld.training.batches import ShardBatchSampler, StepBatchSampler
     start_rss = peak = rss_mib()
     t0 = time.perf_counter()
@@ -170,8 +168,7 @@ def in_fresh_process(source: str, limit: int, batch_size: int) -> dict:
 
 
 def shards(quick: bool, tmp: Path) -> list[dict]:
-    from bld.data import build_dataset
-    from bld.data import write_shards
+    from bld.data import build_dataset, write_shards
     n = 2000 if quick else 60000
     size = 200 if quick else 1000
     ds = build_dataset("fashion-mnist", "train")

@@ -61,8 +61,7 @@ def dataset_split(source: str, split: str = "test", limit: int | None = None,
     `data_dir` the source's folder if not its default place."""
     if source == "fashion-mnist" and data_dir is None:
         return fashion_mnist(split, limit)
-    from bld.data import build_dataset
-    from bld.data import dataset_tensors
+    from bld.data import build_dataset, dataset_tensors
     images, labels = dataset_tensors(build_dataset(source, split=split, data_dir=data_dir))
     if limit is not None and limit < len(images):  # a seeded subset: folders are sorted by class
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
@@ -203,8 +202,8 @@ def train_model(model: torch.nn.Module,
     ``loss_fn(idx, generator)`` gets the indices (batch_size,) of this step's items (epochs
     of a seeded permutation of range(n_items)) and returns the scalar loss.
     """
-    from bld.training.optim import EMA, lr_at
     from bld.core.config import OptimConfig
+    from bld.training.optim import EMA, lr_at
     optim = OptimConfig(steps=steps, batch_size=batch_size, lr=lr,
                         warmup=max(1, steps // 20) if warmup is None else warmup,
                         weight_decay=weight_decay)

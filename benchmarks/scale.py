@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import common  # (sys.path set-up; imported before bld on purpose)
-
 import torch
 
 log = logging.getLogger("bench")
@@ -66,9 +65,8 @@ def _rss_mb() -> float:
 def _configs(size: int, quick: bool, ae_checkpointing: bool = False):
     """The size's presets (tiny widths when quick); activation checkpointing off in the prior
     and as asked in the autoencoder, whatever the preset says."""
-    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.training.prior import resolve_prior_config
-    from bld.core.config import config_from_dict
     preset = PRESETS[size]
     ae_over = (QUICK_AE if quick else []) + [f"model.grad_checkpointing={str(ae_checkpointing).lower()}"]
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", preset, ae_over))

@@ -28,9 +28,9 @@ import itertools
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import threading
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -47,10 +47,9 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import torch
 from tqdm.auto import tqdm
-
-import common
 
 log = logging.getLogger("bench")
 
@@ -110,14 +109,13 @@ def kinds_present() -> list[str]:
 
 def kind_worker(quick: bool) -> dict:
     """In a process restricted to one capability: rates of the demo presets per precision."""
+    from bld.core.config import config_from_dict, load_config_dict
+    from bld.core.device import Precision, cpu_bf16_facts, resolve_precision
     from bld.models.autoencoder import AutoencoderLoss, BinaryAutoencoder
-    from bld.core.config import load_config_dict
     from bld.models.denoiser import Denoiser
     from bld.models.diffusion import BernoulliDiffusion
-    from bld.core.device import Precision, cpu_bf16_facts, resolve_precision
     from bld.models.sampling import sample
     from bld.training.prior import resolve_prior_config
-    from bld.core.config import config_from_dict
     cap, native = cpu_bf16_facts()
     auto = resolve_precision("auto", "cpu")
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist", []))
@@ -345,10 +343,9 @@ def _presets(args) -> None:
                      100 * row["train_mfu"], row["sample_img_s_plain"], row["sample_img_s_guided"])
 
     # the demo prior's training: the shipped preset against the settings before the study
-    from bld.core.config import load_config_dict
+    from bld.core.config import config_from_dict, load_config_dict
     from bld.models.denoiser import Denoiser, DenoiserConfig
     from bld.models.diffusion import BernoulliDiffusion
-    from bld.core.config import config_from_dict
     pcfg = config_from_dict("prior", load_config_dict("prior", "fashion-mnist", []))
     ae_cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "fashion-mnist", []))
     bits, grid = ae_cfg.model.bits, ae_cfg.model.grid

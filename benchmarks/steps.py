@@ -23,10 +23,9 @@ import logging
 import time
 from pathlib import Path
 
+import common
 import torch
 from tqdm.auto import tqdm
-
-import common
 
 log = logging.getLogger("bench")
 
@@ -72,11 +71,11 @@ def main() -> None:
         f"~{max(1, round(30 * n / 2000))} min at N = {n} with 1 thread and the demo prior "
         "(~0.5 s of sampling per image over all settings; a calibrated estimate follows)"))
 
+    from bld.core.loading import load_autoencoder, load_prior
+    from bld.core.plots import image_grid, save_image
     from bld.evaluation.evaluate import evaluate_autoencoder
     from bld.inference.generate import generate
-    from bld.core.plots import image_grid, save_image
     from bld.models.sampling import DEFAULT_EVIDENCE_WEIGHT
-    from bld.core.loading import load_autoencoder, load_prior
 
     lam_base = DEFAULT_EVIDENCE_WEIGHT if args.evidence_weight is None else args.evidence_weight
 

@@ -33,10 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 from tqdm.auto import tqdm
-
-import common
 
 log = logging.getLogger("bench")
 
@@ -63,13 +62,14 @@ def main() -> None:
                          expected_full="~2-4 min with 1 thread (encoding 10000 images ~0.5 min, "
                                        "4 x 21 training steps of the demo prior)")
     from safetensors.torch import save_file
-    from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
+
+    from bld.core.loading import LatentDataset, load_autoencoder
     from bld.data import TensorImageDataset, load_fashion_mnist
+    from bld.inference.generate import encode_dataset
+    from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
     from bld.models.denoiser import Denoiser, DenoiserConfig
     from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig
     from bld.models.packing import unpack_bits
-    from bld.inference.generate import encode_dataset
-    from bld.core.loading import LatentDataset, load_autoencoder
 
     if args.run is not None:
         ae = load_autoencoder(args.run / "autoencoder")

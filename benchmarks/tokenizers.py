@@ -60,12 +60,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-
-import common
 
 log = logging.getLogger("bench")
 
@@ -148,8 +147,7 @@ def lfq_codebooks(dim: int, max_bits: int = 8) -> int:
 
 
 def _preset(name: str):
-    from bld.core.config import load_config_dict
-    from bld.core.config import config_from_dict
+    from bld.core.config import config_from_dict, load_config_dict
     return config_from_dict("autoencoder", load_config_dict("autoencoder", name, []))
 
 
@@ -377,8 +375,8 @@ def main() -> None:
                                        "demo's budget)" if fashion else
                                        f"{len(args.tokenizers) * args.seeds} trainings of "
                                        f"{steps} steps (their s/step is logged as each ends)")
-    from bld.evaluation.evaluate import extract_features
     from bld.core.metrics import fd_from_features, psnr, ssim
+    from bld.evaluation.evaluate import extract_features
 
     x_train, _ = common.dataset_split(source, "train", n_train)
     xt, yt = common.dataset_split(source, "test", n_test)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bld.models.autoencoder import (AutoencoderConfig, AutoencoderLoss, AutoencoderLossConfig,
-                                    BinaryAutoencoder, flip_bits)
+                                    BinaryAutoencoder)
 from bld.models.packing import pack_bits, unpack_bits
 
 
@@ -187,52 +187,3 @@ def test_edge_loss_tells_a_lost_outline_from_a_shift_of_the_same_mse():
     assert torch.allclose(got, 2.0 * edge_loss(out.recon.float(), x), atol=1e-6) and got > 0
 
 
-def test_full_resolution_refinement_starts_as_identity_and_learns():
-    torch.manual_seed(0)
-    c = dict(in_channels=3, image_size=32, padded_size=0, patch=4, channel_mult=(1,))
-    plain, refined = BinaryAutoencoder(small_config(**c)), BinaryAutoencoder(
-        small_config(**c, refine_channels=8))
-    assert plain.decoder.refine is None
-    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("decoder.refine.") for k in missing)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    bits = plain.encode(x)
-    assert torch.equal(plain.decode(bits), refined.decode(bits))  # zero-initialised residual
-    refined.decode(bits).square().mean().backward()
-    assert refined.decoder.refine[-1].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="refine_channels"):
-        small_config(refine_channels=-1)
-
-
-def test_flip_bits_draws_a_rate_per_image_and_reverses_flipped_gradients():
-    g = torch.Generator().manual_seed(0)
-    probs = torch.rand(400, 8, 8, 8, generator=g).requires_grad_()
-    hard = (probs > 0.5).float()
-    bits = hard + (probs - probs.detach())  # straight-through, as the quantizer makes them
-    out = flip_bits(bits, 0.2, generator=g)
-    flipped = out.detach() != hard
-    assert torch.equal(out.detach(), torch.where(flipped, 1 - hard, hard))  # still 0 / 1
-    share = flipped.float().flatten(1).mean(1)  # per image
-    assert share.max() < 0.2 + 0.06  # no image above its rate (512 bits: a few % of noise)
-    assert share.min() < 0.02 and share.max() > 0.15  # rates spread over [0, 0.2]
-    assert abs(share.mean().item() - 0.1) < 0.01  # U(0, 0.2) has mean 0.1
-    out.sum().backward()
-    assert torch.equal(probs.grad, torch.where(flipped, -1.0, 1.0))
-    assert torch.equal(flip_bits(hard, 0.0), hard)
-
-
-def test_train_flip_noises_only_the_training_decoder_input():
-    torch.manual_seed(0)
-    ae = BinaryAutoencoder(small_config(train_bits="threshold", train_flip=0.3))
-    x = torch.rand(8, 1, 28, 28) * 2 - 1
-    ae.train()
-    out = ae(x, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(out.bits, (out.probs > 0.5).float())  # the bits returned are the code's
-    # the decoder saw the code with some bits flipped, not the code itself
-    assert not torch.allclose(out.recon, ae.decode(out.bits))
-    ae.eval()
-    with torch.no_grad():
-        assert torch.equal(ae(x).recon, ae.decode(ae.encode(x)))  # evaluation never flips
-    for bad in (-0.1, 0.6):
-        with pytest.raises(ValueError, match="train_flip"):
-            small_config(train_flip=bad)

@@ -11,11 +11,10 @@ import torch
 
 from bld.app.budget import (MIN_SCALE, SAFETY, Plan, Rates, calibrate, make_plan, predict,
                             replan_prior)
-from bld.core.config import load_config_dict
-from bld.data import TensorImageDataset
+from bld.core.config import config_from_dict, load_config_dict
 from bld.core.device import Precision
+from bld.data import TensorImageDataset
 from bld.training.prior import resolve_prior_config
-from bld.core.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -175,9 +175,9 @@ def test_reconstruct_test_images_prints_errors(runs, tmp_path, capsys):
     l1, mse, psnr = map(float, m.groups())
     # the figures are the model's: the first 8 test images through encode -> bits -> decode,
     # recomputed here, and far better than an autoencoder that returns noise
-    from bld.data import to_model_range
-    from bld.core.metrics import psnr_from_mse
     from bld.core.loading import load_autoencoder
+    from bld.core.metrics import psnr_from_mse
+    from bld.data import to_model_range
     ae = load_autoencoder(runs.ae)
     x = to_model_range(load_fashion_mnist("test")[0][:8])
     with torch.no_grad():

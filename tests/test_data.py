@@ -17,7 +17,7 @@ import torch
 from PIL import Image, features
 from torch.utils.data import DataLoader
 
-from bld.data import (DICEBEAR_BACKGROUNDS, DatasetNotFoundError, FASHION_MNIST_CLASSES,
+from bld.data import (DICEBEAR_BACKGROUNDS, FASHION_MNIST_CLASSES, DatasetNotFoundError,
                       ImageFolderDataset, TensorImageDataset, build_dataset, extract_emoji_tarball,
                       extract_openmoji_tarball, find_fashion_mnist, prepare_openmoji)
 from bld.data.folder import _hash_fraction

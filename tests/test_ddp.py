@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from bld.app.cli import main
 from bld.core import checkpoint as ckpt
 from bld.core import runfolder
-from bld.app.cli import main
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -148,8 +148,8 @@ def test_ddp_averages_gradients_over_ranks_that_see_different_batches(fashion_mn
         assert float(a["grad_norm"]) == pytest.approx(float(b["grad_norm"]), rel=2e-3), a["step"]
     # weights: the two runs' difference (float rounding that Adam's normalisation amplifies
     # where gradients are tiny) is small against how far training moved them from the start
-    from bld.models.autoencoder import BinaryAutoencoder
     from bld.core.config import config_from_dict
+    from bld.models.autoencoder import BinaryAutoencoder
     a, b = (ckpt.load_checkpoint(tmp_path / d, "autoencoder") for d in ("ddp", "one"))
     cfg = config_from_dict("autoencoder", b.config)
     torch.manual_seed(cfg.run.seed)  # as the training loop builds it

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bld.evaluation.classifier import accuracy, per_class_accuracy
 from bld.app.cli import main
 from bld.core.config import load_config_dict
 from bld.core.device import resolve_precision
-from bld.data import load_fashion_mnist, to_model_range
-from bld.evaluation.evaluate import (evaluate_images, extract_features, load_classifier,
-                                     real_reference)
 from bld.core.loading import load_prior
 from bld.core.metrics import fd_from_features
+from bld.data import load_fashion_mnist, to_model_range
+from bld.evaluation.classifier import accuracy, per_class_accuracy
+from bld.evaluation.evaluate import (evaluate_images, extract_features, load_classifier,
+                                     real_reference)
 from bld.models.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 pytestmark = pytest.mark.usefixtures("one_thread")

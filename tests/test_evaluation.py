@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from bld.core.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
+                              precision_recall, psnr, ssim)
+from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation.classifier import (Classifier, ClassifierConfig, accuracy, augment,
                                        per_class_accuracy, prediction_accuracy, train_classifier)
-from bld.data import load_fashion_mnist, to_model_range
 from bld.evaluation.evaluate import InceptionFeatures, extract_features
-from bld.core.metrics import (FeatureStats, bit_usage, fd_from_features, frechet_distance,
-                                    precision_recall, psnr, ssim)
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ import torch
 from safetensors import SafetensorError
 
 import bld.training.loop
+from bld.app.cli import main
 from bld.core import checkpoint as ckpt
 from bld.core import runfolder
-from bld.app.cli import main
 from bld.models.diffusion import BernoulliDiffusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")

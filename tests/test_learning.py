@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
+from bld.core.device import resolve_precision
 from bld.data import DatasetNotFoundError, load_fashion_mnist, to_model_range
+from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from bld.models.denoiser import Denoiser, DenoiserConfig
 from bld.models.diffusion import BernoulliDiffusion, DiffusionConfig
-from bld.core.device import resolve_precision
 from bld.models.sampling import sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -99,7 +99,9 @@ def test_pipeline_guidance_interval_defaults_to_the_priors(pipe, monkeypatch):
     """The prior's config says where guidance applies; an explicit interval overrides it,
     and sampling with the default is sampling with that interval spelled out."""
     import dataclasses
+
     import torch
+
     import bld.inference.pipeline
     cfg = pipe.prior.config
     monkeypatch.setattr(pipe.prior, "config",
@@ -122,7 +124,9 @@ def test_pipeline_temperature_defaults_to_the_priors(pipe, monkeypatch):
     """The prior's config sets the sampler's temperature; an explicit one overrides it, and
     the default samples exactly what the value spelled out samples."""
     import dataclasses
+
     import torch
+
     import bld.inference.pipeline
     monkeypatch.setattr(pipe.prior, "config",
                         dataclasses.replace(pipe.prior.config, sample_temperature=1.4))
@@ -141,6 +145,7 @@ def test_pipeline_temperature_defaults_to_the_priors(pipe, monkeypatch):
 
 def test_pipeline_trajectory_ends_at_the_sample(pipe):
     import torch
+
     from bld.inference.pipeline import bits_flipped
     out = pipe(class_labels=[1, 2], steps=5, seed=0, return_bits=True, return_trajectory=True)
     assert len(out.trajectory) == 6 and out.timesteps[0] == pipe.timesteps
@@ -154,6 +159,7 @@ def test_pipeline_trajectory_ends_at_the_sample(pipe):
 
 def test_pipeline_save_and_load_one_folder(pipe, tmp_path, monkeypatch):
     import torch
+
     from bld import BinaryLatentDiffusionPipeline
     folder = tmp_path / "pretrained"
     pipe.save_pretrained(folder)
@@ -173,6 +179,7 @@ def test_pipeline_save_and_load_one_folder(pipe, tmp_path, monkeypatch):
 
 def test_pipeline_encode_decode_round_trip(pipe, test_images, runs):
     import torch
+
     from bld.core.loading import load_autoencoder
     from bld.inference.generate import reconstruct
     x, _ = test_images

@@ -10,11 +10,10 @@ import pytest
 import yaml
 
 import bld.core.device as precision
-from bld.core.runfolder import find_latest
 from bld.app.cli import build_parser, main
-from bld.core.config import ConfigError, load_config_dict, preset_names
+from bld.core.config import ConfigError, config_from_dict, load_config_dict, preset_names
 from bld.core.device import Precision, resolve_precision
-from bld.core.config import config_from_dict
+from bld.core.runfolder import find_latest
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bld.models.autoencoder import BinaryAutoencoder
-from bld.core.config import load_config_dict
+from bld.core.config import config_from_dict, load_config_dict
 from bld.data import DatasetNotFoundError, build_dataset
+from bld.models.autoencoder import BinaryAutoencoder
 from bld.models.denoiser import Denoiser
 from bld.models.diffusion import BernoulliDiffusion
 from bld.training.prior import resolve_prior_config
-from bld.core.config import config_from_dict
 
 REDUCED_AE = ["model.channels=4", "model.hidden=16"]
 
@@ -73,3 +72,17 @@ def test_high_resolution_presets_train_at_reduced_width(preset, size):
     opt.step()
     moved = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert moved > len(before) // 2  # the gradient reached most of the network
+
+
+@pytest.mark.parametrize("kind,key,on", [("prior", "self_condition", True),
+                                         ("autoencoder", "refine_channels", 16),
+                                         ("autoencoder", "train_flip", 0.1)])
+def test_a_config_with_a_removed_option_loads_when_off_and_is_refused_when_on(kind, key, on):
+    """Checkpoints written before an option was removed still load where it was off."""
+    from bld.core.config import REMOVED_OPTIONS, ConfigError, to_dict
+    data = to_dict(config_from_dict(kind, load_config_dict(kind, None, [])))
+    assert key not in data["model"]  # removed from today's configs
+    off = {**data, "model": {**data["model"], key: REMOVED_OPTIONS[key]}}
+    assert to_dict(config_from_dict(kind, off)) == data
+    with pytest.raises(ConfigError, match=f"model.{key}, an option removed"):
+        config_from_dict(kind, {**data, "model": {**data["model"], key: on}})

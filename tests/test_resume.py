@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import bld.training.loop
+from bld.app.cli import main
 from bld.core import checkpoint as ckpt
 from bld.core import runfolder
-from bld.app.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -198,40 +198,6 @@ def test_exact_chain_reproduces_an_explicit_distribution(steps, exact_tv, gap):
     assert tv[0.0] > tv[1.0] + gap, tv
 
 
-def test_self_conditioned_network_sees_its_previous_estimate():
-    # step 1 sees 0.5 (no estimate); every later step sees sigmoid of the previous step's
-    # z_0 logits; the training loss feeds an estimate to about half of the samples
-    torch.manual_seed(0)
-    net = Denoiser(DenoiserConfig(bits=8, grid=3, width=32, depth=1, heads=2, num_classes=3,
-                                  conditioning="adaln", self_condition=True))
-    torch.nn.init.normal_(net.head.weight, std=0.5)
-    seen, outs = [], []
-    forward = net.forward
-
-    def spy(z, t, y=None, z0_prev=None):
-        seen.append(z0_prev.clone())
-        out = forward(z, t, y, z0_prev=z0_prev)
-        outs.append((z.clone(), out.detach().float().clone()))
-        return out
-
-    net.forward = spy
-    d = BernoulliDiffusion(DiffusionConfig(timesteps=T))
-    sample(net, d, SHAPE, steps=4, y=torch.tensor([0, 1, 2, 0]),
-           generator=torch.Generator().manual_seed(0))
-    assert len(seen) == 4 and torch.all(seen[0] == 0.5)
-    for i in range(1, 4):
-        z_prev, out_prev = outs[i - 1]
-        assert torch.allclose(seen[i], torch.sigmoid(d.z0_logits(out_prev, z_prev, torch.full(
-            (4,), [64, 43, 22, 1][i - 1]))))
-    seen.clear()
-    z0 = (torch.rand(64, 8, 3, 3, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    loss = d.training_losses(net, z0, torch.zeros(64, dtype=torch.long),
-                             generator=torch.Generator().manual_seed(2), self_condition=True).loss
-    loss.backward()
-    graded = seen[-1]
-    estimated = (graded != 0.5).flatten(1).any(1).float().mean().item()
-    assert 0.3 < estimated < 0.7 and net.embed_prev.weight.grad.abs().sum() > 0
-
 
 def test_guidance_interval_guides_only_inside_it():
     # guided steps evaluate cond + uncond (a doubled batch); outside the interval plain

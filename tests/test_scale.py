@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from bld.app.cli import main
-from bld.core.config import load_config_dict
+from bld.core.config import config_from_dict, load_config_dict
+from bld.models.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from bld.models.denoiser import Denoiser, DenoiserConfig
-from bld.core.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,9 +61,8 @@ def test_autoencoder_grad_accum_equals_one_batch(train_bits, tmp_path, monkeypat
     assert_same_gradients(one, acc)
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "diffusion.loss_type=mean",
-                                        "--set", "model.self_condition=true"]],
-                         ids=["balanced", "mean-selfcond"])
+@pytest.mark.parametrize("extra", [[], ["--set", "diffusion.loss_type=mean"]],
+                         ids=["balanced", "mean"])
 def test_prior_grad_accum_equals_one_batch(extra, runs, tmp_path, monkeypatch,
                                            tiny_prior_args):
     base = ["train-prior", "--autoencoder", runs.ae, "--latents", runs.latents,
@@ -145,6 +143,7 @@ def test_checkpointing_autoencoder_1024px_preset_at_reduced_width(fashion_mnist)
     """The 1024px preset (factor 32, six levels) with checkpointing on, at width 4 and
     64 px: loss and gradients match the model without it."""
     import dataclasses
+
     from bld.data import build_dataset
     cfg = config_from_dict("autoencoder", load_config_dict("autoencoder", "1024px", [
         "model.channels=4", "model.hidden=8", "model.bits=8", "model.image_size=64"]))
@@ -165,6 +164,7 @@ def test_checkpointing_prior_preset_at_reduced_width(preset, conditioning):
     """The prior presets on the 'original' size turn checkpointing on; at width 32, depth 3,
     with dropout, the loss and gradients match the model without it."""
     import dataclasses
+
     from bld.models.diffusion import BernoulliDiffusion
     cfg = config_from_dict("prior", load_config_dict("prior", preset, []))
     assert cfg.preset == "original" and cfg.model.grad_checkpointing

@@ -11,8 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bld.app.cli import main
-from bld.data import build_dataset
-from bld.data import ShardDataset
+from bld.data import ShardDataset, build_dataset
 from bld.training.batches import ShardBatchSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")

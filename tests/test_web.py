@@ -109,8 +109,8 @@ def test_trajectory_and_blend_handlers(app):
 
 # ------------------------------------------------------------------------ in a browser
 def test_the_page_in_a_real_browser(runs, tmp_path):
-    from webcheck import (PageError, browser_page, chromium_path, click_and_time,
-                              not_blank, paint, running_server)
+    from webcheck import (PageError, browser_page, chromium_path, click_and_time, not_blank, paint,
+                          running_server)
     if chromium_path() is None:
         print("SKIPPED: no chromium on PATH (Debian: apt-get install chromium)")
         pytest.skip("no chromium binary on PATH; `bash scripts/setup.sh --test` installs it")
@@ -141,6 +141,7 @@ def test_the_page_in_a_real_browser(runs, tmp_path):
 
 def test_serve_command_errors_are_one_line(runs, monkeypatch, capsys):
     import sys
+
     from bld.app.cli import main
     assert main(["serve", str(runs.prior), "--port", "70000"]) == 2
     assert "--port must be 1..65535" in capsys.readouterr().err

@@ -29,12 +29,12 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from ..models.autoencoder import AutoencoderLoss, BinaryAutoencoder
+from ..core.device import Precision
+from ..core.loading import LatentDataset
 from ..evaluation.classifier import Classifier, ClassifierConfig
+from ..models.autoencoder import AutoencoderLoss, BinaryAutoencoder
 from ..models.denoiser import Denoiser
 from ..models.diffusion import BernoulliDiffusion, sampling_timesteps
-from ..core.loading import LatentDataset
-from ..core.device import Precision
 from ..models.sampling import sample
 
 log = logging.getLogger("bld")

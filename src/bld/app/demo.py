@@ -22,9 +22,9 @@ import torch
 
 from .. import __version__
 from ..core.config import ConfigError, load_config_dict, to_dict
-from ..data import build_dataset
-from ..core.plots import image_grid, save_image
 from ..core.device import resolve_precision
+from ..core.plots import image_grid, save_image
+from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, describe_guidance_interval
 
 log = logging.getLogger("bld")
@@ -195,9 +195,9 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
     """Fit the training steps to ``s.minutes`` (bld.app.budget): calibrate and plan, counting the
     ``spent_s`` seconds already taken (the FD classifier, trained first). The plan is kept in
     ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
+    from ..training.prior import resolve_prior_config
     from .budget import (calibrate, calibrate_autoencoder, calibrate_prior, fastest, guided_share,
                          make_plan)
-    from ..training.prior import resolve_prior_config
     record = out / "plan.json"
     if s.resume and record.exists():
         s.plan = json.loads(record.read_text())
@@ -285,11 +285,11 @@ def _describe(plan: dict[str, Any]) -> str:
 
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
-    from ..inference.pipeline import BinaryLatentDiffusionPipeline
-    from ..inference.generate import encode_dataset, reconstruct
-    from ..core.loading import load_autoencoder, load_prior
     from ..core.device import resolve_device
+    from ..core.loading import load_autoencoder, load_prior
     from ..data import LimitedDataset
+    from ..inference.generate import encode_dataset, reconstruct
+    from ..inference.pipeline import BinaryLatentDiffusionPipeline
     from ..training.loop import train_autoencoder, train_prior
 
     if s.dataset not in DEMO_DATASETS:

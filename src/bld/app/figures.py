@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..inference.pipeline import BinaryLatentDiffusionPipeline, bits_flipped
 from ..core.plots import labelled_grid
+from ..inference.pipeline import BinaryLatentDiffusionPipeline, bits_flipped
 
 
 def trajectory_figure(pipe: BinaryLatentDiffusionPipeline, out_path: str | Path, *,

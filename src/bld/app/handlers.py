@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from ..inference.pipeline import BinaryLatentDiffusionPipeline, bits_flipped
 from ..core.plots import image_grid, to_pil
+from ..inference.pipeline import BinaryLatentDiffusionPipeline, bits_flipped
 
 log = logging.getLogger("bld")
 
@@ -154,8 +154,7 @@ class App:
     # ------------------------------------------------------------------------ helpers
     def _load_test_images(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The test split of the autoencoder's dataset, to pick images from (if readable)."""
-        from ..data import build_dataset
-        from ..data import dataset_tensors
+        from ..data import build_dataset, dataset_tensors
         src = self.pipe.data.get("source")
         if not src:
             return None

@@ -24,7 +24,6 @@ from ..models.denoiser import DenoiserConfig
 from ..models.diffusion import DiffusionConfig
 from ..models.sampling import check_guidance_interval
 
-
 T = TypeVar("T")
 
 PRECISIONS = ("auto", "fp32", "bf16")  # the one precision setting; bld.core.device applies it
@@ -320,11 +319,27 @@ def _check(obj: Any, strict: bool = False, **ranges: tuple[float, float | None])
 CONFIG_KINDS = {"autoencoder": AutoencoderTrainConfig, "prior": PriorTrainConfig}
 
 
+# options removed from the models, with the value that meant "off"
+REMOVED_OPTIONS = {"self_condition": False, "refine_channels": 0, "train_flip": 0.0}
+
+
 def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A config written by an earlier bld, in today's keys: ``run.bf16: true / false`` (before
     ``run.precision``) becomes ``run.precision: bf16 / fp32``, what those runs computed in; a
     prior's config from before ``bit_group`` gets ``bit_group: 1`` (one logit per bit, all
-    there was) in ``diffusion`` and ``model``, so that such a run still resumes."""
+    there was) in ``diffusion`` and ``model``, so that such a run still resumes. The options
+    removed after they were measured with no gain (``model.self_condition``,
+    ``model.refine_channels``, ``model.train_flip``) are dropped where they are off, and a
+    config that turned one on is refused: its weights need code this version lacks."""
+    model = data.get("model")
+    if isinstance(model, dict) and REMOVED_OPTIONS.keys() & model.keys():
+        on = [k for k, off in REMOVED_OPTIONS.items() if k in model and model[k] != off]
+        if on:
+            raise ConfigError(
+                f"this run was made with model.{', model.'.join(on)}, an option removed from bld "
+                "after it was measured with no gain (docs/training-options.md); load it with "
+                "the bld version that trained it")
+        data = {**data, "model": {k: v for k, v in model.items() if k not in REMOVED_OPTIONS}}
     run = data.get("run")
     if isinstance(run, dict) and "bf16" in run:
         run = {k: v for k, v in run.items() if k != "bf16"}

@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from . import checkpoint as ckpt
 from ..models.autoencoder import BinaryAutoencoder
 from ..models.denoiser import Denoiser
 from ..models.diffusion import BernoulliDiffusion
 from ..models.packing import unpack_bits
+from . import checkpoint as ckpt
 from .config import AutoencoderTrainConfig, PriorTrainConfig, config_from_dict
-
 
 
 class LatentDataset(Dataset):

@@ -153,6 +153,7 @@ def render_svgs(jobs: list[tuple[bytes, int, str]], desc: str, workers: int | No
     """render_svg_to over every job, in `workers` processes (default up to 4), with a
     progress bar; each job's error text or None, in order."""
     from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
     workers = workers or min(4, os.cpu_count() or 1)
     results: list[str | None] = []

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import dataset_tensors
 from ..core.metrics import FeatureStats, bit_usage, fd_from_features, precision_recall, psnr, ssim
+from ..data import dataset_tensors
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (
@@ -113,6 +113,7 @@ class InceptionFeatures(nn.Module):
 def save_classifier(path: str | os.PathLike, result, dataset: str, seconds: float) -> Path:
     """Store a trained classifier like any checkpoint (kind 'classifier')."""
     from dataclasses import asdict
+
     from ..core.checkpoint import save_checkpoint
     return save_checkpoint(path, kind="classifier", config=asdict(result.model.config),
                            model=result.model, metadata={
@@ -123,8 +124,8 @@ def save_classifier(path: str | os.PathLike, result, dataset: str, seconds: floa
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A stored FD classifier in eval mode, and its metadata (dataset, test accuracy)."""
     from ..core.checkpoint import load_checkpoint, load_state_strict
-    from .classifier import Classifier, ClassifierConfig
     from ..core.config import from_dict
+    from .classifier import Classifier, ClassifierConfig
     ck = load_checkpoint(path, kind="classifier", map_location=device)
     model = Classifier(from_dict(ClassifierConfig, ck.config))
     load_state_strict(model, ck.model_state, "classifier")
@@ -137,8 +138,9 @@ def train_and_save_classifier(dataset: str, out: str | os.PathLike, *, steps: in
                               progress: bool = True):
     """Train the FD feature classifier on a dataset's train split; test on its test split."""
     import time
-    from .classifier import ClassifierConfig, train_classifier
+
     from ..data import build_dataset
+    from .classifier import ClassifierConfig, train_classifier
     train = build_dataset(dataset, "train", image_size, channels, data_dir)
     test = build_dataset(dataset, "test", image_size, channels, data_dir)
     if train.num_classes < 2:
@@ -239,8 +241,8 @@ def evaluate_prior(prior, ae: nn.Module, classifier: nn.Module, test_images: tor
     the same n (FD of reconstructions: a prior cannot beat its decoder) and the settings and
     wall time per image.
     """
-    from ..inference.generate import generate
     from ..core.device import resolve_precision
+    from ..inference.generate import generate
     from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
     device = next(prior.model.parameters()).device
     if evidence_weight is None:

@@ -20,13 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..models.autoencoder import BinaryAutoencoder
+from ..core.device import autocast
 from ..core.loading import LoadedPrior
 from ..core.metrics import psnr_from_mse
+from ..models.autoencoder import BinaryAutoencoder
 from ..models.packing import pack_bits
-from ..core.device import autocast
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, sample
-
 
 
 @torch.no_grad()

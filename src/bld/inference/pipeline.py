@@ -2,18 +2,13 @@
 object (diffusers' habit): load a run or a `save_pretrained` folder, sample, inpaint, follow
 the denoising trajectory, blend two images in bit space.
 
-Every public method checks its inputs and answers bad ones with a one-line ValueError; the
-loops themselves are the functions of `bld.inference.generate` (re-exported here). One object with
-its checks beside it, so longer than most modules. Imports bld's autoencoder, inference,
-loading, plots, precision and sampling modules, and on first use config, data, denoiser,
-diffusion and train_config.
+Every public method checks its inputs (`bld.inference.checks`) and answers bad ones with a
+one-line ValueError; the loops themselves are the functions of `bld.inference.generate`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,12 +16,13 @@ from typing import Callable
 import torch
 from huggingface_hub import ModelHubMixin
 
-from ..models.autoencoder import BinaryAutoencoder
-from .generate import GenerateResult, class_labels, generate, inpaint
+from ..core.config import check_precision
 from ..core.loading import LoadedPrior
 from ..core.plots import to_pil
-from ..core.config import check_precision
+from ..models.autoencoder import BinaryAutoencoder
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, check_guidance_interval
+from .checks import check_images, check_mask, finite, whole_number
+from .generate import GenerateResult, class_labels, generate, inpaint
 
 __all__ = ["BinaryLatentDiffusionPipeline", "PipelineOutput", "BlendOutput", "bits_flipped"]
 
@@ -91,8 +87,8 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         ``autoencoder`` is given), or a folder written by `save_pretrained`. ``precision``
         (auto | fp32 | bf16) is the default of every sampling call (bld.core.device)."""
         from ..core.config import ConfigError, to_dict
-        from ..core.loading import load_autoencoder_with_config, load_prior
         from ..core.device import resolve_device
+        from ..core.loading import load_autoencoder_with_config, load_prior
         device = resolve_device(str(device))
         if run_dir is not None:
             run_dir = Path(run_dir)
@@ -118,6 +114,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
+
         from .. import __version__
         from ..core.config import to_dict
         save_directory = Path(save_directory)
@@ -136,12 +133,12 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                          config: dict | None = None, device: torch.device | str = "cpu",
                          **_ignored) -> "BinaryLatentDiffusionPipeline":
         from safetensors.torch import load_model
+
+        from ..core.config import ConfigError, config_from_dict, from_dict
+        from ..core.device import resolve_device
         from ..models.autoencoder import AutoencoderConfig
-        from ..core.config import ConfigError, from_dict
         from ..models.denoiser import Denoiser
         from ..models.diffusion import BernoulliDiffusion
-        from ..core.device import resolve_device
-        from ..core.config import config_from_dict
         if not config or config.get("format") != PIPELINE_FORMAT:
             raise ConfigError(f"{model_id} is not a bld pipeline folder (its config.json must "
                               f"say format {PIPELINE_FORMAT!r}); write one with save_pretrained")
@@ -218,9 +215,9 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             wanted = [wanted]
         if isinstance(wanted, torch.Tensor):
             wanted = wanted.tolist()
-        wanted = [c if isinstance(c, str) else _whole_number(c, "a class id") for c in wanted] \
+        wanted = [c if isinstance(c, str) else whole_number(c, "a class id") for c in wanted] \
             if wanted is not None else None
-        n = _whole_number(n if n is not None else (len(wanted) if wanted else 1), "n")
+        n = whole_number(n if n is not None else (len(wanted) if wanted else 1), "n")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         return class_labels(self.prior, wanted, n), n
@@ -240,12 +237,12 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         temperature (the prior's when None)."""
         if temperature is None:
             temperature = self.default_temperature
-        steps = _whole_number(steps, "steps")
+        steps = whole_number(steps, "steps")
         if not 2 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in 2..{self.timesteps} (the prior's T), got {steps}")
-        if guidance is not None and _finite(guidance, "guidance") < 0:
+        if guidance is not None and finite(guidance, "guidance") < 0:
             raise ValueError(f"guidance must be >= 0 (0: no guidance), got {guidance}")
-        if _finite(temperature, "temperature") <= 0:
+        if finite(temperature, "temperature") <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         return steps, temperature
 
@@ -302,8 +299,8 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         are regenerated, the rest is known. Latent positions whose pixel patch is wholly
         known keep the image's bits. ``paste`` puts the known pixels back over the decoder's
         output (off by default, so the result shows what the prior made)."""
-        _check_images(image, one=True)
-        _check_mask(mask, image)
+        check_images(image, one=True)
+        check_mask(mask, image)
         x = self.to_tensor(image)[0]
         fill = self.mask_to_tensor(mask)
         if not bool(fill.any()):
@@ -328,6 +325,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         centre-cropped as training data is)."""
         import numpy as np
         from PIL import Image
+
         from ..data import image_to_tensor
         if isinstance(images, np.ndarray) and images.dtype == np.uint8:
             images = Image.fromarray(images)  # (H, W) or (H, W, 3|4) pixels
@@ -364,7 +362,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         """Images -> their deterministic bits (N, C, h, w) in {0, 1}."""
-        _check_images(images)
+        check_images(images)
         x = self.to_tensor(images).to(self.device)
         return self.autoencoder.encode(x, deterministic=True).cpu()
 
@@ -387,7 +385,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         """Walk from image a to image b in bit space: of the bits in which their latents
         differ, take a growing share (in one random order) from b, and decode."""
         for image in (image_a, image_b):
-            _check_images(image, one=True)
+            check_images(image, one=True)
         za, zb = self.encode([image_a, image_b])
         differ = (za != zb).flatten().nonzero().squeeze(1)
         order = differ[torch.randperm(len(differ), generator=torch.Generator().manual_seed(seed))]
@@ -401,85 +399,6 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             zs.append(z.view_as(za))
             taken.append(k)
         return BlendOutput(self.decode(torch.stack(zs)), list(fractions), taken, len(differ))
-
-
-# ------------------------------------------------------------- argument validation
-# PIL modes an image may come in (others, such as LAB, have no conversion to RGB)
-IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F",
-               "I;16", "I;16B", "I;16L")
-
-
-def _whole_number(value, what: str) -> int:
-    """``value`` as an int if it is a whole number (3 or 3.0; not True, 2.5 or '3')."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) \
-            and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    raise ValueError(f"{what} must be a whole number, got {value!r}")
-
-
-def _finite(value, what: str) -> float:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    raise ValueError(f"{what} must be a finite number, got {value!r}")
-
-
-def _check_images(images, one: bool = False) -> None:
-    """One-line ValueErrors for what `to_tensor` cannot take: a path, an image mode PIL cannot
-    turn into RGB, a uint8 array of the wrong shape, or a tensor outside [-1, 1]."""
-    import numpy as np
-    from PIL import Image
-    items = [images] if one or not isinstance(images, (list, tuple)) else list(images)
-    for im in items:
-        if isinstance(im, Image.Image):
-            if im.mode not in IMAGE_MODES:
-                raise ValueError(f"an image in mode {im.mode} cannot be used; convert it to "
-                                 "RGB or L first (image.convert('RGB'))")
-        elif isinstance(im, np.ndarray) and im.dtype == np.uint8:
-            if not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (1, 3, 4))):
-                raise ValueError("a uint8 image array must be (H, W), (H, W, 3) or (H, W, 4), "
-                                 f"got shape {im.shape}")
-        elif isinstance(im, (np.ndarray, torch.Tensor)):
-            if (im.dtype.kind not in "iuf") if isinstance(im, np.ndarray) else \
-                    (im.dtype == torch.bool or im.is_complex()):
-                raise ValueError(f"image tensors must be float in [-1, 1], got dtype {im.dtype}")
-            x = torch.as_tensor(im).float()
-            if x.numel() and not (bool(x.isfinite().all()) and x.min() >= -1 and x.max() <= 1):
-                raise ValueError("image tensors must hold values in [-1, 1] (x / 127.5 - 1 for "
-                                 f"pixels in 0..255), got {x.min().item():g}..{x.max().item():g}")
-        else:
-            raise ValueError("images must be PIL images, uint8 arrays or tensors in [-1, 1], "
-                             f"got {type(im).__name__} (open files with PIL.Image.open)")
-
-
-def _check_mask(mask, image) -> None:
-    """A mask must be 2-D (H, W), boolean or numeric, and the image's size."""
-    import numpy as np
-    from PIL import Image
-    if isinstance(mask, Image.Image):
-        size = mask.size[::-1]
-    else:
-        if not isinstance(mask, (np.ndarray, torch.Tensor)):
-            raise ValueError("a mask must be a PIL image, an array or a tensor (H, W), got "
-                             f"{type(mask).__name__}")
-        m = torch.as_tensor(mask) if isinstance(mask, torch.Tensor) or mask.dtype.kind in "biuf" \
-            else None
-        if m is None or m.is_complex():
-            raise ValueError(f"a mask must be boolean or numeric, got dtype {mask.dtype}")
-        if m.dim() != 2:
-            raise ValueError(f"a mask must be 2-D (H, W), got shape {tuple(m.shape)}")
-        if m.is_floating_point() and not bool(m.isfinite().all()):
-            raise ValueError("a mask must not hold NaN or infinity")
-        size = tuple(m.shape)
-    if isinstance(image, Image.Image):
-        image_size = image.size[::-1]
-    elif isinstance(image, (np.ndarray, torch.Tensor)):
-        image_size = tuple(image.shape[:2] if isinstance(image, np.ndarray)
-                           and image.dtype == np.uint8 else image.shape[-2:])
-    else:
-        return
-    if tuple(size) != tuple(image_size):
-        raise ValueError(f"the mask is {size[1]}x{size[0]} but the image is {image_size[1]}x"
-                         f"{image_size[0]}; make them the same size")
 
 
 def _is_pretrained_folder(path: Path) -> bool:

@@ -31,9 +31,6 @@ class AutoencoderConfig:
     # the first conv (and the decoder's last conv is pixel-shuffled back), so the full
     # resolution has no convolutions at all
     patch: int = 1
-    # width of an optional residual refinement at full resolution after the pixel-shuffle
-    # (two 3x3 convolutions, the second zero-initialised); 0 = none
-    refine_channels: int = 0
     num_res_blocks: int = 1
     attention: bool = True  # self-attention at the lowest resolution
     hidden: int = 128  # width before the 1x1 conv to bit logits
@@ -42,12 +39,6 @@ class AutoencoderConfig:
     # how bits are drawn in training mode: "bernoulli" z ~ B(p) (docs/method.md §1) or "threshold"
     # [p > 0.5]; both pass gradients straight through. Evaluation is always [p > 0.5].
     train_bits: str = "bernoulli"
-    # latent noise in training: each image's bits are flipped at a rate drawn uniformly from
-    # [0, train_flip] before the decoder sees them (gradients still pass, sign-reversed where
-    # a bit is flipped), so the decoder learns to tolerate wrong bits, which a prior's
-    # samples have, and the encoder to spread information redundantly; 0 = none. Evaluation
-    # never flips.
-    train_flip: float = 0.0
     # activation checkpointing: in training, keep only each resolution stage's input and
     # recompute its activations in the backward pass (less memory, more compute)
     grad_checkpointing: bool = False
@@ -55,14 +46,8 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         if self.train_bits not in ("bernoulli", "threshold"):
             raise ValueError(f"train_bits must be 'bernoulli' or 'threshold', got {self.train_bits!r}")
-        if not 0.0 <= self.train_flip <= 0.5:
-            raise ValueError(f"train_flip must be in [0, 0.5] (the highest share of bits flipped "
-                             f"in training; 0 = none), got {self.train_flip}")
         if self.patch < 1:
             raise ValueError(f"patch must be >= 1 (1: no pixel-unshuffle), got {self.patch}")
-        if self.refine_channels < 0:
-            raise ValueError(f"refine_channels must be >= 0 (0: no refinement), "
-                             f"got {self.refine_channels}")
         if not 1 <= self.bits <= 1024:
             raise ValueError(f"bits must be in 1..1024, got {self.bits}")
         size = self.padded_size or self.image_size
@@ -198,14 +183,6 @@ class Decoder(nn.Module):
         self.norm_out = Norm(cin)
         self.patch = c.patch
         self.conv_out = nn.Conv2d(cin, c.in_channels * c.patch ** 2, 3, padding=1)
-        self.refine = None
-        if c.refine_channels:
-            # x + conv(silu(conv(x))) at full resolution: starts as the identity
-            self.refine = nn.Sequential(
-                nn.Conv2d(c.in_channels, c.refine_channels, 3, padding=1), nn.SiLU(),
-                nn.Conv2d(c.refine_channels, c.in_channels, 3, padding=1))
-            nn.init.zeros_(self.refine[-1].weight)
-            nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) bits -> (B, c, H, W)
         if self.norm_bits:
@@ -213,8 +190,7 @@ class Decoder(nn.Module):
         h = run_stages(self.body, self.stage_ends, self.conv_in(self.from_bits(z)),
                        self.checkpointed and self.training and torch.is_grad_enabled())
         x = self.conv_out(F.silu(self.norm_out(h)))
-        x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
-        return x + self.refine(x) if self.refine is not None else x
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
 
 
 class QuantizerOutput(NamedTuple):
@@ -236,21 +212,6 @@ class BernoulliQuantizer(nn.Module):
             hard = (u < probs).to(probs.dtype)
         bits = hard + (probs - probs.detach())  # straight-through; exactly 0/1 in value
         return QuantizerOutput(bits, probs, logits)
-
-
-def flip_bits(bits: torch.Tensor, max_rate: float,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each bit of each image with a rate drawn per image from U(0, max_rate).
-
-    ``bits`` (B, ...) in {0, 1}, possibly carrying a straight-through gradient: the result is
-    ``bits + m - 2 m bits`` for the flip mask m, so a flipped bit passes its gradient with the
-    sign reversed.
-    """
-    shape = (bits.shape[0],) + (1,) * (bits.dim() - 1)
-    rate = torch.rand(shape, generator=generator, device=bits.device, dtype=bits.dtype) * max_rate
-    u = torch.rand(bits.shape, generator=generator, device=bits.device, dtype=bits.dtype)
-    m = (u < rate).to(bits.dtype)
-    return bits + m - 2 * m * bits
 
 
 class AutoencoderOutput(NamedTuple):
@@ -313,10 +274,7 @@ class BinaryAutoencoder(nn.Module):
         if deterministic is None:
             deterministic = not self.training or self.config.train_bits == "threshold"
         q = self.quantizer(self.encode_logits(x), deterministic, generator)
-        bits = q.bits
-        if self.training and self.config.train_flip > 0:
-            bits = flip_bits(bits, self.config.train_flip, generator)
-        return AutoencoderOutput(self.decode(bits), q.probs, q.bits, q.logits)
+        return AutoencoderOutput(self.decode(q.bits), q.probs, q.bits, q.logits)
 
     @property
     def last_layer(self) -> torch.Tensor:

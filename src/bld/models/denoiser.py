@@ -44,7 +44,6 @@ class DenoiserConfig:
     dropout: float = 0.0
     conditioning: str = "tokens"  # "adaln" (adaLN-Zero, as DiT) or "tokens"
     class_embed_std: float = 0.02  # init scale of the class (and null) embeddings
-    self_condition: bool = False  # also sees its own earlier P(z_0 = 1) estimate (Analog Bits)
     # activation checkpointing: in training, keep only each block's input and recompute its
     # activations in the backward pass (less memory for about a third more compute)
     grad_checkpointing: bool = False
@@ -179,8 +178,6 @@ class Denoiser(nn.Module):
         self.n_pos = c.token_grid ** 2  # tokens
         token_bits = c.bits * c.patch ** 2
         self.embed = nn.Linear(token_bits, c.width, bias=False)
-        # self-conditioning: the earlier estimate enters as (2 p - 1) @ W_prev (0 = none)
-        self.embed_prev = nn.Linear(token_bits, c.width, bias=False) if c.self_condition else None
         self.pos = nn.Parameter(sincos_2d(c.token_grid, c.width)[None])  # (1, N, D), learned
         self.time_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(),
                                       nn.Linear(c.width, c.width))
@@ -217,22 +214,16 @@ class Denoiser(nn.Module):
         """Index of the learned null condition (for classifier-free guidance)."""
         return self.config.num_classes if self.class_embed is not None else None
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                z0_prev: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """z: (B, C, H, W) bits, t: (B,) time / T, y: (B,) labels or None -> (B, C, H, W),
-        or (B, (C / g) 2^g, H, W) with the grouped head.
-
-        z0_prev: (B, C, H, W) the network's earlier estimate of P(z_0 = 1) (self-conditioned
-        networks only; None = no estimate, the same as 0.5 everywhere).
-        """
+        or (B, (C / g) 2^g, H, W) with the grouped head."""
         c = self.config
         B, C, H, W = z.shape
         if C != c.bits or H != c.grid or W != c.grid:
             raise ValueError(f"denoiser expects latents (B, {c.bits}, {c.grid}, {c.grid}), "
                              f"got {tuple(z.shape)}")
         x = self.embed(self._tokens(2 * z - 1).to(self.embed.weight.dtype))  # (B, N, C p p)
-        if self.embed_prev is not None and z0_prev is not None:
-            x = x + self.embed_prev(self._tokens(2 * z0_prev - 1).to(self.embed_prev.weight.dtype))
         x = x + self.pos  # (B, N, D)
         conds = [self.time_mlp(timestep_embedding(t, c.width).to(x.dtype))]  # (B, D)
         if self.class_embed is not None:

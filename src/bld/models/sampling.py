@@ -52,7 +52,7 @@ class SampleOutput(NamedTuple):
 
 def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Tensor,
                   t: torch.Tensor, y: torch.Tensor | None, guidance: float,
-                  null_label: int | None, z0_prev: torch.Tensor | None = None) -> torch.Tensor:
+                  null_label: int | None) -> torch.Tensor:
     """Network logits with classifier-free guidance l = (1 + w) l_cond - w l_uncond. method.md §2.
 
     With the grouped head the same combination acts on each group's categorical logits
@@ -62,13 +62,12 @@ def guided_logits(model: Denoiser, diffusion: BernoulliDiffusion, z_t: torch.Ten
     difference of two bf16 logits would lose most of its precision.
     """
     if guidance == 0 or y is None:
-        return diffusion.model_logits(model, z_t, t, y, z0_prev).float()
+        return diffusion.model_logits(model, z_t, t, y).float()
     if null_label is None:
         raise ValueError("guidance needs a conditional model with a learned null label")
     y_null = torch.full_like(y, null_label)
-    prev = None if z0_prev is None else torch.cat([z0_prev, z0_prev])
     both = diffusion.model_logits(model, torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                  torch.cat([y, y_null]), prev)
+                                  torch.cat([y, y_null]))
     cond, uncond = both.float().chunk(2)
     return (1 + guidance) * cond - guidance * uncond
 
@@ -139,20 +138,15 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
     z_start = z.cpu() if return_intermediates else None
     inter: list[torch.Tensor] = []
     B = shape[0]
-    # a self-conditioned network sees its previous step's estimate of P(z_0 = 1)
-    self_cond = bool(getattr(getattr(model, "config", None), "self_condition", False))
-    z0_prev = torch.full(shape, 0.5, device=device) if self_cond else None
     for i, t_int in enumerate(ts):
         t = torch.full((B,), t_int, device=device, dtype=torch.long)
         w = guidance if lo <= t_int / T <= hi else 0.0
-        net = guided_logits(model, diffusion, z, t, y, w, null_label, z0_prev)
+        net = guided_logits(model, diffusion, z, t, y, w, null_label)
         if diffusion.grouped:  # the grouped head: a categorical per group of bits
-            z, z0_prev = _grouped_step(diffusion, net, z, t, ts, i, evidence_weight,
-                                       temperature, generator, self_cond)
+            z = _grouped_step(diffusion, net, z, t, ts, i, evidence_weight, temperature,
+                              generator)
         else:
             z0_logits = diffusion.z0_logits(net, z, t)  # logit P(z_0 = 1 | z_t), float32
-            if self_cond:
-                z0_prev = torch.sigmoid(z0_logits)
             if i == len(ts) - 1:
                 z = (z0_logits > 0).float()  # final step: z_0 = [p > 0.5]
             else:
@@ -172,19 +166,16 @@ def sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[int, ...
 
 def _grouped_step(diffusion: BernoulliDiffusion, net: torch.Tensor, z: torch.Tensor,
                   t: torch.Tensor, ts: list[int], i: int, evidence_weight: float,
-                  temperature: float, generator: torch.Generator | None, self_cond: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Step i of ``sample`` with the grouped head (bit_group > 1): (z_s, the per-bit
-    marginals of P(z_0 | z_t) for a self-conditioned network, else None).
+                  temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Step i of ``sample`` with the grouped head (bit_group > 1): z_s.
 
     ``net`` (guided) are the categorical logits of each group. The last step returns the
     most probable pattern of each group (the per-bit head's [p > 0.5]); the others draw
     z_s jointly per group with the evidence weight and temperature (``group_step``).
     """
     logp = diffusion.group_logits(net, z)  # log P(z_0 group = v | z_t), (B, G, 2^g, ...)
-    z0_prev = torch.sigmoid(diffusion.marginal_logits(logp)) if self_cond else None
     if i == len(ts) - 1:
-        return diffusion.group_argmax(logp), z0_prev
+        return diffusion.group_argmax(logp)
     s = torch.full_like(t, ts[i + 1])
     return diffusion.group_step(logp, z, t, s, evidence_weight=evidence_weight,
-                                temperature=temperature, generator=generator), z0_prev
+                                temperature=temperature, generator=generator)

@@ -17,11 +17,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from ..core.config import AutoencoderTrainConfig, ConfigError
+from ..core.plots import image_grid, save_image, write_snapshot_index
 from ..models.autoencoder import (AutoencoderLoss, AutoencoderLosses, BinaryAutoencoder,
                                   weight_from_gradients)
-from ..core.config import ConfigError
-from ..core.plots import image_grid, save_image, write_snapshot_index
-from ..core.config import AutoencoderTrainConfig
 from .accumulate import backward_by_parts, mean_over
 from .batches import load_data, skipped_images
 from .context import Context, distribute, unwrap

@@ -12,9 +12,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..core.config import ConfigError
+from ..core.config import ConfigError, DataConfig, OptimConfig, RunConfig
 from ..data import DATASET_SOURCES, LimitedDataset, ShardDataset, build_dataset
-from ..core.config import DataConfig, OptimConfig, RunConfig
 from .context import Context
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 
 from ..core import runfolder
-from ..core.device import Precision, resolve_device, resolve_precision
 from ..core.config import RunConfig
+from ..core.device import Precision, resolve_device, resolve_precision
 
 
 class TrainingError(RuntimeError):

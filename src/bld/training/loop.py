@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from ..core import checkpoint as ckpt
 from ..core import runfolder
-from ..core.config import to_dict
+from ..core.config import AutoencoderTrainConfig, PriorTrainConfig, to_dict
 from ..core.plots import plot_metrics
-from ..core.config import AutoencoderTrainConfig, PriorTrainConfig
 from .accumulate import backward_by_parts, mean_over, micro_batches
 from .autoencoder import AutoencoderTask
 from .batches import make_loader
-from .context import Context, TrainingError, distribute, gather_generator_states, setup_context, teardown
+from .context import (Context, TrainingError, distribute, gather_generator_states, setup_context,
+                      teardown)
 from .optim import EMA, NonFiniteGuard, lr_at, make_optimizer, set_lr
 from .prior import PriorTask
 from .resume import start_run

@@ -15,10 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .context import TrainingError
-from ..core.config import ConfigError
-from ..core.config import OptimConfig
-from .context import Context
+from ..core.config import ConfigError, OptimConfig
+from .context import Context, TrainingError
 
 log = logging.getLogger("bld")
 

@@ -16,14 +16,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core import checkpoint as ckpt
-from ..models.autoencoder import AutoencoderConfig
-from ..core.config import ConfigError
-from ..models.denoiser import PRESETS, Denoiser
-from ..models.diffusion import MAX_BIT_GROUP, BernoulliDiffusion, LossOutput
+from ..core.config import ConfigError, PriorTrainConfig
 from ..core.loading import load_autoencoder, load_latent_cache
 from ..core.plots import image_grid, save_image, write_snapshot_index
+from ..models.autoencoder import AutoencoderConfig
+from ..models.denoiser import PRESETS, Denoiser
+from ..models.diffusion import MAX_BIT_GROUP, BernoulliDiffusion, LossOutput
 from ..models.sampling import sample
-from ..core.config import PriorTrainConfig
 from .batches import load_data
 from .context import Context
 from .task import Task
@@ -103,11 +102,10 @@ class PriorTask(Task):
         if null is not None:
             drop = torch.rand(labels.shape, generator=self.gen, device=ctx.device) < cfg.cond_drop
             y = torch.where(drop, torch.full_like(labels, null), labels)  # per-sample drop
-        # t, z_t (and self-conditioning) drawn for the whole step batch, then split, so
+        # t and z_t drawn for the whole step batch, then split, so
         # accumulating K micro-batches trains on the same draws as one batch of K times
         # the size; the balanced loss shares the whole batch's normaliser.
-        self.draw = self.diffusion.draw_training(z0, generator=self.gen,
-                                                 self_condition=cfg.model.self_condition)
+        self.draw = self.diffusion.draw_training(z0, generator=self.gen)
         norm = self.diffusion.weight_sum(z0, self.draw) if len(parts) > 1 else None
         self.z0, self.y = z0, y
         self.norm = None if norm is None else norm / len(parts)

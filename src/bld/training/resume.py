@@ -19,8 +19,7 @@ import torch
 
 from ..core import checkpoint as ckpt
 from ..core import runfolder
-from ..core.config import to_dict
-from ..core.config import upgrade_config_dict
+from ..core.config import to_dict, upgrade_config_dict
 from .context import Context, agree
 from .optim import EMA
 
