@@ -165,7 +165,7 @@ def test_demo_on_dicebear_faces(tmp_path):
 
 
 def test_schedule_name_reads_old_and_shifted_reports():
-    from bld.app.demo import schedule_name
+    from bld.app.demo_report import schedule_name
     assert schedule_name({"schedule": "cosine"}) == "cosine"  # reports from before the shift
     assert schedule_name({"schedule": "cosine", "schedule_shift": 1.0}) == "cosine"
     assert schedule_name({"schedule": "linear", "schedule_shift": 2.0}) == "linear shifted x2"

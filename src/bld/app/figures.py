@@ -1,7 +1,7 @@
 """Pictures of a trained pipeline that `bld demo` and `bld eval` write beside their reports:
 the denoising trajectory, and one row of samples per class next to real test images.
 
-Imports bld's pipeline and plots modules.
+Imports bld.inference.pipeline and bld.core.plots.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ without a browser or gradio; the limits they enforce, and the folder of temporar
 
 Every value a handler receives is checked here (uploads from their header before decoding),
 so a crafted API call gets the same one-line message the page shows. `bld.app.serve` builds the
-gradio page over an `App` and serves it. Imports bld's pipeline and plots modules, and on
-first use data and evaluation (for the test images).
+gradio page over an `App` and serves it. Imports bld.inference.pipeline and bld.core.plots,
+and on first use bld.data (for the test images).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ one-line message the page shows. Temporary files (uploads, results, gradio's cac
 one folder that keeps the newest `Limits.keep_files` and is removed at exit.
 
 The handlers and their checks are `bld.app.handlers.App`; this module builds the gradio page over
-them and serves it. Imports bld's pipeline and webapp modules.
+them and serves it. Imports bld.inference.pipeline and `handlers.py`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Nothing here imports the training loops (`bld.training.loop`): a trained run is read through
 `bld.core.checkpoint` and the configuration dataclasses of `bld.core.config`.
 
-Imports bld's autoencoder, checkpoint, config, denoiser, diffusion, packing and
-train_config modules.
+Imports bld.models (autoencoder, denoiser, diffusion, packing) and bld.core's checkpoint
+and config modules.
 """
 
 from __future__ import annotations

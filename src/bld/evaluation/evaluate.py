@@ -3,9 +3,9 @@
 `evaluate_images` / `evaluate_autoencoder` / `evaluate_prior` compute the figures of
 `bld.core.metrics` (docs/method.md §5) in the feature space of the project's own classifier
 (`bld.evaluation.classifier`, trained offline in a minute) or, when its weights file is on disk, the
-standard Inception network (`InceptionFeatures`). Imports bld's metrics, and on first use its
-checkpoint, classifier, config, data, inference, precision and sampling modules; nothing
-imports this module back but the CLI, the web app and the demo.
+standard Inception network (`InceptionFeatures`). Imports bld.core.metrics and bld.data, and on first
+use the classifier, bld.inference.generate and core's checkpoint, config and device modules;
+nothing imports this module back but the app.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ into a latent cache, generate, inpaint, reconstruct.
 
 They hold the short loops (as diffusers pipelines do); `BinaryLatentDiffusionPipeline`
 (`bld.inference.pipeline`) wraps them as one object with checked inputs, and `bld.evaluation.evaluate` samples
-through `generate`. Imports bld's autoencoder, loading, metrics, packing, precision and
-sampling modules (and checkpoint, for the cache's fingerprint and write errors).
+through `generate`. Imports bld.models (autoencoder, packing, sampling) and
+bld.core (device, loading, metrics; checkpoint for the cache's fingerprint and write errors).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The loop steps the autoencoder's optimizer; this task owns the rest of the GAN: the
 discriminator (in the loss), its optimizer and step, and, with micro-batches, the GAN
 term's gradient gathered apart and weighted at the end by the whole batch's adaptive weight,
-as one backward of the whole batch would. Imports only torch, bld's autoencoder, config,
-plots and train_config modules, and this package's context, batches, accumulate, optim and
-task modules.
+as one backward of the whole batch would. Imports only torch, bld.models.autoencoder,
+bld.core's config and plots, and this package's context, batches, accumulate, optim and task
+modules.
 """
 
 from __future__ import annotations

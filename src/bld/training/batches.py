@@ -1,8 +1,8 @@
 """What the training loop reads: the training set a DataConfig names, and each step's batch.
 
 Resumable: the batch of a step is a pure function of (seed, step, rank), so a run that is
-killed and resumed reads the same batches as one that was not. Imports only torch and bld's
-config, data and train_config modules, and the Context of `context.py`.
+killed and resumed reads the same batches as one that was not. Imports only torch,
+bld.core.config and bld.data, and the Context of `context.py`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ function of (seed, step, rank) and every random draw goes through a per-rank
 ``torch.Generator`` whose state is checkpointed, so on CPU a run that is killed and resumed
 ends with the same weights as one that was not.
 
-Imports bld.training (the loop's parts and the tasks) and bld's checkpoint, config, data,
-plots and train_config modules. Only the command line (`bld.app.commands`) and the demo import
+Imports this package (the loop's parts and the tasks) and bld.core's checkpoint, config,
+plots and runfolder modules. Only the command line (`bld.app.commands`) and the demo import
 this module, so sampling never loads training code (tests/test_pipeline.py checks).
 """
 

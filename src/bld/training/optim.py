@@ -1,8 +1,7 @@
 """The optimizer side of a step: AdamW, the lr schedule, the EMA of the weights, and the
 guard that skips a step whose loss or gradient is NaN / inf.
 
-Imports only torch and bld's checkpoint, config and train_config modules, and the Context
-of `context.py`.
+Imports only torch, bld.core.config and the Context of `context.py`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """`PriorTask`: one training step of the Bernoulli diffusion prior on binary latents.
 
 The latents come from a cache written by `bld encode`, or are encoded on the fly by the
-frozen autoencoder. Imports only torch, bld's autoencoder, checkpoint, config, denoiser,
-loading, plots, sampling and train_config modules, and this package's context, batches and
-task modules.
+frozen autoencoder. Imports only torch, bld.models (autoencoder,
+denoiser, diffusion, sampling), bld.core (checkpoint, config, loading, plots) and this
+package's context, batches and task modules.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ readable checkpoint (a damaged one is skipped with a warning), refuses a config 
 from the checkpoint's unless ``--allow-config-change`` (settings that do not change what is
 computed, RESUME_FREE_KEYS, may change freely), warns when this machine resolves another
 precision, and restores the weights, the EMA, every random generator and the optimizer.
-Imports only torch and bld's checkpoint, config and train_config modules, and `context.py`
+Imports only torch and bld.core's checkpoint, config and runfolder modules, and `context.py`
 and `optim.py` of this package.
 """
 

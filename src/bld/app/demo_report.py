@@ -1,0 +1,119 @@
+"""The demo's figures and its report: what `bld demo` measures once both models are trained
+(FD, precision / recall, class accuracy of samples and reconstructions, per class), and the
+Markdown it writes beside report.json.
+
+Imports bld's evaluation and models packages (on first use for evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..models.sampling import describe_guidance_interval
+
+log = logging.getLogger("bld")
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    from .budget import Plan
+    return Plan.from_dict(plan).describe()
+
+
+def evaluate_demo(prior, ae, clf_meta, xt, yt, recon, s, classes: list[str]
+                  ) -> tuple[dict, dict[str, dict[str, float | None]] | None]:
+    """FD, precision/recall and class accuracy of samples on the project's own classifier
+    (``clf_meta``: the demo's `_fd_classifier`; ``s``: its `DemoSettings`); the classifier's accuracy on the reconstructions of
+    every test image beside it. -> (figures, per class: the share of its samples classified
+    as it and of its test images' reconstructions classified as it; None unconditional)."""
+    from ..evaluation.classifier import class_shares, predict, prediction_accuracy
+    from ..evaluation.evaluate import evaluate_prior
+    clf, meta = clf_meta
+    # FD's real-vs-real floor needs two disjoint halves of the test set of N images each
+    n = min(s.eval_samples, len(xt) // 2)
+    if n < s.eval_samples:
+        log.warning("evaluating %d samples, not %d: the test split has %d images and the FD "
+                    "floor needs two disjoint halves", n, s.eval_samples, len(xt))
+    t0 = time.perf_counter()
+    ev = evaluate_prior(prior, ae, clf, xt, n=n, steps=s.sample_steps,
+                        temperature=s.temperature, guidance=s.guidance, seed=s.seed,
+                        guidance_interval=s.guidance_interval,
+                        evidence_weight=s.evidence_weight, precision=s.precision)
+    s.timings["evaluation_s"] = time.perf_counter() - t0
+    smp, rec = ev["samples"], ev["autoencoder"]
+    recon_pred = predict(clf, recon)  # every test image's reconstruction, classified once
+    per_class = None
+    if ev["labels"] is not None:
+        nc = len(classes)
+        by_sample, by_recon = ev["samples_per_class"], class_shares(recon_pred, yt, nc)
+        per_class = {c: {"samples": a, "reconstructions": b}
+                     for c, a, b in zip(classes, by_sample, by_recon)}
+    return {"classifier_test_accuracy": meta["test_accuracy"],
+            "reconstruction_class_accuracy": prediction_accuracy(recon_pred, yt),
+            "eval_n": smp["n"],
+            "sample_fd": smp["fd"], "fd_floor_real_vs_real": smp["fd_floor_real_vs_real"],
+            "reconstruction_fd": rec["fd_recon"], "fd_ratio_samples_to_recon": ev["fd_ratio_to_recon"],
+            "reconstruction_precision": rec["recon_precision"],
+            "reconstruction_recall": rec["recon_recall"],
+            "sample_precision": smp["precision"], "sample_recall": smp["recall"],
+            "sample_class_accuracy": smp["class_accuracy"], "reconstruction_ssim": rec["ssim"],
+            "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]
+            }, per_class
+
+
+def _share(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def schedule_name(prior: dict[str, Any]) -> str:
+    """A report's noise schedule in words: "cosine", or "cosine shifted x2" (reports from
+    before ``schedule_shift`` lack the key: no shift)."""
+    shift = prior.get("schedule_shift", 1.0)
+    return prior["schedule"] + ("" if shift == 1.0 else f" shifted x{shift:g}")
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    f, t = r["figures"], r["times"]
+    lines = [
+        "# bld demo report", "",
+        f"bld {r['bld_version']}, torch {r['torch']}, {r['machine']}, device {r['device']}", "",
+        f"Precision: {r['precision_reason']}.", "",
+        *([f"Time plan: {describe_plan(r['plan'])}.", ""] if r.get("plan") else []),
+        "![samples](samples.png)", "",
+        f"Samples: one row per class ({', '.join(r['classes'])}), "
+        f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}"
+        + describe_guidance_interval(r['settings'].get('guidance_interval')) + ", "
+        f"temperature {r['settings']['temperature']}, evidence weight "
+        f"{r['settings']['evidence_weight']}, seed {r['settings']['seed']}.", "",
+        "![reconstructions](reconstructions.png)", "",
+        "Test images (top) and their reconstructions through the binary latent (bottom).", "",
+        "![denoising trajectory](trajectory.png)", "",
+        "The denoising trajectory: the decoded z_t after each sampling step, and how many "
+        "bits each step flipped.", "",
+        "![per-class rows](class_rows.png)", "",
+        "Per class: real test images (left) and samples (right).", "",
+        "## Figures", "", "| figure | value |", "|---|---|",
+    ]
+    for k, v in f.items():
+        lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if r.get("per_class"):
+        lines += ["", "## Per class", "",
+                  "Share of the class's samples (N = "
+                  f"{f.get('eval_n')}, classes cycled) the FD classifier assigns to it, and of its "
+                  "test images' reconstructions.", "",
+                  "| class | samples | reconstructions |", "|---|---|---|"]
+        lines += [f"| {c} | {_share(v['samples'])} | {_share(v['reconstructions'])} |"
+                  for c, v in r["per_class"].items()]
+    lines += ["", "## Times (seconds)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
+    lines += ["", "## Models", "",
+              f"- autoencoder: {r['autoencoder']['params_M']:.2f}M parameters, latent "
+              f"{r['autoencoder']['latent_shape']} bits, {r['autoencoder']['steps']} steps x "
+              f"batch {r['autoencoder']['batch_size']}",
+              f"- prior: {r['prior']['params_M']:.2f}M parameters (width {r['prior']['width']}, "
+              f"depth {r['prior']['depth']}), T = {r['prior']['timesteps']} "
+              f"({schedule_name(r['prior'])}), {r['prior']['steps']} steps x batch "
+              f"{r['prior']['batch_size']}", "",
+              "![autoencoder loss](loss_autoencoder.png)", "", "![prior loss](loss_prior.png)", ""]
+    return "\n".join(lines)
