@@ -182,3 +182,16 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
     assert plan["note"].startswith("the presets would be cut to 29%")
     assert plan["variant"] == "compact" and next(calls) is fast
     assert plan["rates"]["calibration_s"] == slow.calibration_s
+
+
+def test_each_planned_stage_gets_its_predicted_seconds_as_its_time_budget(tmp_path):
+    """A planned stage keeps to its share (run.max_seconds); steps the user gives do not."""
+    from bld.app.demo import DemoSettings, _planned
+    plan = {"ae_steps": 1200, "prior_steps": 900, "overrides": {"prior": ["model.depth=4"]},
+            "predicted_s": {"autoencoder": 301.26, "prior": 250.0, "total": 700.0}}
+    s = DemoSettings(out=tmp_path, plan=plan)
+    assert _planned(s, "autoencoder") == ["optim.steps=1200", "run.max_seconds=301.3"]
+    assert _planned(s, "prior") == ["model.depth=4", "optim.steps=900", "run.max_seconds=250.0"]
+    s = DemoSettings(out=tmp_path, plan=plan, ae_steps=50)
+    assert _planned(s, "autoencoder") == ["optim.steps=50"]
+    assert _planned(DemoSettings(out=tmp_path), "prior") == []  # --minutes 0: no plan

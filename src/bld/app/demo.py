@@ -273,11 +273,16 @@ def _replan_prior(s: DemoSettings, out: Path, elapsed_s: float) -> None:
 
 def _planned(s: DemoSettings, kind: str) -> list[str]:
     """The plan's overrides of ``kind`` (autoencoder | prior) and its step count (the
-    user's, where given)."""
+    user's, where given). A planned count comes with the stage's predicted seconds as its
+    ``run.max_seconds``: the stage re-estimates its count as it runs and keeps to its share
+    of the budget, however the machine's speed moves (bld.training.timebox)."""
     key = "ae_steps" if kind == "autoencoder" else "prior_steps"
-    steps = getattr(s, key) or (s.plan or {}).get(key)
-    return (s.plan or {}).get("overrides", {}).get(kind, []) + \
-        ([f"optim.steps={steps}"] if steps else [])
+    plan = s.plan or {}
+    steps = getattr(s, key) or plan.get(key)
+    seconds = plan.get("predicted_s", {}).get(kind) if getattr(s, key) is None else None
+    return plan.get("overrides", {}).get(kind, []) + \
+        ([f"optim.steps={steps}"] if steps else []) + \
+        ([f"run.max_seconds={seconds:.1f}"] if seconds else [])
 
 
 def run_demo(s: DemoSettings) -> dict[str, Any]:
@@ -397,6 +402,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "autoencoder": {"params_M": sum(p.numel() for p in ae.parameters()) / 1e6,
                         "latent_shape": list(ae.config.latent_shape),
                         "steps": ae_cfg.optim.steps, "batch_size": ae_cfg.optim.batch_size,
+                        **_trained(ae_dir),
                         "config": to_dict(ae_cfg)},  # the whole training config, as trained
         "prior": {"params_M": sum(p.numel() for p in prior.model.parameters()) / 1e6,
                   "width": prior.config.model.width, "depth": prior.config.model.depth,
@@ -405,6 +411,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                   "schedule": prior.config.diffusion.schedule,
                   "schedule_shift": prior.config.diffusion.schedule_shift,
                   "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size,
+                  **_trained(pr_dir),
                   "config": to_dict(pr_cfg)},
         "times": s.timings, "figures": figures,
         **({"per_class": per_class} if per_class else {}),
@@ -414,6 +421,15 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     (out / "report.md").write_text(report_markdown(report))
     log.info("demo finished in %.1f min: %s", s.timings["total_s"] / 60, out / "report.md")
     return report
+
+
+def _trained(run_dir: Path) -> dict[str, Any]:
+    """The steps a stage really trained and, where it had a time budget, how its count
+    moved (``timebox``: its seconds, the configured and final counts, the estimates)."""
+    from ..core.checkpoint import load_checkpoint
+    ck = load_checkpoint(run_dir)
+    return {"trained_steps": ck.step,
+            **({"timebox": ck.metadata["timebox"]} if "timebox" in ck.metadata else {})}
 
 
 def _fd_classifier(s: DemoSettings, out: Path, device) -> tuple[Any, dict[str, Any]]:

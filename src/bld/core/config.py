@@ -256,13 +256,18 @@ class RunConfig:
     ckpt_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     max_bad_steps: int = 20  # stop after this many non-finite steps in a row (each is skipped)
+    # the most wall seconds the run may train (0: no limit): the final step count is
+    # re-estimated from the measured rate as it runs (bld.training.timebox), at most
+    # optim.steps, and the lr schedule follows it
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         check_precision(self.precision)
         _check(self, threads=(0, None), log_every=(1, None), sample_every=(0, None),
-               ckpt_every=(0, None), keep_checkpoints=(1, None), max_bad_steps=(1, None))
+               ckpt_every=(0, None), keep_checkpoints=(1, None), max_bad_steps=(1, None),
+               max_seconds=(0, None))
 
 
 @dataclass

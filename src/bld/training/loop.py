@@ -23,6 +23,7 @@ import csv
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from .optim import EMA, NonFiniteGuard, lr_at, make_optimizer, set_lr
 from .prior import PriorTask
 from .resume import start_run
 from .task import Task
+from .timebox import TimeBox
 
 __all__ = ["fit", "train_autoencoder", "train_prior", "CSVLogger", "RateMeter"]
 
@@ -77,13 +79,14 @@ def fit(task: Task, run_dir: str | Path, resume: bool = False,
         gen, start, state = start_run(run_dir, task.kind, cfg, model, ema, opt, ctx, resume,
                                       allow_config_change)
         guard = NonFiniteGuard(cfg.run.max_bad_steps, ctx, state)
+        timebox = TimeBox(cfg.run.max_seconds, cfg.optim.steps, start, state)
         net = distribute(model, ctx)
         task.start(ctx, gen, state)
         if ctx.is_main:
             log.info("%s", task.summary())
         logger = CSVLogger(run_dir / "metrics.csv", start) if ctx.is_main else None
         loader = make_loader(data, cfg.optim, cfg.run, ctx, start, cfg.data.num_workers)
-        bar = tqdm(total=cfg.optim.steps, initial=start, desc=task.name, disable=not ctx.is_main,
+        bar = tqdm(total=timebox.final, initial=start, desc=task.name, disable=not ctx.is_main,
                    dynamic_ncols=True, mininterval=1.0)
         rate = RateMeter()
 
@@ -94,13 +97,18 @@ def fit(task: Task, run_dir: str | Path, resume: bool = False,
         def checkpoint(step: int, final: bool = False) -> None:
             trainer_state = {"optimizer": opt.state_dict(),
                              "generators": gather_generator_states(gen, ctx),
-                             **guard.state(), **task.state()}
+                             **guard.state(), **timebox.state(), **task.state()}
             _save(run_dir, task.kind, cfg, step, model, ema, trainer_state, ctx,
-                  cfg.run.keep_checkpoints, metadata=task.metadata(final))
+                  cfg.run.keep_checkpoints,
+                  metadata={**task.metadata(final), **({"timebox": timebox.metadata()}
+                                                       if timebox.active else {})})
 
         step = start
+        schedule = replace(cfg.optim, steps=timebox.final)  # the lr follows the final count
         for batch in loader:
-            lr = lr_at(step, cfg.optim)
+            if step >= timebox.final:
+                break
+            lr = lr_at(step, schedule)
             set_lr(opt, lr)
             parts = micro_batches(len(batch[0]), cfg.optim)
             task.prepare(batch, parts, step)
@@ -117,14 +125,21 @@ def fit(task: Task, run_dir: str | Path, resume: bool = False,
             step += 1
             rate.add(len(batch[0]) * ctx.world)
             bar.update(1)
-            if ctx.is_main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
+            if timebox.due(step) and _retime(timebox, step, ctx):
+                schedule = replace(cfg.optim, steps=timebox.final)
+                bar.total = timebox.final
+                if ctx.is_main:
+                    log.info("%s: %d steps fit run.max_seconds %.0f at the rate measured "
+                             "(%.0f s trained at step %d)", task.name, timebox.final,
+                             timebox.max_seconds, timebox.elapsed(), step)
+            if ctx.is_main and (step % cfg.run.log_every == 0 or step == timebox.final):
                 row = {"step": step, **task.row(losses), "grad_norm": float(gnorm), "lr": lr,
                        "skipped_steps": guard.total, task.rate_column: rate.per_second()}
                 logger.log(row)
                 bar.set_postfix(task.postfix(row))
             if cfg.run.sample_every and step % cfg.run.sample_every == 0:
                 snapshot(step)
-            if cfg.run.ckpt_every and step % cfg.run.ckpt_every == 0 and step < cfg.optim.steps:
+            if cfg.run.ckpt_every and step % cfg.run.ckpt_every == 0 and step < timebox.final:
                 checkpoint(step)
         bar.close()
         snapshot(step)
@@ -135,6 +150,17 @@ def fit(task: Task, run_dir: str | Path, resume: bool = False,
         return runfolder.find_latest(run_dir) or run_dir
     finally:
         teardown(ctx)
+
+
+def _retime(timebox: TimeBox, step: int, ctx: Context) -> bool:
+    """Re-estimate the run's final step count; under torch.distributed every process takes
+    rank 0's, so that all of them stop at the same step."""
+    changed = timebox.after_step(step)
+    if ctx.distributed:
+        final = torch.tensor([timebox.final], dtype=torch.long, device=ctx.device)
+        dist.broadcast(final, src=0)
+        changed = timebox.adopt(step, int(final)) or changed
+    return changed
 
 
 def _save(run_dir: Path, kind: str, cfg, step: int, model: torch.nn.Module, ema: EMA,
