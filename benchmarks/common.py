@@ -104,7 +104,7 @@ def setup(name: str, args: argparse.Namespace, expected_full: str, expected_quic
 
 def environment() -> dict[str, Any]:
     """Where the figures were measured."""
-    from bld.app.demo import cpu_name
+    from bld.core.device import cpu_name
     return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(), "load_average": _loadavg(),

@@ -1,26 +1,27 @@
-"""Publish measured figures: a `bld demo` run into docs/, and the README tables from JSON.
+"""Publish measured figures: a `bld demo` run into docs/, and every results table from JSON.
 
-Figures in the READMEs are never typed by hand. This script
+No figure in README.md or docs/ is typed by hand. This script
 
-* with ``--run RUN_DIR``: copies the demo run's ``report.json`` to ``docs/demo_report.json``
-  and its sample grid, reconstructions and prior loss curve to ``docs/``, and writes the
-  ``demo_*`` keys of ``benchmarks/results/headline.json``; ``--emoji-run`` does the same for
-  a ``bld demo --dataset emoji`` run (``docs/emoji_demo_*``, ``emoji_demo_*`` keys) and
-  ``--avx2-run`` for the demo run on an AVX2-only CPU (or this one restricted to AVX2;
-  ``docs/demo_avx2_*``, ``demo_*_avx2`` keys such as ``demo_minutes_avx2``); ``--colour-run``
-  for the colour demo (``colour_demo_*``) and ``--colour-native-run`` for the colour demo on
-  a CPU that is AVX2-only itself (``docs/colour_demo_native_*``, ``colour_demo_*_native``),
-  ``--native-run`` for the Fashion-MNIST demo on such a CPU (``docs/demo_native_*``,
-  ``demo_*_native``) and ``--colour-six-run`` for the colour demo on the six styles of
-  ``SIX_STYLES``, the default set, at the presets' steps (``docs/colour_demo_six_*``,
-  ``colour_demo_*_six``);
-* renders the OpenMoji 256 / 1024 px runs (``benchmarks/results/highres_*.json``) into
-  README.md and the cost-growth table (``scale.json``) into benchmarks/README.md;
-* always: rewrites the table between ``<!-- demo-table:start -->`` / ``end`` in README.md
-  from ``docs/demo_report.json``, the one between ``<!-- headline:start -->`` / ``end``
-  in benchmarks/README.md from ``headline.json``, and the ``ablations`` block there from
-  ``benchmarks/results/ablations.json``;
-* with ``--check``: changes nothing and exits 1 when a README table is not what the JSON
+* with ``--run RUN_DIR``: copies a Fashion-MNIST demo run's ``report.json`` to
+  ``docs/demo_report.json`` and its pictures (samples, reconstructions, loss curve, class rows,
+  trajectory) to ``docs/demo_*``, and writes the ``demo_*`` keys of
+  ``benchmarks/results/headline.json``; ``--native-run`` does the same for a Fashion-MNIST
+  demo on a CPU that is AVX2-only itself (``docs/demo_native_*``, ``demo_*_native`` keys),
+  ``--colour-native-run`` for the faces demo on such a CPU (``docs/colour_demo_native_*``,
+  ``colour_demo_*_native``), ``--colour-six-run`` for the faces demo at the presets' full steps
+  on such a CPU (``docs/colour_demo_six_*``, ``colour_demo_*_native_presets``) and
+  ``--emoji-run`` for ``bld demo --dataset emoji`` (``docs/emoji_demo_*``, ``emoji_demo_*``).
+  One headline key set per CPU kind: no suffix for the AVX-512 host with native bf16,
+  ``_native`` for a CPU that is AVX2-only itself (a faster CPU restricted to AVX2 is refused:
+  those runs were superseded, see docs/history/README.md), ``_native_presets`` for the faces
+  demo there at the presets' full steps;
+* always rewrites the generated blocks (between ``<!-- NAME:start -->`` and ``<!-- NAME:end
+  -->``): in README.md the one results table (``results-table``: the fastest and the slowest
+  CPU measured, Fashion-MNIST and faces); in docs/results.md each published demo's full
+  table and the 256 / 1024 px runs (``benchmarks/results/highres_*.json``); in
+  docs/benchmarks.md the headline table (``headline.json``), the cost growth
+  (``scale.json``) and the ablations (``ablations.json``);
+* with ``--check``: changes nothing and exits 1 when a generated block is not what the JSON
   files give (the test suite runs this).
 
     python benchmarks/publish.py --run runs/demo
@@ -37,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bld.app.demo_report import schedule_name
 from bld.data import DICEBEAR_DEFAULT_STYLES
-from bld.app.demo import schedule_name
 from bld.models.sampling import describe_guidance_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ SIX_STYLES = tuple(s.replace("-", "_") for s in DICEBEAR_DEFAULT_STYLES)
 
 
 def demo_headline(report: dict[str, Any], prefix: str = "demo", suffix: str = "") -> dict[str, Any]:
-    """The <prefix>_*<suffix> headline keys (demo_*, emoji_demo_*, demo_*_avx2) from a demo
+    """The <prefix>_*<suffix> headline keys (demo_*, emoji_demo_*, demo_*_native) from a demo
     run's report.json."""
     return {k.replace("demo_", f"{prefix}_", 1) + suffix: v for k, v in _demo_keys(report).items()}
 
@@ -100,7 +101,7 @@ def _target(targets: dict[str, tuple[str, float]], key: str, unit: str = "",
 
 def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = DEMO_TARGETS,
                prefix: str = "demo") -> str:
-    """The README's table of a demo run: figures, targets, verdicts, then the models, stage
+    """The full table of a demo run: figures, targets, verdicts, then the models, stage
     times, precision, time plan and machine (with any instruction-set restriction)."""
     f, t, s = report["figures"], report["times"], report["settings"]
     h = _demo_keys(report)
@@ -178,23 +179,26 @@ def _cpu_note(report: dict[str, Any]) -> str:
 
 
 def _colour_rows(suffix: str, minutes: str, where: str) -> list[tuple]:
-    """The headline rows of one more published colour demo run (keys colour_demo_*<suffix>):
+    """The headline rows of one published faces demo run (keys colour_demo_*<suffix>):
     ``minutes`` labels its wall time, ``where`` ends the other labels."""
     return [
         (f"colour_demo_minutes{suffix}", minutes, "{:.1f} min", "<= 20 min", "<=", 20.0),
-        (f"colour_demo_recon_psnr_db{suffix}", f"colour demo autoencoder PSNR{where}",
+        (f"colour_demo_recon_psnr_db{suffix}", f"faces demo autoencoder PSNR{where}",
          "{:.2f} dB", ">= 26 dB", ">=", 26.0),
-        (f"colour_demo_class_accuracy_ratio{suffix}", "colour demo class accuracy / the "
+        (f"colour_demo_class_accuracy_ratio{suffix}", "faces demo class accuracy / the "
          f"classifier's{where}", "{:.3f}", ">= 0.95", ">=", 0.95),
-        (f"colour_demo_fd_ratio_to_recon{suffix}", "colour demo sample FD / reconstruction "
+        (f"colour_demo_fd_ratio_to_recon{suffix}", "faces demo sample FD / reconstruction "
          f"FD{where}", "{:.2f}", "<= 2.0", "<=", 2.0),
-        (f"colour_demo_recall{suffix}", f"colour demo sample recall{where}", "{:.3f}",
+        (f"colour_demo_recall{suffix}", f"faces demo sample recall{where}", "{:.3f}",
          ">= 0.35", ">=", 0.35)]
 
 
-# headline.json keys shown in benchmarks/README.md: (key, label, format, target, op, bound)
+# headline.json keys shown in docs/benchmarks.md: (key, label, format, target, op, bound).
+# One key set per CPU kind measured: no suffix = the AVX-512 host with native bf16, _native = a
+# CPU that is AVX2-only itself; _native_presets = the faces demo at the presets' full steps there.
 HEADLINE_ROWS = [
-    ("demo_minutes", "demo wall time (defaults)", "{:.1f} min", "<= 15 min", "<=", 15.0),
+    ("demo_minutes", "demo wall time (defaults, AVX-512 + native bf16)", "{:.1f} min",
+     "<= 15 min", "<=", 15.0),
     ("demo_class_accuracy", "demo samples classified as the asked class", "{:.3f}", ">= 0.85",
      ">=", 0.85),
     ("demo_fd_ratio_to_recon", "demo sample FD / reconstruction FD", "{:.2f}", "<= 2.0", "<=", 2.0),
@@ -205,11 +209,6 @@ HEADLINE_ROWS = [
      ">=", 25.0),
     ("demo_recon_class_accuracy", "demo reconstructions classified right", "{:.3f}", ">= 0.87",
      ">=", 0.87),
-    ("demo_minutes_avx2", "demo wall time on an AVX2-only CPU (fp32)", "{:.1f} min", "<= 15 min",
-     "<=", 15.0),
-    ("demo_class_accuracy_avx2", "AVX2 demo samples classified as the asked class", "{:.3f}",
-     ">= 0.85", ">=", 0.85),
-    ("demo_recall_avx2", "AVX2 demo sample recall", "{:.3f}", ">= 0.25", ">=", 0.25),
     ("demo_minutes_native", "demo wall time on a CPU that is AVX2-only itself (fp32)",
      "{:.1f} min", "<= 15 min", "<=", 15.0),
     ("demo_recon_psnr_db_native", "demo autoencoder PSNR, that CPU", "{:.2f} dB", ">= 25 dB",
@@ -219,27 +218,10 @@ HEADLINE_ROWS = [
     ("demo_fd_ratio_to_recon_native", "demo sample FD / reconstruction FD, that CPU", "{:.2f}",
      "<= 2.0", "<=", 2.0),
     ("demo_recall_native", "demo sample recall, that CPU", "{:.3f}", ">= 0.25", ">=", 0.25),
-    ("bld_fd_s16", "BLD FD at S = 16, matched compute (mean of 2 training seeds)", "{:.1f}",
-     "<= Gaussian", None, None),
-    ("gaussian_fd_s16", "Gaussian + DDIM FD at S = 16, matched compute", "{:.1f}", "-", None, None),
-    ("bld_fd_s16_matched_recon", "BLD FD at S = 16, matched reconstruction quality", "{:.1f}",
-     "<= Gaussian", None, None),
-    ("gaussian_fd_s16_matched_recon", "Gaussian FD at S = 16, matched reconstruction quality",
-     "{:.1f}", "-", None, None),
-    ("bld_fd_s16_dicebear", "colour faces: BLD FD at S = 16, matched compute (64 bits, mean "
-     "of 2 training seeds)", "{:.1f}", "<= Gaussian", None, None),
-    ("gaussian_fd_s16_dicebear", "colour faces: Gaussian + DDIM FD at S = 16, matched compute",
-     "{:.1f}", "-", None, None),
-    ("bld32_fd_s16_dicebear", "colour faces: BLD FD at S = 16 with 32 bits, the same prior",
-     "{:.1f}", "-", None, None),
-    ("bld128_fd_s16_dicebear", "colour faces: BLD FD at S = 16 with 128 bits, the same prior",
-     "{:.1f}", "-", None, None),
-    ("fd16_over_fd64", "FD(16) / FD(64), improved prior", "{:.3f}", "<= 1.10", "<=", 1.10),
-    ("fd8_over_fd64", "FD(8) / FD(64), improved prior", "{:.3f}", "<= 1.20", "<=", 1.20),
-    ("tokenizer_psnr_gap_db", "best of LFQ / FSQ / VQ minus Bernoulli PSNR, equal bits",
-     "{:+.2f} dB", "<= 0.3 dB", "<=", 0.3),
-    ("tokenizer_psnr_gap_db_dicebear", "colour faces: best of LFQ / FSQ minus Bernoulli PSNR, "
-     "64 bits", "{:+.2f} dB", "<= 0.3 dB", "<=", 0.3),
+    *_colour_rows("_native", "faces demo wall time (`--minutes 20`) on a CPU that is AVX2-only "
+                  "itself", ", that CPU"),
+    *_colour_rows("_native_presets", "faces demo at the presets' full steps, wall time on that "
+                  "CPU", ", the presets' steps"),
     ("emoji_demo_minutes", "emoji demo wall time (`bld demo --dataset emoji`)", "{:.1f} min",
      "<= 20 min", "<=", 20.0),
     ("emoji_demo_recon_psnr_db", "emoji demo autoencoder PSNR (test split)", "{:.2f} dB", "-",
@@ -248,19 +230,27 @@ HEADLINE_ROWS = [
      "{:.3f}", "-", None, None),
     ("emoji_demo_fd_ratio_to_recon", "emoji demo sample FD / reconstruction FD", "{:.2f}", "-",
      None, None),
-    ("colour_demo_minutes", "colour demo wall time (`bld demo --dataset faces --minutes 20`, "
-     "AVX2 emulated, on the ten styles)", "{:.1f} min", "<= 20 min", "<=", 20.0),
-    ("colour_demo_recon_psnr_db", "colour demo autoencoder PSNR (test split)", "{:.2f} dB",
-     ">= 26 dB", ">=", 26.0),
-    ("colour_demo_class_accuracy_ratio", "colour demo samples classified as the asked class / "
-     "the classifier's accuracy", "{:.3f}", ">= 0.95", ">=", 0.95),
-    ("colour_demo_fd_ratio_to_recon", "colour demo sample FD / reconstruction FD", "{:.2f}",
-     "<= 2.0", "<=", 2.0),
-    ("colour_demo_recall", "colour demo sample recall", "{:.3f}", ">= 0.35", ">=", 0.35),
-    *_colour_rows("_native", "colour demo wall time on a CPU that is AVX2-only itself (the "
-                  "default six styles)", ", that CPU"),
-    *_colour_rows("_six", "colour demo on six styles, the presets' steps, wall time on that "
-                  "CPU", ", six styles"),
+    ("bld_fd_s16", "BLD FD at S = 16, matched compute (mean of 2 training seeds)", "{:.1f}",
+     "<= Gaussian", None, None),
+    ("gaussian_fd_s16", "Gaussian + DDIM FD at S = 16, matched compute", "{:.1f}", "-", None, None),
+    ("bld_fd_s16_matched_recon", "BLD FD at S = 16, matched reconstruction quality", "{:.1f}",
+     "<= Gaussian", None, None),
+    ("gaussian_fd_s16_matched_recon", "Gaussian FD at S = 16, matched reconstruction quality",
+     "{:.1f}", "-", None, None),
+    ("bld_fd_s16_dicebear", "faces (ten styles): BLD FD at S = 16, matched compute (64 bits, "
+     "mean of 2 training seeds)", "{:.1f}", "<= Gaussian", None, None),
+    ("gaussian_fd_s16_dicebear", "faces (ten styles): Gaussian + DDIM FD at S = 16, matched "
+     "compute", "{:.1f}", "-", None, None),
+    ("bld32_fd_s16_dicebear", "faces (ten styles): BLD FD at S = 16 with 32 bits, the same "
+     "prior", "{:.1f}", "-", None, None),
+    ("bld128_fd_s16_dicebear", "faces (ten styles): BLD FD at S = 16 with 128 bits, the same "
+     "prior", "{:.1f}", "-", None, None),
+    ("fd16_over_fd64", "FD(16) / FD(64), improved prior", "{:.3f}", "<= 1.10", "<=", 1.10),
+    ("fd8_over_fd64", "FD(8) / FD(64), improved prior", "{:.3f}", "<= 1.20", "<=", 1.20),
+    ("tokenizer_psnr_gap_db", "best of LFQ / FSQ / VQ minus Bernoulli PSNR, equal bits",
+     "{:+.2f} dB", "<= 0.3 dB", "<=", 0.3),
+    ("tokenizer_psnr_gap_db_dicebear", "faces (ten styles): best of LFQ / FSQ minus Bernoulli "
+     "PSNR, 64 bits", "{:+.2f} dB", "<= 0.3 dB", "<=", 0.3),
     ("latent_bytes_1024px", "bytes per 1024 px image in its binary latent", "{:d}", "-", None,
      None),
     ("ae_train_step_s_1024px", "1024 px autoencoder training step, batch 1, CPU", "{:.1f} s",
@@ -395,36 +385,85 @@ def _publish_run(run: Path, name: str, prefix: str, suffix: str = "") -> None:
 
 def _report_table(name: str, targets: dict[str, tuple[str, float]], prefix: str,
                   how: str) -> str:
-    """The README table of docs/<name>_report.json, or how to make it where it is missing."""
+    """The docs/results.md table of docs/<name>_report.json, or how to make it where it is
+    missing."""
     path = DOCS / f"{name}_report.json"
     if not path.exists():
         return f"Not run yet: {how}."
     return demo_table(json.loads(path.read_text()), targets, prefix)
 
 
-# the README's tables of published demo runs besides the main one: (docs/<name>_report.json,
-# targets, headline prefix, how to make the run where it is missing); README block
-# "<name with dashes>-table"
+# the tables of docs/results.md, one per published demo run: (docs/<name>_report.json, targets,
+# headline prefix, how to make the run where it is missing); block "<name with dashes>-table"
 REPORT_TABLES = [
-    ("demo_avx2", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-avx2` on an AVX2-only CPU, "
-     "then `python benchmarks/publish.py --avx2-run runs/demo-avx2`"),
+    ("demo", DEMO_TARGETS, "demo", "`bld demo`, then `python benchmarks/publish.py --run "
+     "runs/demo`"),
     ("demo_native", DEMO_TARGETS, "demo", "`bld demo --out runs/demo-native` on a CPU that is "
      "AVX2-only itself, then `python benchmarks/publish.py --native-run runs/demo-native`"),
-    ("colour_demo", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes 20` on "
-     "an AVX2-only CPU (the published run: the ten styles of `bld prepare-dicebear --styles "
-     "adventurer avataaars big-ears big-smile micah miniavs open-peeps personas pixel-art "
-     "toon-head --per-style 1200 --dest DIR`, `--data-dir DIR --guidance 4.5`), then `python "
-     "benchmarks/publish.py --colour-run runs/demo-faces`"),
     ("colour_demo_native", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces "
      "--minutes 20` on a CPU that is AVX2-only itself, then `python benchmarks/publish.py "
      "--colour-native-run runs/demo-faces`"),
-    ("colour_demo_six", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes 0 "
-     "--ae-steps 2680 --prior-steps 3099` (the default six styles at the steps the ten's "
-     "20-minute plan trained on the emulated host), then `python benchmarks/publish.py "
-     "--colour-six-run runs/demo-faces`"),
+    ("colour_demo_six", COLOUR_TARGETS, "colour_demo", "`bld demo --dataset faces --minutes N` "
+     "with the N that trains every preset step on a CPU that is AVX2-only itself (the plan's "
+     "note names it), then `python benchmarks/publish.py --colour-six-run runs/demo-faces`"),
     ("emoji_demo", EMOJI_TARGETS, "emoji_demo", "`bld demo --dataset emoji`, then `python "
      "benchmarks/publish.py --emoji-run runs/demo-emoji`"),
 ]
+
+# the README's one results table: the fastest and the slowest CPU measured, per dataset
+# (docs/<name>_report.json, its targets)
+RESULTS_ROWS = [("demo", DEMO_TARGETS), ("demo_native", DEMO_TARGETS),
+                ("colour_demo_native", COLOUR_TARGETS), ("colour_demo_six", COLOUR_TARGETS)]
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "faces": "DiceBear faces", "emoji": "emoji"}
+
+
+def _machine(report: dict[str, Any]) -> str:
+    """'2-core AMD EPYC, AVX-512 + native bf16' from a demo report's machine and cpu fields."""
+    parts = report["machine"].split(", ")
+    cores = parts[1].split()[0] if len(parts) > 1 else "?"
+    cpu = report.get("cpu") or {}
+    kind = {"AVX512": "AVX-512"}.get(cpu.get("capability"), cpu.get("capability", "?"))
+    if cpu.get("native_bf16"):
+        kind += " + native bf16"
+    elif cpu.get("capability") == "AVX2":
+        kind += " only"
+    return f"{cores}-core {parts[0]}, {kind}"
+
+
+def _default_minutes() -> float:
+    from bld.app.cli import build_parser
+    return build_parser().parse_args(["demo"]).minutes
+
+
+def results_table() -> str:
+    """README.md's one table: each demo on the fastest and the slowest CPU measured, with how
+    many of its targets it met."""
+    lines = ["| demo | command | machine (precision) | wall time | PSNR | class accuracy | "
+             "sample FD / recon FD | recall | targets met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, targets in RESULTS_ROWS:
+        path = DOCS / f"{name}_report.json"
+        if not path.exists():
+            lines.append(f"| `docs/{name}_report.json` missing | | | | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        f, s = r["figures"], r["settings"]
+        prefix = next(t for n, _, t, _ in REPORT_TABLES if n == name)
+        h = _demo_keys(r)
+        wanted = {k.replace(f"{prefix}_", "demo_", 1): v for k, v in targets.items()}
+        met = sum(_verdict(h[k], v) == "met" for k, v in wanted.items())
+        cmd = "bld demo" + (f" --dataset {r['dataset']}" if r["dataset"] != "fashion-mnist"
+                            else "")
+        cmd += f" --minutes {s['minutes']:g}" if s["minutes"] != _default_minutes() else ""
+        data = f"{DATASET_NAMES.get(r['dataset'], r['dataset'])}, {len(r['classes'])} classes"
+        lines.append(
+            f"| {data} | `{cmd}` | {_machine(r)} ({r.get('precision', '?')}) | "
+            f"{h['demo_minutes']:.1f} min | {f['reconstruction_psnr_db']:.2f} dB | "
+            f"{f['sample_class_accuracy']:.3f} | "
+            f"{f['sample_fd']:.1f} / {f['reconstruction_fd']:.1f} = "
+            f"{f['fd_ratio_samples_to_recon']:.2f} | {f['sample_recall']:.3f} | "
+            f"{met} of {len(wanted)} |")
+    return "\n".join(lines)
 
 
 def _native_cpu(run: Path, report: dict[str, Any], flag: str) -> None:
@@ -446,49 +485,63 @@ def _colour_report(run: Path) -> dict[str, Any]:
     return report
 
 
+def _check_presets_run(run: Path, report: dict[str, Any]) -> None:
+    """Refuse a --colour-six-run whose time plan cut the presets' steps."""
+    scale = (report.get("plan") or {}).get("scale", 1.0)
+    if scale < 1.0:
+        raise SystemExit(f"--colour-six-run {run}: its plan trained {scale:.0%} of the presets' "
+                         "steps; rerun with the --minutes its note names")
+
+
+def generated_blocks() -> list[tuple[Path, str, str]]:
+    """(file, block name, body) of every generated block."""
+    head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
+    blocks = [(ROOT / "README.md", "results-table", results_table())]
+    blocks += [(DOCS / "results.md", f"{name.replace('_', '-')}-table",
+                _report_table(name, targets, prefix, how))
+               for name, targets, prefix, how in REPORT_TABLES]
+    blocks += [(DOCS / "results.md", "highres", highres_table()),
+               (DOCS / "benchmarks.md", "headline", headline_table(head)),
+               (DOCS / "benchmarks.md", "scale", scale_table())]
+    abl = RESULTS / "ablations.json"
+    if abl.exists():
+        saved = json.loads(abl.read_text())
+        blocks.append((DOCS / "benchmarks.md", "ablations",
+                       ablation_table(saved.get("results", saved)["rows"])))
+    return blocks
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="a finished `bld demo` folder to publish")
+    p.add_argument("--run", type=Path,
+                   help="a finished Fashion-MNIST `bld demo` folder (docs/demo_*, demo_* keys)")
     p.add_argument("--emoji-run", type=Path,
-                   help="a finished `bld demo --dataset emoji` folder to publish")
-    p.add_argument("--colour-run", type=Path,
-                   help="a finished colour `bld demo --dataset faces` folder, run on an "
-                        "AVX2-only CPU or restricted to AVX2 (docs/colour_demo_*, "
-                        "colour_demo_* keys)")
-    p.add_argument("--colour-native-run", type=Path,
-                   help="a finished colour `bld demo --dataset faces` folder run on a CPU that "
-                        "is AVX2-only itself, not restricted to it (docs/colour_demo_native_*, "
-                        "colour_demo_*_native keys)")
-    p.add_argument("--colour-six-run", type=Path,
-                   help="a finished `bld demo --dataset faces --data-dir DIR` folder whose "
-                        "classes are the six styles of SIX_STYLES (docs/colour_demo_six_*, "
-                        "colour_demo_*_six keys)")
+                   help="a finished `bld demo --dataset emoji` folder (docs/emoji_demo_*)")
     p.add_argument("--native-run", type=Path,
                    help="a finished Fashion-MNIST `bld demo` folder run on a CPU that is "
                         "AVX2-only itself, not restricted to it (docs/demo_native_*, "
                         "demo_*_native keys)")
-    p.add_argument("--avx2-run", type=Path,
-                   help="a finished `bld demo` folder run on an AVX2-only CPU (or restricted to "
-                        "AVX2 with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 "
-                        "MKL_ENABLE_INSTRUCTIONS=AVX2)")
+    p.add_argument("--colour-native-run", type=Path,
+                   help="a finished `bld demo --dataset faces` folder run on a CPU that is "
+                        "AVX2-only itself, not restricted to it (docs/colour_demo_native_*, "
+                        "colour_demo_*_native keys)")
+    p.add_argument("--colour-six-run", type=Path,
+                   help="a finished `bld demo --dataset faces` folder whose classes are the six "
+                        "default styles (SIX_STYLES), trained at the presets' full steps on a "
+                        "CPU that is AVX2-only itself (docs/colour_demo_six_*, "
+                        "colour_demo_*_native_presets keys)")
     p.add_argument("--check", action="store_true",
-                   help="exit 1 when a README table differs from the JSON files; change nothing")
+                   help="exit 1 when a generated block differs from the JSON files; change "
+                        "nothing")
     args = p.parse_args()
-    if args.check and (args.run or args.emoji_run or args.avx2_run or args.colour_run
-                       or args.colour_native_run or args.native_run or args.colour_six_run):
-        raise SystemExit("--check and --run / --emoji-run / --avx2-run / --native-run / "
-                         "--colour-run / --colour-native-run / --colour-six-run exclude each "
-                         "other")
+    runs = (args.run, args.emoji_run, args.native_run, args.colour_native_run,
+            args.colour_six_run)
+    if args.check and any(r is not None for r in runs):
+        raise SystemExit("--check and the --*-run options exclude each other")
     if args.run is not None:
         _publish_run(args.run, "demo", "demo")
     if args.emoji_run is not None:
         _publish_run(args.emoji_run, "emoji_demo", "emoji_demo")
-    if args.avx2_run is not None:
-        cpu = json.loads((args.avx2_run / "report.json").read_text()).get("cpu", {})
-        if cpu.get("capability") != "AVX2":
-            raise SystemExit(f"{args.avx2_run} was not run with the CPU capability AVX2 "
-                             f"(its report says {cpu.get('capability')})")
-        _publish_run(args.avx2_run, "demo_avx2", "demo", "_avx2")
     if args.native_run is not None:
         report = json.loads((args.native_run / "report.json").read_text())
         if report.get("dataset") != "fashion-mnist":
@@ -497,44 +550,30 @@ def main() -> int:
                              "goes with --colour-native-run)")
         _native_cpu(args.native_run, report, "--native-run")
         _publish_run(args.native_run, "demo_native", "demo", "_native")
-    if args.colour_run is not None:
-        _colour_report(args.colour_run)
-        _publish_run(args.colour_run, "colour_demo", "colour_demo")
     if args.colour_native_run is not None:
         _native_cpu(args.colour_native_run, _colour_report(args.colour_native_run),
                     "--colour-native-run")
         _publish_run(args.colour_native_run, "colour_demo_native", "colour_demo", "_native")
     if args.colour_six_run is not None:
-        classes = tuple(_colour_report(args.colour_six_run).get("classes", ()))
+        report = _colour_report(args.colour_six_run)
+        classes = tuple(report.get("classes", ()))
         if classes != SIX_STYLES:
             raise SystemExit(f"--colour-six-run {args.colour_six_run}: its classes are "
                              f"{list(classes)}, not the six styles {list(SIX_STYLES)}")
-        _publish_run(args.colour_six_run, "colour_demo_six", "colour_demo", "_six")
-    report = json.loads((DOCS / "demo_report.json").read_text())
-    head = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
-    blocks = [(ROOT / "README.md", "demo-table", demo_table(report)),
-              (ROOT / "README.md", "highres", highres_table()),
-              (ROOT / "benchmarks" / "README.md", "headline", headline_table(head)),
-              (ROOT / "benchmarks" / "README.md", "scale", scale_table())]
-    blocks += [(ROOT / "README.md", f"{name.replace('_', '-')}-table",
-                _report_table(name, targets, prefix, how))
-               for name, targets, prefix, how in REPORT_TABLES]
-    abl = ROOT / "benchmarks" / "results" / "ablations.json"
-    if abl.exists():
-        saved = json.loads(abl.read_text())
-        blocks.append((ROOT / "benchmarks" / "README.md", "ablations",
-                       ablation_table(saved.get("results", saved)["rows"])))
+        _native_cpu(args.colour_six_run, report, "--colour-six-run")
+        _check_presets_run(args.colour_six_run, report)
+        _publish_run(args.colour_six_run, "colour_demo_six", "colour_demo", "_native_presets")
     stale = []
-    for path, name, body in blocks:
+    for path, name, body in generated_blocks():
         text = path.read_text()
         new = _replace_block(text, name, body, path)
         if new != text:
             if args.check:
-                stale.append(str(path.relative_to(ROOT)))
+                stale.append(f"{path.relative_to(ROOT)} ({name})")
             else:
                 path.write_text(new)
     if stale:
-        print(f"README tables out of date with the JSON files: {stale}; run "
+        print(f"generated tables out of date with the JSON files: {', '.join(stale)}; run "
               "`python benchmarks/publish.py`", file=sys.stderr)
         return 1
     return 0

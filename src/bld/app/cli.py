@@ -1,8 +1,8 @@
 """The ``bld`` command line: the parser, its option groups (each declared once), and `main`.
 
 Thin: it parses arguments, then calls the command's function in `bld.app.commands`, which calls
-library functions. Imports bld's config, precision and sampling modules (for choices and
-defaults); `bld.app.commands` (and through it everything else) and the error classes of
+library functions. Imports bld.core.config, bld.data.dicebear and bld.models.sampling (for choices
+and defaults); `bld.app.commands` (and through it everything else) and the error classes of
 checkpoint and data only once a command runs, so ``bld --help`` stays quick.
 """
 
@@ -14,9 +14,8 @@ import math
 import os
 import sys
 
-from ..core.config import ConfigError, preset_names
+from ..core.config import PRECISIONS, ConfigError, preset_names
 from ..data.dicebear import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE, DICEBEAR_STYLES
-from ..core.config import PRECISIONS
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
@@ -343,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"draw these styles, as npm names them (default "
                         f"{' '.join(DICEBEAR_DEFAULT_STYLES)}; all ten: "
                         f"{' '.join(DICEBEAR_STYLES)}); another set or --per-style needs --dest")
+
+    p = sub.add_parser("doctor", help="what this machine is to bld, on one screen: CPU kind, "
+                       "native bf16, matmul speed, the precision auto picks, GPUs, datasets, "
+                       "shipped models, and each demo's minutes here (a few seconds of timing)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--dataset", action="append", choices=("fashion-mnist", "emoji", "faces"),
+                   help="forecast this demo, however long its timing takes (repeatable; "
+                        "default: each demo, while the doctor's few seconds last)")
     return ap
 
 
@@ -353,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else
                         (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from . import commands as run
     from ..core.checkpoint import CheckpointError
     from ..core.runfolder import RunLockedError
-    from ..training.context import TrainingError
     from ..data import DatasetNotFoundError
+    from ..training.context import TrainingError
+    from . import commands as run
     commands = {
         "demo": run.cmd_demo,
         "train-ae": lambda a: run.cmd_train(a, "autoencoder", _shortcut_overrides(a)),
@@ -368,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "shard": run.cmd_shard, "prepare-openmoji": run.cmd_prepare_openmoji,
         "prepare-dicebear": run.cmd_prepare_dicebear,
         "train-classifier": run.cmd_train_classifier, "eval": run.cmd_eval,
-        "serve": run.cmd_serve,
+        "serve": run.cmd_serve, "doctor": run.cmd_doctor,
     }
     try:
         commands[args.command](args)

@@ -19,8 +19,8 @@ log = logging.getLogger("bld")
 
 def cmd_train(args, kind: str, overrides: list[str]) -> None:
     """train-ae / train-prior: the config (preset or YAML, then ``overrides``), then the loop."""
-    from ..training.loop import train_autoencoder, train_prior
     from ..core.config import config_from_dict
+    from ..training.loop import train_autoencoder, train_prior
     cfg = config_from_dict(kind, load_config_dict(kind, args.config, overrides))
     fn = train_autoencoder if kind == "autoencoder" else train_prior
     path = fn(cfg, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
@@ -90,8 +90,9 @@ def _check_mask(mask_path: str, image_path: str) -> None:
 
 def cmd_inpaint(args) -> None:
     import torch
-    from ..data import load_image
+
     from ..core.plots import image_grid, save_image
+    from ..data import load_image
     pipe = _load_pipeline(args)
     c = pipe.autoencoder.config
     image = load_image(args.image, c.image_size, c.in_channels)
@@ -106,10 +107,11 @@ def cmd_inpaint(args) -> None:
 
 def cmd_reconstruct(args) -> None:
     import torch
+
+    from ..core.loading import load_autoencoder
+    from ..core.plots import image_grid, save_image
     from ..data import build_dataset, load_image
     from ..inference.generate import reconstruct
-    from ..core.plots import image_grid, save_image
-    from ..core.loading import load_autoencoder
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
     c = ae.config
@@ -126,9 +128,9 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_encode(args) -> None:
+    from ..core.loading import load_autoencoder
     from ..data import LimitedDataset, build_dataset
     from ..inference.generate import encode_dataset
-    from ..core.loading import load_autoencoder
     device = _device(args.device)
     ae = load_autoencoder(args.autoencoder, device)
     ae_data = _autoencoder_data(args.autoencoder)
@@ -147,8 +149,7 @@ def cmd_encode(args) -> None:
 
 
 def cmd_shard(args) -> None:
-    from ..data import DATASET_SOURCES, build_dataset
-    from ..data import write_shards
+    from ..data import DATASET_SOURCES, build_dataset, write_shards
     if args.source not in DATASET_SOURCES and Path(args.source).is_dir() and not args.image_size:
         raise ConfigError(f"pass --image-size for the image folder {args.source}")
     ds = build_dataset(args.source, split=args.split, image_size=args.image_size,
@@ -197,12 +198,11 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from ..data import build_dataset
-    from ..data import dataset_tensors
+    from ..core.loading import load_autoencoder, load_prior
+    from ..core.plots import image_grid, save_image
+    from ..data import build_dataset, dataset_tensors
     from ..evaluation.evaluate import (evaluate_autoencoder, evaluate_prior, load_classifier,
                                        real_reference, write_report)
-    from ..core.plots import image_grid, save_image
-    from ..core.loading import load_autoencoder, load_prior
     device = _device(args.device)
     prior = load_prior(args.prior, device) if args.prior else None
     ae_path = args.autoencoder or (prior.config.autoencoder if prior else None)
@@ -244,9 +244,10 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
     """The denoising trajectory and, for a conditional prior, per-class rows of samples
     beside real test images."""
     import dataclasses
+
     from ..data import dataset_tensors
-    from .figures import class_rows_figure, trajectory_figure
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
+    from .figures import class_rows_figure, trajectory_figure
     pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data), args.precision)
     sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance,
@@ -272,9 +273,22 @@ def cmd_serve(args) -> None:
           limits=Limits(max_images=args.max_images, keep_files=args.keep_files))
 
 
+def cmd_doctor(args) -> None:
+    import json
+
+    from .doctor import collect, render
+    level = log.level
+    if not args.verbose:  # the precision's reason is in the report: no log line beside it
+        log.setLevel(logging.WARNING)
+    try:
+        report = collect(args.dataset)
+    finally:
+        log.setLevel(level)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+
+
 def cmd_demo(args) -> None:
-    from .demo import DemoSettings, run_demo
-    from .demo import DEMO_DATASETS
+    from .demo import DEMO_DATASETS, DemoSettings, run_demo
     out = args.out or DEMO_DATASETS[args.dataset][2]
     s = DemoSettings(out=Path(out), dataset=args.dataset, device=args.device,
                      precision=args.precision, minutes=args.minutes, seed=args.seed,

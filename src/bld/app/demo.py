@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..core.config import ConfigError, load_config_dict, to_dict
-from ..core.device import resolve_precision
+from ..core.device import cpu_facts, cpu_name, cpu_seconds, load_average, resolve_precision
 from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
@@ -115,48 +115,13 @@ class DemoSettings:
     samples_per_class: int = 10
     eval_samples: int = 1000
     classifier_steps: int | None = None  # None: CLASSIFIER_STEPS[dataset]
+    # the FD classifier: a folder (--classifier); "" = the one that ships for the dataset,
+    # else (another data folder, or classifier_steps given) one trained first
+    classifier: str = ""
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     reused_s: float = 0.0  # recorded seconds of stages a --resume reused (counted in total_s)
     plan: dict[str, Any] | None = None  # the time plan (bld.app.budget), kept in plan.json
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else the platform's name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# the environment variables that restrict the instruction sets oneDNN / ATen / MKL use (how
-# an AVX2-only CPU is emulated on a newer one)
-ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
-
-
-def cpu_facts() -> dict[str, Any]:
-    """torch's CPU capability, native bf16, and any instruction-set restriction in force."""
-    from ..core.device import cpu_bf16_facts
-    cap, native = cpu_bf16_facts()
-    return {"capability": cap, "native_bf16": native,
-            "restricted_by": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (all its threads)."""
-    import resource
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
 
 
 def _stage_done(run_dir: Path) -> bool:
@@ -303,7 +268,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
-    t_start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), _load_average()
+    t_start, cpu_start, load_start = time.perf_counter(), cpu_seconds(), load_average()
     common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}",
               f"run.precision={s.precision}", f"data.source={source}"]
     if s.data_dir:
@@ -386,12 +351,12 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # would cover only this process, so they are left out then
     s.timings["total_s"] = time.perf_counter() - t_start + s.reused_s
     if s.reused_s == 0:
-        s.timings["cpu_s"] = _cpu_seconds() - cpu_start
+        s.timings["cpu_s"] = cpu_seconds() - cpu_start
     report = {
         "bld_version": __version__, "torch": torch.__version__,
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
         # other work on the machine stretches the wall time: the load average says how much
-        "load_average_1min_start_end": [load_start, _load_average()],
+        "load_average_1min_start_end": [load_start, load_average()],
         "device": str(device),
         "cpu": cpu_facts(),
         **precision.as_dict(),
@@ -414,6 +379,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                   **_trained(pr_dir),
                   "config": to_dict(pr_cfg)},
         "times": s.timings, "figures": figures,
+        "classifier": None if clf is None else clf[1],  # the FD instrument the figures use
         **({"per_class": per_class} if per_class else {}),
         "dataset": s.dataset, "source": source, "classes": classes,
     }
@@ -433,9 +399,22 @@ def _trained(run_dir: Path) -> dict[str, Any]:
 
 
 def _fd_classifier(s: DemoSettings, out: Path, device) -> tuple[Any, dict[str, Any]]:
-    """The FD classifier (trained, or the one a --resume finds): first of all, so that the
-    time plan counts the seconds it really took. -> (classifier, its metadata)."""
-    from ..evaluation.evaluate import load_classifier, train_and_save_classifier
+    """The FD classifier -> (classifier, its metadata with its ``path`` and whether it
+    ``shipped``): ``--classifier``'s; else the one that ships for the demo's dataset, a
+    fixed instrument whose FD figures compare across runs and machines (as Inception's
+    fixed weights do for FID); else, for another folder of images or with
+    ``--classifier-steps``, one trained first (or the one a --resume finds), so that the
+    time plan counts the seconds it really took."""
+    from ..evaluation.evaluate import (load_classifier, shipped_classifier,
+                                       train_and_save_classifier)
+    source = DEMO_DATASETS[s.dataset][0]
+    given = Path(s.classifier) if s.classifier else None
+    if given is None and s.classifier_steps is None:
+        given = shipped_classifier(source, s.data_dir or None)
+    if given is not None:
+        clf, meta = load_classifier(given, device)
+        s.timings["classifier_s"] = 0.0
+        return clf, {**meta, "path": str(given), "shipped": not s.classifier}
     cls_dir = out / "classifier"
     t0 = time.perf_counter()
     if s.classifier_steps is None:
@@ -444,11 +423,11 @@ def _fd_classifier(s: DemoSettings, out: Path, device) -> tuple[Any, dict[str, A
     if not reused:
         log.info("training the FD classifier (%d steps) first: the time plan counts its "
                  "seconds", s.classifier_steps)
-        train_and_save_classifier(DEMO_DATASETS[s.dataset][0], cls_dir, steps=s.classifier_steps,
-                                  seed=s.seed, data_dir=s.data_dir or None)
+        train_and_save_classifier(source, cls_dir, steps=s.classifier_steps, seed=s.seed,
+                                  data_dir=s.data_dir or None)
     clf, meta = load_classifier(cls_dir, device)
     s.timings["classifier_s"] = time.perf_counter() - t0
     if reused and meta.get("train_seconds") is not None:
         s.timings["classifier_s"] = meta["train_seconds"]
         s.reused_s += meta["train_seconds"]
-    return clf, meta
+    return clf, {**meta, "path": str(cls_dir), "shipped": False}

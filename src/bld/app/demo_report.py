@@ -24,9 +24,10 @@ def describe_plan(plan: dict[str, Any]) -> str:
 def evaluate_demo(prior, ae, clf_meta, xt, yt, recon, s, classes: list[str]
                   ) -> tuple[dict, dict[str, dict[str, float | None]] | None]:
     """FD, precision/recall and class accuracy of samples on the project's own classifier
-    (``clf_meta``: the demo's `_fd_classifier`; ``s``: its `DemoSettings`); the classifier's accuracy on the reconstructions of
-    every test image beside it. -> (figures, per class: the share of its samples classified
-    as it and of its test images' reconstructions classified as it; None unconditional)."""
+    (``clf_meta``: the demo's `_fd_classifier`; ``s``: its `DemoSettings`); the classifier's
+    accuracy on the reconstructions of every test image beside it. -> (figures, per class:
+    the share of its samples classified as it and of its test images' reconstructions
+    classified as it; None unconditional)."""
     from ..evaluation.classifier import class_shares, predict, prediction_accuracy
     from ..evaluation.evaluate import evaluate_prior
     clf, meta = clf_meta
@@ -62,6 +63,12 @@ def evaluate_demo(prior, ae, clf_meta, xt, yt, recon, s, classes: list[str]
             }, per_class
 
 
+def _classifier_words(c: dict[str, Any]) -> str:
+    """Which FD classifier a report's figures were measured with."""
+    kind = "the shipped one" if c.get("shipped") else "trained for this run"
+    return f"{kind}, {c.get('path')} (test accuracy {c.get('test_accuracy', 0):.4f})"
+
+
 def _share(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -79,6 +86,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         "# bld demo report", "",
         f"bld {r['bld_version']}, torch {r['torch']}, {r['machine']}, device {r['device']}", "",
         f"Precision: {r['precision_reason']}.", "",
+        *([f"FD classifier: {_classifier_words(r['classifier'])}.", ""]
+          if r.get("classifier") else []),
         *([f"Time plan: {describe_plan(r['plan'])}.", ""] if r.get("plan") else []),
         "![samples](samples.png)", "",
         f"Samples: one row per class ({', '.join(r['classes'])}), "

@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -158,3 +162,41 @@ def resolve_device(name: str) -> torch.device:
 def autocast(device: torch.device | str, precision: str):
     """bf16 autocast on ``device`` when ``precision`` (auto | fp32 | bf16) resolves to bf16."""
     return resolve_precision(precision, device).autocast(device)
+
+
+# ------------------------------------------------------------------ the machine itself
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else the platform's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# the environment variables that restrict the instruction sets oneDNN / ATen / MKL use (how
+# an AVX2-only CPU is emulated on a newer one)
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_facts() -> dict[str, Any]:
+    """torch's CPU capability, native bf16, and any instruction-set restriction in force."""
+    cap, native = cpu_bf16_facts()
+    return {"capability": cap, "native_bf16": native,
+            "restricted_by": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None

@@ -132,6 +132,18 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), ck.metadata
 
 
+def shipped_classifier(source: str, data_dir: str | None = None) -> Path | None:
+    """The FD classifier that ships for dataset ``source`` (checked against its manifest's
+    sha256), or None: none ships for it, or ``data_dir`` names another folder of images
+    than the one it was trained on (a user's own folder gets a classifier of its own)."""
+    from ..inference.zoo import check_manifest, classifier_dir
+    folder = classifier_dir(source)
+    if folder is None or data_dir:
+        return None
+    check_manifest(folder)
+    return folder
+
+
 def train_and_save_classifier(dataset: str, out: str | os.PathLike, *, steps: int = 2000,
                               seed: int = 0, data_dir: str | None = None,
                               image_size: int | None = None, channels: int | None = None,

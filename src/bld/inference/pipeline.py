@@ -91,7 +91,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         from ..core.loading import load_autoencoder_with_config, load_prior
         device = resolve_device(str(device))
         if run_dir is not None:
-            run_dir = Path(run_dir)
+            run_dir = _zoo_path(run_dir)
             if _is_pretrained_folder(run_dir):
                 pipe = cls.from_pretrained(run_dir, device=device)
                 pipe.precision = check_precision(precision)
@@ -111,6 +111,13 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                               "pass autoencoder=PATH (--autoencoder)")
         ae, ae_cfg = load_autoencoder_with_config(ae_path, device, use_ema)
         return cls(ae, loaded, to_dict(ae_cfg.data), precision)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs
+                        ) -> "BinaryLatentDiffusionPipeline":
+        """A `save_pretrained` folder, a shipped model's name (`bld models` lists them,
+        offline) or a Hugging Face Hub repo id (``device=`` as in `from_run`)."""
+        return super().from_pretrained(_zoo_path(pretrained_model_name_or_path), **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_model
@@ -399,6 +406,15 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             zs.append(z.view_as(za))
             taken.append(k)
         return BlendOutput(self.decode(torch.stack(zs)), list(fractions), taken, len(differ))
+
+
+def _zoo_path(name_or_path: str | Path) -> Path:
+    """A shipped model's folder for its name; any other value as the path it is."""
+    from .zoo import ZOO_DIR, model_names
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in model_names():
+        return ZOO_DIR / str(name_or_path)
+    return path
 
 
 def _is_pretrained_folder(path: Path) -> bool:

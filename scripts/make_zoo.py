@@ -1,0 +1,113 @@
+"""Put trained models and FD classifiers into the model zoo (src/bld/zoo), as the cards say.
+
+    # the FD classifier of a built-in dataset (trained here, or copied from a run that
+    # trained it with the same command: `bld demo` trains it as its first stage)
+    python3 scripts/make_zoo.py classifier --data fashion-mnist --steps 1200 --seed 0 \
+        [--from runs/demo/classifier]
+    # a trained `bld demo` run as a shipped model (fp16 EMA weights); --command repeats for
+    # each command that made the run, exactly as run
+    python3 scripts/make_zoo.py model --run runs/zoo-fashion-mnist --name fashion-mnist \
+        --command "bld demo --minutes 0 --ae-steps 3200 --prior-steps 5600 --out runs/..."
+    # after `bld eval --model NAME -n 1000 --out DIR`: the figures into the zoo and its card
+    python3 scripts/make_zoo.py figures --name fashion-mnist --eval DIR/report.json
+
+Maintainers' tool: users load the results by name (`bld models`, `--model NAME`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bld.inference import zoo
+
+LICENCES = {
+    "fashion-mnist": "Fashion-MNIST (Zalando Research), MIT licence; the weights: MIT",
+    "dicebear": "DiceBear avatar styles drawn from their npm packages (the styles' own "
+                "licences, CC BY 4.0 or CC0 1.0 by style); the weights: MIT",
+}
+
+
+def ship_classifier(args) -> None:
+    out = zoo.CLASSIFIERS_DIR / args.data
+    command = zoo.classifier_command(args.data, args.steps, args.seed, out)
+    if args.source:
+        meta = json.loads((Path(args.source) / "config.json").read_text())["metadata"]
+        if (meta.get("dataset"), meta.get("steps")) != (args.data, args.steps):
+            sys.exit(f"{args.source} was trained on {meta.get('dataset')} for "
+                     f"{meta.get('steps')} steps, not {args.data} for {args.steps}")
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(args.source, out)
+    else:
+        from bld.evaluation.evaluate import train_and_save_classifier
+        train_and_save_classifier(args.data, out, steps=args.steps, seed=args.seed)
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    zoo.write_manifest(out, {"dataset": args.data, "command": command,
+                             "test_accuracy": meta["test_accuracy"], "steps": args.steps,
+                             "seed": args.seed, "machine": platform.processor() or
+                             platform.machine()},
+                       ("config.json", "model.safetensors"))
+    print(f"{out}: test accuracy {meta['test_accuracy']:.4f}")
+
+
+def ship_model(args) -> None:
+    from bld.inference.pipeline import BinaryLatentDiffusionPipeline
+    run = Path(args.run)
+    report = json.loads((run / "report.json").read_text())
+    out = zoo.ZOO_DIR / args.name
+    pipe = BinaryLatentDiffusionPipeline.from_run(run)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(tmp)
+        zoo.to_half(Path(tmp), zoo.WEIGHT_FILES, args.dtype)
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for f in ("config.json", *zoo.WEIGHT_FILES):
+            shutil.copyfile(Path(tmp) / f, out / f)
+    provenance = {"commands": args.command, "dtype": args.dtype,
+                  "machine": report.get("machine"), "precision": report.get("precision"),
+                  "minutes": round(report["times"]["total_s"] / 60, 1),
+                  "stage_seconds": report["times"], "bld_version": report.get("bld_version"),
+                  "autoencoder_steps": report["autoencoder"].get("trained_steps"),
+                  "prior_steps": report["prior"].get("trained_steps"),
+                  "run_figures": report.get("figures", {})}
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    zoo.write_manifest(out, {"name": args.name}, zoo.WEIGHT_FILES)
+    zoo.write_card(args.name, LICENCES.get(pipe.data.get("source", ""), "see the dataset"))
+    print(f"{out}: {sum((out / f).stat().st_size for f in zoo.WEIGHT_FILES) / 2**20:.1f} MB")
+
+
+def ship_figures(args) -> None:
+    out = zoo.ZOO_DIR / args.name
+    shutil.copyfile(args.eval, out / zoo.EVAL_FILE)
+    source = json.loads((out / "config.json").read_text()).get("data", {}).get("source", "")
+    zoo.write_card(args.name, LICENCES.get(source, "see the dataset"))
+    print(zoo.describe(args.name).summary())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("classifier")
+    c.add_argument("--data", required=True)
+    c.add_argument("--steps", type=int, required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--from", dest="source", help="a classifier folder trained by this command")
+    m = sub.add_parser("model")
+    m.add_argument("--run", required=True)
+    m.add_argument("--name", required=True)
+    m.add_argument("--command", action="append", required=True)
+    m.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
+    f = sub.add_parser("figures")
+    f.add_argument("--name", required=True)
+    f.add_argument("--eval", required=True)
+    args = p.parse_args()
+    {"classifier": ship_classifier, "model": ship_model, "figures": ship_figures}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
