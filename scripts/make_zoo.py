@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from bld.core.device import cpu_name
 from bld.inference import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LICENCES = {
     "fashion-mnist": "Fashion-MNIST (Zalando Research), MIT licence; the weights: MIT",
@@ -35,7 +37,8 @@ LICENCES = {
 
 def ship_classifier(args) -> None:
     out = zoo.CLASSIFIERS_DIR / args.data
-    command = zoo.classifier_command(args.data, args.steps, args.seed, out)
+    command = zoo.classifier_command(args.data, args.steps, args.seed,
+                                     out.relative_to(ROOT))
     if args.source:
         meta = json.loads((Path(args.source) / "config.json").read_text())["metadata"]
         if (meta.get("dataset"), meta.get("steps")) != (args.data, args.steps):
@@ -49,8 +52,10 @@ def ship_classifier(args) -> None:
     meta = json.loads((out / "config.json").read_text())["metadata"]
     zoo.write_manifest(out, {"dataset": args.data, "command": command,
                              "test_accuracy": meta["test_accuracy"], "steps": args.steps,
-                             "seed": args.seed, "machine": platform.processor() or
-                             platform.machine()},
+                             "seed": args.seed, "machine": cpu_name(),
+                             "trained_by": "the FD classifier stage of a `bld demo` run, "
+                                           "which trains it with these settings"
+                                           if args.source else "the command"},
                        ("config.json", "model.safetensors"))
     print(f"{out}: test accuracy {meta['test_accuracy']:.4f}")
 

@@ -162,10 +162,21 @@ def _shortcut_overrides(args, shortcuts=SHORTCUTS) -> list[str]:
     return out
 
 
+MODEL_HELP = "a shipped model's name (`bld models` lists them) or any folder --prior takes"
+
+
+def _model_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    """--model NAME_OR_FOLDER or --prior FOLDER: what to load (one of them)."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--model", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
+    g.add_argument("--prior", help="prior run or checkpoint folder, a `bld demo` folder or a "
+                   "folder from save_pretrained" + ("" if required else
+                                                    " (omit both to evaluate the autoencoder)"))
+
+
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """The options of sample and inpaint: a trained run, the sampler, classes, the device."""
-    p.add_argument("--prior", required=True, help="prior run or checkpoint folder, a `bld demo` "
-                   "folder or a folder from save_pretrained")
+    _model_flags(p, required=True)
     p.add_argument("--autoencoder", help="autoencoder folder (default: the one the prior used)")
     _sampler_flags(p)
     p.add_argument("--class", dest="classes", action="append", metavar="ID_OR_NAME",
@@ -200,9 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
     p.add_argument("--samples-per-class", type=_positive, default=10,
                    help="samples per class (per row) in samples.png (default %(default)s)")
+    p.add_argument("--classifier", metavar="DIR", help="the FD classifier the report uses "
+                   "(default: the one that ships for the dataset, `bld models`; a demo on "
+                   "another --data-dir, or without a shipped one, trains its own first)")
     p.add_argument("--classifier-steps", type=_positive,
-                   help="training steps of the FD classifier the report uses "
-                        "(default 1200 for fashion-mnist, 600 for emoji, 400 for faces)")
+                   help="train the report's FD classifier here for this many steps instead "
+                        "(default where one is trained: 1200 for fashion-mnist, 600 for "
+                        "emoji, 400 for faces)")
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="sampler's evidence weight lambda (see bld sample --help)")
     p.add_argument("--guidance", type=float, default=None,
@@ -286,9 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="FD / precision / recall / class accuracy of samples, and "
                        "PSNR / SSIM / reconstruction FD / bit usage of the autoencoder")
-    p.add_argument("--prior", help="prior folder (omit to evaluate only the autoencoder)")
+    _model_flags(p, required=False)
     p.add_argument("--autoencoder", help="autoencoder folder (default: the prior's)")
-    p.add_argument("--classifier", required=True, help="folder from `bld train-classifier`")
+    p.add_argument("--classifier", help="FD classifier folder from `bld train-classifier` "
+                   "(default: the one that ships for the autoencoder's dataset)")
     _data_flags(p, "dataset whose test split is the reference (default: the autoencoder's)")
     p.add_argument("-n", "--num", type=_positive, default=2000, help="generated samples (and the "
                    "real-vs-real floor at the same N)")
@@ -300,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="a browser app over a trained run: sample, inpaint, "
                        "and look inside the bits (needs the [web] extra: gradio)")
-    p.add_argument("run_dir", help="a `bld demo` folder, a prior run or a save_pretrained folder")
+    p.add_argument("run_dir", nargs="?", help="a `bld demo` folder, a prior run, a "
+                   "save_pretrained folder or a shipped model's name")
+    p.add_argument("--model", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; any other "
                         "needs a login or --no-auth)")
@@ -350,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", choices=("fashion-mnist", "emoji", "faces"),
                    help="forecast this demo, however long its timing takes (repeatable; "
                         "default: each demo, while the doctor's few seconds last)")
+
+    p = sub.add_parser("models", help="the trained models and FD classifiers that ship with "
+                       "bld (load one by name: --model NAME, from_pretrained(NAME))")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     return ap
 
 
@@ -375,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "shard": run.cmd_shard, "prepare-openmoji": run.cmd_prepare_openmoji,
         "prepare-dicebear": run.cmd_prepare_dicebear,
         "train-classifier": run.cmd_train_classifier, "eval": run.cmd_eval,
-        "serve": run.cmd_serve, "doctor": run.cmd_doctor,
+        "serve": run.cmd_serve, "doctor": run.cmd_doctor, "models": run.cmd_models,
     }
     try:
         commands[args.command](args)

@@ -41,8 +41,42 @@ def _device(name: str):
 
 def _load_pipeline(args):
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
-    return BinaryLatentDiffusionPipeline.from_run(args.prior, autoencoder=args.autoencoder,
+    return BinaryLatentDiffusionPipeline.from_run(_model(args), autoencoder=args.autoencoder,
                                                   device=args.device, precision=args.precision)
+
+
+def _model(args) -> Path:
+    """The folder --model (a shipped model's name, or a folder) or --prior names."""
+    return _named(args.model) if args.model else Path(args.prior)
+
+
+def _named(name_or_folder: str) -> Path:
+    """A shipped model's folder for its name, or the folder given."""
+    from ..inference.zoo import ZooError, resolve_model
+    try:
+        return resolve_model(name_or_folder)
+    except ZooError as e:
+        raise ConfigError(str(e)) from None
+
+
+def cmd_models(args) -> None:
+    import json
+
+    from ..inference import zoo
+    models = zoo.list_models()
+    classifiers = sorted(p.name for p in zoo.CLASSIFIERS_DIR.iterdir()
+                         if zoo.classifier_dir(p.name)) if zoo.CLASSIFIERS_DIR.is_dir() else []
+    if args.json:
+        print(json.dumps({"models": [{"name": m.name, "dataset": m.dataset,
+                                      "classes": m.classes, "size_mb": round(m.size_mb, 2),
+                                      "figures": m.figures, "path": str(m.path)}
+                                     for m in models], "classifiers": classifiers}, indent=2))
+        return
+    print(f"shipped models ({zoo.ZOO_DIR}):")
+    print("\n".join(f"  {m.summary()}" for m in models) or "  none")
+    print(f"shipped FD classifiers: {', '.join(classifiers) or 'none'}")
+    if models:
+        print(f"load one: bld sample --model {models[0].name} -n 16 --out samples.png")
 
 
 def _sampling_kwargs(args) -> dict:
@@ -198,25 +232,36 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from ..core.loading import load_autoencoder, load_prior
+    import dataclasses
+
+    from ..core.loading import load_autoencoder
     from ..core.plots import image_grid, save_image
     from ..data import build_dataset, dataset_tensors
     from ..evaluation.evaluate import (evaluate_autoencoder, evaluate_prior, load_classifier,
-                                       real_reference, write_report)
+                                       real_reference, shipped_classifier, write_report)
     device = _device(args.device)
-    prior = load_prior(args.prior, device) if args.prior else None
-    ae_path = args.autoencoder or (prior.config.autoencoder if prior else None)
-    if not ae_path:
-        raise ConfigError("pass --autoencoder (or --prior, whose autoencoder is used)")
-    ae = load_autoencoder(ae_path, device)
-    ae_data = _autoencoder_data(ae_path)
-    test = build_dataset(args.data or ae_data.source, "test", ae.config.image_size,
-                         ae.config.in_channels, args.data_dir or ae_data.data_dir or None)
+    prior = None
+    if args.model or args.prior:  # a run, a save_pretrained folder or a shipped model
+        pipe = _load_pipeline(args)
+        prior, ae, ae_data = pipe.prior, pipe.autoencoder, dict(pipe.data)
+    elif args.autoencoder:
+        ae = load_autoencoder(args.autoencoder, device)
+        ae_data = dataclasses.asdict(_autoencoder_data(args.autoencoder))
+    else:
+        raise ConfigError("pass --model NAME, --prior FOLDER or --autoencoder FOLDER")
+    source, data_dir = args.data or ae_data.get("source"), args.data_dir or ae_data.get("data_dir")
+    test = build_dataset(source, "test", ae.config.image_size, ae.config.in_channels,
+                         data_dir or None)
     xt, _ = dataset_tensors(test)
-    clf, meta = load_classifier(args.classifier, device)
+    classifier = args.classifier or shipped_classifier(source, data_dir)
+    if classifier is None:
+        raise ConfigError(f"no FD classifier ships for {source!r} (`bld models` lists those "
+                          "that do): train one with `bld train-classifier --data ... --out DIR` "
+                          "and pass --classifier DIR")
+    clf, meta = load_classifier(classifier, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"classifier": {"path": args.classifier, **meta}}
+    report = {"classifier": {"path": str(classifier), "shipped": not args.classifier, **meta}}
     if prior is None:
         reference, floor = real_reference(xt, min(args.num, len(xt) // 2), seed=args.seed)
         report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
@@ -243,12 +288,10 @@ def cmd_eval(args) -> None:
 def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
     """The denoising trajectory and, for a conditional prior, per-class rows of samples
     beside real test images."""
-    import dataclasses
-
     from ..data import dataset_tensors
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
     from .figures import class_rows_figure, trajectory_figure
-    pipe = BinaryLatentDiffusionPipeline(ae, prior, dataclasses.asdict(ae_data), args.precision)
+    pipe = BinaryLatentDiffusionPipeline(ae, prior, ae_data, args.precision)
     sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance,
                     guidance_interval=_interval(args))
@@ -268,7 +311,9 @@ def cmd_serve(args) -> None:
     if auth is None and not is_loopback(args.host):
         print(f"bld serve: warning: serving {args.host}:{args.port} without a login "
               "(--no-auth): anyone who can reach it can use the app", file=sys.stderr)
-    serve(args.run_dir, host=args.host, port=args.port, device=args.device, auth=auth,
+    if (args.run_dir is None) == (args.model is None):
+        raise ConfigError("bld serve takes a run folder or --model NAME_OR_FOLDER (one of them)")
+    serve(_named(args.model or args.run_dir), host=args.host, port=args.port, device=args.device, auth=auth,
           precision=args.precision,
           limits=Limits(max_images=args.max_images, keep_files=args.keep_files))
 
@@ -288,20 +333,6 @@ def cmd_doctor(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import DEMO_DATASETS, DemoSettings, run_demo
-    out = args.out or DEMO_DATASETS[args.dataset][2]
-    s = DemoSettings(out=Path(out), dataset=args.dataset, device=args.device,
-                     precision=args.precision, minutes=args.minutes, seed=args.seed,
-                     limit=args.limit,
-                     eval_samples=args.eval_samples, resume=args.resume,
-                     samples_per_class=args.samples_per_class,
-                     classifier_steps=args.classifier_steps,
-                     evidence_weight=args.evidence_weight, guidance=args.guidance,
-                     guidance_interval=_interval(args), temperature=args.temperature,
-                     data_dir=args.data_dir or "")
-    if args.ae_steps is not None:
-        s.ae_steps = args.ae_steps
-    if args.prior_steps is not None:
-        s.prior_steps = args.prior_steps
-    run_demo(s)
+    from .demo import run_demo, settings_from_args
+    run_demo(settings_from_args(args))
 

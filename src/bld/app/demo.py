@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -122,6 +121,34 @@ class DemoSettings:
     timings: dict[str, float] = field(default_factory=dict)
     reused_s: float = 0.0  # recorded seconds of stages a --resume reused (counted in total_s)
     plan: dict[str, Any] | None = None  # the time plan (bld.app.budget), kept in plan.json
+
+
+def settings_from_args(args) -> DemoSettings:
+    """`bld demo`'s parsed arguments as settings."""
+    from .commands import _interval
+    s = DemoSettings(out=Path(args.out or DEMO_DATASETS[args.dataset][2]), dataset=args.dataset,
+                     device=args.device, precision=args.precision, minutes=args.minutes,
+                     seed=args.seed, limit=args.limit, eval_samples=args.eval_samples,
+                     resume=args.resume, samples_per_class=args.samples_per_class,
+                     classifier_steps=args.classifier_steps, classifier=args.classifier or "",
+                     evidence_weight=args.evidence_weight, guidance=args.guidance,
+                     guidance_interval=_interval(args), temperature=args.temperature,
+                     data_dir=args.data_dir or "")
+    s.ae_steps, s.prior_steps = args.ae_steps, args.prior_steps
+    return s
+
+
+def _common(s: DemoSettings) -> list[str]:
+    """The overrides both models' presets get from the demo's settings."""
+    common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}",
+              f"run.precision={s.precision}", f"data.source={DEMO_DATASETS[s.dataset][0]}"]
+    return common + ([f"data.data_dir={s.data_dir}"] if s.data_dir else [])
+
+
+def stage_config(s: DemoSettings, kind: str, extra: list[str] = ()):
+    """The training config the demo gives stage ``kind`` (autoencoder | prior) under the
+    settings ``s`` and its plan (``extra``: the prior's autoencoder and latents)."""
+    return _config(kind, s, _common(s) + list(extra) + _planned(s, kind))
 
 
 def _stage_done(run_dir: Path) -> bool:
@@ -269,10 +296,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     t_start, cpu_start, load_start = time.perf_counter(), cpu_seconds(), load_average()
-    common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}",
-              f"run.precision={s.precision}", f"data.source={source}"]
-    if s.data_dir:
-        common.append(f"data.data_dir={s.data_dir}")
+    common = _common(s)
     test_set = build_dataset(source, split="test", data_dir=s.data_dir or None)  # fail early
     train_set = build_dataset(source, split="train", data_dir=s.data_dir or None)
     if s.limit:
