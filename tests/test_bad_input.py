@@ -162,6 +162,14 @@ BAD_INPUT = [
     (["shard", "{f}/missing", "{out}"], "unknown dataset source"),
     (["serve", "{prior}", "--max-images", "0"], "argument --max-images: must be at least 1"),
     (["serve", "{prior}", "--port", "http"], "argument --port: invalid int value: 'http'"),
+    (["serve", "--port", "7861"], "takes a run folder or --model NAME_OR_FOLDER"),
+    (["serve", "--model", "no-such-model"], "neither a folder nor a shipped model"),
+    # the zoo, by name; the doctor
+    (["sample", "--model", "no-such-model", "--out", "{out}.png"],
+     "is neither a folder nor a shipped model (shipped: "),
+    (["eval", "--out", "{out}"], "pass --model NAME, --prior FOLDER or --autoencoder FOLDER"),
+    (["models", "--bogus"], "unrecognized arguments: --bogus"),
+    (["doctor", "--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
     # prepare-dicebear (no npm call: each is refused before a fetch)
     (["prepare-dicebear", "--dest", "{out}", "--size", "2048"], "from 32 to 1024 px, got 2048"),
     (["prepare-dicebear", "--dest", "{out}", "--per-style", "5"], "of at least 6 (one test face in 6)"),
