@@ -75,7 +75,8 @@ def ship_model(args) -> None:
             shutil.copyfile(Path(tmp) / f, out / f)
     provenance = {"commands": args.command, "dtype": args.dtype,
                   "machine": report.get("machine"), "precision": report.get("precision"),
-                  "minutes": round(report["times"]["total_s"] / 60, 1),
+                  "minutes": round((report["times"]["total_s"] - args.paused_s) / 60, 1),
+                  "paused_s": args.paused_s,
                   "stage_seconds": report["times"], "bld_version": report.get("bld_version"),
                   "autoencoder_steps": report["autoencoder"].get("trained_steps"),
                   "prior_steps": report["prior"].get("trained_steps"),
@@ -107,6 +108,8 @@ def main() -> None:
     m.add_argument("--name", required=True)
     m.add_argument("--command", action="append", required=True)
     m.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
+    m.add_argument("--paused-s", type=float, default=0.0, help="seconds the run was stopped "
+                   "(SIGSTOP) while other work had the cores: left out of its minutes")
     f = sub.add_parser("figures")
     f.add_argument("--name", required=True)
     f.add_argument("--eval", required=True)

@@ -118,13 +118,14 @@ def _card_commands(folder) -> list[list[str]]:
 def test_a_cards_commands_give_the_config_its_weights_carry(name):
     """Replayed through the demo's own config building (nothing trained), the card's
     `bld demo` command gives exactly the configs the shipped weights were trained with."""
-    from bld.app.demo import settings_from_args, stage_config
+    from bld.app.commands import demo_settings
+    from bld.app.demo import stage_config
     from bld.training.prior import resolve_prior_config
     folder = zoo.ZOO_DIR / name
     config = json.loads((folder / "config.json").read_text())
     demos = [c for c in _card_commands(folder) if c[:2] == ["bld", "demo"]]
     assert len(demos) == 1
-    s = settings_from_args(build_parser().parse_args(demos[0][1:]))
+    s = demo_settings(build_parser().parse_args(demos[0][1:]))
     ae = stage_config(s, "autoencoder")
     assert to_dict(ae.model) == config["autoencoder_config"]
     prior = resolve_prior_config(stage_config(s, "prior"), ae.model, len(config["classes"]))

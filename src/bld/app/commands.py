@@ -333,6 +333,21 @@ def cmd_doctor(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo, settings_from_args
-    run_demo(settings_from_args(args))
+    from .demo import run_demo
+    run_demo(demo_settings(args))
+
+
+def demo_settings(args):
+    """`bld demo`'s parsed arguments as settings."""
+    from .demo import DEMO_DATASETS, DemoSettings
+    s = DemoSettings(out=Path(args.out or DEMO_DATASETS[args.dataset][2]), dataset=args.dataset,
+                     device=args.device, precision=args.precision, minutes=args.minutes,
+                     seed=args.seed, limit=args.limit, eval_samples=args.eval_samples,
+                     resume=args.resume, samples_per_class=args.samples_per_class,
+                     classifier_steps=args.classifier_steps, classifier=args.classifier or "",
+                     evidence_weight=args.evidence_weight, guidance=args.guidance,
+                     guidance_interval=_interval(args), temperature=args.temperature,
+                     data_dir=args.data_dir or "")
+    s.ae_steps, s.prior_steps = args.ae_steps, args.prior_steps
+    return s
 

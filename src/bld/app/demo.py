@@ -25,7 +25,7 @@ from ..core.device import cpu_facts, cpu_name, cpu_seconds, load_average, resolv
 from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
-from .demo_report import describe_plan, evaluate_demo, report_markdown
+from .demo_report import describe_plan, evaluate_demo, fd_classifier, report_markdown
 
 log = logging.getLogger("bld")
 
@@ -121,21 +121,6 @@ class DemoSettings:
     timings: dict[str, float] = field(default_factory=dict)
     reused_s: float = 0.0  # recorded seconds of stages a --resume reused (counted in total_s)
     plan: dict[str, Any] | None = None  # the time plan (bld.app.budget), kept in plan.json
-
-
-def settings_from_args(args) -> DemoSettings:
-    """`bld demo`'s parsed arguments as settings."""
-    from .commands import _interval
-    s = DemoSettings(out=Path(args.out or DEMO_DATASETS[args.dataset][2]), dataset=args.dataset,
-                     device=args.device, precision=args.precision, minutes=args.minutes,
-                     seed=args.seed, limit=args.limit, eval_samples=args.eval_samples,
-                     resume=args.resume, samples_per_class=args.samples_per_class,
-                     classifier_steps=args.classifier_steps, classifier=args.classifier or "",
-                     evidence_weight=args.evidence_weight, guidance=args.guidance,
-                     guidance_interval=_interval(args), temperature=args.temperature,
-                     data_dir=args.data_dir or "")
-    s.ae_steps, s.prior_steps = args.ae_steps, args.prior_steps
-    return s
 
 
 def _common(s: DemoSettings) -> list[str]:
@@ -301,7 +286,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     train_set = build_dataset(source, split="train", data_dir=s.data_dir or None)
     if s.limit:
         train_set = LimitedDataset(train_set, s.limit)
-    clf = _fd_classifier(s, out, device) if s.eval_samples > 0 else None
+    clf = (fd_classifier(s, out, device, source, CLASSIFIER_STEPS[s.dataset])
+           if s.eval_samples > 0 else None)
     _plan_steps(s, out, common, train_set, len(test_set), device, precision,
                 spent_s=time.perf_counter() - t_start + s.reused_s)
 
@@ -420,38 +406,3 @@ def _trained(run_dir: Path) -> dict[str, Any]:
     ck = load_checkpoint(run_dir)
     return {"trained_steps": ck.step,
             **({"timebox": ck.metadata["timebox"]} if "timebox" in ck.metadata else {})}
-
-
-def _fd_classifier(s: DemoSettings, out: Path, device) -> tuple[Any, dict[str, Any]]:
-    """The FD classifier -> (classifier, its metadata with its ``path`` and whether it
-    ``shipped``): ``--classifier``'s; else the one that ships for the demo's dataset, a
-    fixed instrument whose FD figures compare across runs and machines (as Inception's
-    fixed weights do for FID); else, for another folder of images or with
-    ``--classifier-steps``, one trained first (or the one a --resume finds), so that the
-    time plan counts the seconds it really took."""
-    from ..evaluation.evaluate import (load_classifier, shipped_classifier,
-                                       train_and_save_classifier)
-    source = DEMO_DATASETS[s.dataset][0]
-    given = Path(s.classifier) if s.classifier else None
-    if given is None and s.classifier_steps is None:
-        given = shipped_classifier(source, s.data_dir or None)
-    if given is not None:
-        clf, meta = load_classifier(given, device)
-        s.timings["classifier_s"] = 0.0
-        return clf, {**meta, "path": str(given), "shipped": not s.classifier}
-    cls_dir = out / "classifier"
-    t0 = time.perf_counter()
-    if s.classifier_steps is None:
-        s.classifier_steps = CLASSIFIER_STEPS[s.dataset]
-    reused = (cls_dir / "config.json").exists()
-    if not reused:
-        log.info("training the FD classifier (%d steps) first: the time plan counts its "
-                 "seconds", s.classifier_steps)
-        train_and_save_classifier(source, cls_dir, steps=s.classifier_steps, seed=s.seed,
-                                  data_dir=s.data_dir or None)
-    clf, meta = load_classifier(cls_dir, device)
-    s.timings["classifier_s"] = time.perf_counter() - t0
-    if reused and meta.get("train_seconds") is not None:
-        s.timings["classifier_s"] = meta["train_seconds"]
-        s.reused_s += meta["train_seconds"]
-    return clf, {**meta, "path": str(cls_dir), "shipped": False}

@@ -1,6 +1,6 @@
-"""The demo's figures and its report: what `bld demo` measures once both models are trained
-(FD, precision / recall, class accuracy of samples and reconstructions, per class), and the
-Markdown it writes beside report.json.
+"""The demo's figures and its report: the FD classifier they are measured with, what `bld
+demo` measures once both models are trained (FD, precision / recall, class accuracy of
+samples and reconstructions, per class), and the Markdown it writes beside report.json.
 
 Imports bld's evaluation and models packages (on first use for evaluation).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from ..models.sampling import describe_guidance_interval
@@ -21,10 +22,45 @@ def describe_plan(plan: dict[str, Any]) -> str:
     return Plan.from_dict(plan).describe()
 
 
+def fd_classifier(s, out: Path, device, source: str, default_steps: int
+                  ) -> tuple[Any, dict[str, Any]]:
+    """The FD classifier -> (classifier, its metadata with its ``path`` and whether it
+    ``shipped``): ``--classifier``'s; else the one that ships for the demo's dataset, a
+    fixed instrument whose FD figures compare across runs and machines (as Inception's
+    fixed weights do for FID); else, for another folder of images or with
+    ``--classifier-steps``, one trained first (or the one a --resume finds), so that the
+    time plan counts the seconds it really took."""
+    from ..evaluation.evaluate import (load_classifier, shipped_classifier,
+                                       train_and_save_classifier)
+    given = Path(s.classifier) if s.classifier else None
+    if given is None and s.classifier_steps is None:
+        given = shipped_classifier(source, s.data_dir or None)
+    if given is not None:
+        clf, meta = load_classifier(given, device)
+        s.timings["classifier_s"] = 0.0
+        return clf, {**meta, "path": str(given), "shipped": not s.classifier}
+    cls_dir = out / "classifier"
+    t0 = time.perf_counter()
+    if s.classifier_steps is None:
+        s.classifier_steps = default_steps
+    reused = (cls_dir / "config.json").exists()
+    if not reused:
+        log.info("training the FD classifier (%d steps) first: the time plan counts its "
+                 "seconds", s.classifier_steps)
+        train_and_save_classifier(source, cls_dir, steps=s.classifier_steps, seed=s.seed,
+                                  data_dir=s.data_dir or None)
+    clf, meta = load_classifier(cls_dir, device)
+    s.timings["classifier_s"] = time.perf_counter() - t0
+    if reused and meta.get("train_seconds") is not None:
+        s.timings["classifier_s"] = meta["train_seconds"]
+        s.reused_s += meta["train_seconds"]
+    return clf, {**meta, "path": str(cls_dir), "shipped": False}
+
+
 def evaluate_demo(prior, ae, clf_meta, xt, yt, recon, s, classes: list[str]
                   ) -> tuple[dict, dict[str, dict[str, float | None]] | None]:
     """FD, precision/recall and class accuracy of samples on the project's own classifier
-    (``clf_meta``: the demo's `_fd_classifier`; ``s``: its `DemoSettings`); the classifier's
+    (``clf_meta``: `fd_classifier`'s; ``s``: its `DemoSettings`); the classifier's
     accuracy on the reconstructions of every test image beside it. -> (figures, per class:
     the share of its samples classified as it and of its test images' reconstructions
     classified as it; None unconditional)."""

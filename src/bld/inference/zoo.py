@@ -190,7 +190,9 @@ def write_card(name: str, licence: str) -> Path:
         f"T = {pr['diffusion']['timesteps']}, {prov.get('prior_steps')} steps "
         f"x batch {pr['optim']['batch_size']}",
         f"- machine: {prov.get('machine')}, precision {prov.get('precision')}, "
-        f"{prov.get('minutes')} minutes in all",
+        f"{prov.get('minutes')} minutes in all"
+        + (f" (not counting {prov['paused_s']:.0f} s for which the run was stopped)"
+           if prov.get("paused_s") else ""),
         f"- weights: the EMA weights in {prov.get('dtype')} ({model.size_mb:.1f} MB)", "",
         "## Figures", ""]
     if f:
