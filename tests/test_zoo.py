@@ -135,3 +135,21 @@ def test_a_cards_commands_give_the_config_its_weights_carry(name):
         got.pop(path_key), want.pop(path_key)
     assert got == want
     assert zoo.check_manifest(folder)["name"] == name  # the weights are the ones shipped
+
+
+@pytest.mark.skipif("fashion-mnist" not in REAL_CLASSIFIERS, reason="no classifier ships")
+def test_the_demo_measures_with_the_shipped_classifier_unless_told_otherwise(tmp_path):
+    from bld.app.demo import DemoSettings
+    from bld.app.demo_report import fd_classifier
+    s = DemoSettings(out=tmp_path)
+    clf, meta = fd_classifier(s, tmp_path, "cpu", "fashion-mnist", 1200)
+    shipped = zoo.CLASSIFIERS_DIR / "fashion-mnist"
+    assert (meta["path"], meta["shipped"]) == (str(shipped), True)
+    assert s.timings["classifier_s"] == 0 and not (tmp_path / "classifier").exists()
+    assert meta["test_accuracy"] == zoo.check_manifest(shipped)["test_accuracy"]
+    # another folder of images is not what the shipped one was trained on
+    from bld.evaluation.evaluate import shipped_classifier
+    assert shipped_classifier("fashion-mnist", str(tmp_path)) is None
+    # --classifier DIR is taken as given
+    s = DemoSettings(out=tmp_path, classifier=str(shipped))
+    assert fd_classifier(s, tmp_path, "cpu", "fashion-mnist", 1200)[1]["shipped"] is False
