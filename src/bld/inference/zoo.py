@@ -70,6 +70,7 @@ def eval_figures(report: dict[str, Any]) -> dict[str, Any]:
            "sample_precision": smp.get("precision"),
            "sample_class_accuracy": smp.get("class_accuracy"),
            "reconstruction_fd": rec.get("fd_recon"), "psnr": rec.get("psnr"),
+           "reconstruction_recall": rec.get("recon_recall"),
            "fd_ratio_to_recon": report.get("fd_ratio_to_recon"),
            "classifier": report.get("classifier", {}).get("path")}
     return {k: v for k, v in out.items() if v is not None}
