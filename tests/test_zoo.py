@@ -153,3 +153,26 @@ def test_the_demo_measures_with_the_shipped_classifier_unless_told_otherwise(tmp
     # --classifier DIR is taken as given
     s = DemoSettings(out=tmp_path, classifier=str(shipped))
     assert fd_classifier(s, tmp_path, "cpu", "fashion-mnist", 1200)[1]["shipped"] is False
+
+
+def test_a_demo_report_puts_the_run_beside_the_shipped_model(tmp_path, monkeypatch):
+    from bld.app.demo_report import _beside_shipped, shipped_model_for
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    assert shipped_model_for("fashion-mnist") is None  # nothing ships: no table
+    folder = tmp_path / "zoo" / "fm"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"data": {"source": "fashion-mnist"}}))
+    assert shipped_model_for("fashion-mnist") is None  # not measured: nothing to compare
+    report = {"samples": {"n": 1000, "fd": 30.0, "recall": 0.45, "precision": 0.7,
+                          "class_accuracy": 0.93},
+              "autoencoder": {"fd_recon": 25.0, "psnr": 26.1, "recon_recall": 0.6},
+              "fd_ratio_to_recon": 1.2, "classifier": {"path": "x"}}
+    (folder / zoo.EVAL_FILE).write_text(json.dumps(report))
+    shipped = shipped_model_for("fashion-mnist")
+    assert shipped["name"] == "fm" and shipped_model_for("dicebear") is None
+    run = {"eval_n": 1000, "sample_class_accuracy": 0.81, "sample_recall": 0.15,
+           "sample_fd": 117.5, "reconstruction_fd": 49.5, "fd_ratio_samples_to_recon": 2.37,
+           "reconstruction_psnr_db": 23.08}
+    text = "\n".join(_beside_shipped(run, shipped))
+    assert "| class accuracy | 0.81 | 0.93 |" in text and "| recall | 0.15 | 0.45 |" in text
+    assert "| FD / reconstruction FD | 2.37 | 1.2 |" in text and "-n 1000" in text

@@ -25,7 +25,8 @@ from ..core.device import cpu_facts, cpu_name, cpu_seconds, load_average, resolv
 from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
-from .demo_report import describe_plan, evaluate_demo, fd_classifier, report_markdown
+from .demo_report import (describe_plan, evaluate_demo, fd_classifier, report_markdown,
+                          shipped_model_for)
 
 log = logging.getLogger("bld")
 
@@ -390,6 +391,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                   "config": to_dict(pr_cfg)},
         "times": s.timings, "figures": figures,
         "classifier": None if clf is None else clf[1],  # the FD instrument the figures use
+        "shipped_model": shipped_model_for(source),  # its figures, beside this run's
         **({"per_class": per_class} if per_class else {}),
         "dataset": s.dataset, "source": source, "classes": classes,
     }

@@ -105,6 +105,42 @@ def _classifier_words(c: dict[str, Any]) -> str:
     return f"{kind}, {c.get('path')} (test accuracy {c.get('test_accuracy', 0):.4f})"
 
 
+# (label, the demo report's figure, the zoo's eval.json figure)
+BESIDE = [("class accuracy", "sample_class_accuracy", "sample_class_accuracy"),
+          ("recall", "sample_recall", "sample_recall"),
+          ("sample FD", "sample_fd", "sample_fd"),
+          ("reconstruction FD", "reconstruction_fd", "reconstruction_fd"),
+          ("FD / reconstruction FD", "fd_ratio_samples_to_recon", "fd_ratio_to_recon"),
+          ("PSNR (dB)", "reconstruction_psnr_db", "psnr")]
+
+
+def shipped_model_for(source: str) -> dict[str, Any] | None:
+    """The shipped model trained on dataset ``source`` whose figures were measured (its
+    name and `bld eval` figures), to stand beside a demo run's; None where none ships."""
+    from ..inference.zoo import list_models
+    for m in list_models():
+        if m.dataset == source and m.figures:
+            return {"name": m.name, "figures": m.figures}
+    return None
+
+
+def _beside_shipped(f: dict[str, Any], shipped: dict[str, Any] | None) -> list[str]:
+    """The run's figures beside the shipped model's, as Markdown lines ([] without one)."""
+    if not shipped:
+        return []
+    g = shipped["figures"]
+    lines = ["", "## This run beside the shipped model", "",
+             f"What this machine's run reached, and what the method gives at full length: "
+             f"`{shipped['name']}` (`bld models`), measured by `bld eval --model "
+             f"{shipped['name']} -n {g.get('n')}` with the same shipped FD classifier.", "",
+             f"| figure | this run (N = {f.get('eval_n')}) | {shipped['name']} |", "|---|---|---|"]
+    for label, mine, theirs in BESIDE:
+        a, b = f.get(mine), g.get(theirs)
+        lines.append(f"| {label} | {'-' if a is None else f'{a:.4g}'} | "
+                     f"{'-' if b is None else f'{b:.4g}'} |")
+    return lines
+
+
 def _share(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -150,6 +186,7 @@ def report_markdown(r: dict[str, Any]) -> str:
                   "| class | samples | reconstructions |", "|---|---|---|"]
         lines += [f"| {c} | {_share(v['samples'])} | {_share(v['reconstructions'])} |"
                   for c, v in r["per_class"].items()]
+    lines += _beside_shipped(f, r.get("shipped_model"))
     lines += ["", "## Times (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
     lines += ["", "## Models", "",
