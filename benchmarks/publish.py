@@ -463,7 +463,30 @@ def results_table() -> str:
             f"{f['sample_fd']:.1f} / {f['reconstruction_fd']:.1f} = "
             f"{f['fd_ratio_samples_to_recon']:.2f} | {f['sample_recall']:.3f} | "
             f"{met} of {len(wanted)} |")
+    lines += _shipped_rows()
     return "\n".join(lines)
+
+
+def _shipped_rows() -> list[str]:
+    """A row per shipped model with measured figures (src/bld/zoo/NAME/eval.json): what the
+    method gives at full length, beside what each machine's demo run bought."""
+    from bld.inference import zoo
+    rows = []
+    for m in zoo.list_models():
+        f = m.figures
+        if not f:
+            continue
+        prov = json.loads((m.path / "provenance.json").read_text())
+        data = {"fashion-mnist": "Fashion-MNIST", "dicebear": "DiceBear faces"}.get(
+            m.dataset, m.dataset)
+        rows.append(
+            f"| {data}, {len(m.classes)} classes | shipped model `{m.name}`: `bld eval --model "
+            f"{m.name} -n {f['n']}` | trained on {prov.get('machine')} "
+            f"({prov.get('precision')}), {prov.get('minutes')} min | - | "
+            f"{f['psnr']:.2f} dB | {f['sample_class_accuracy']:.3f} | {f['sample_fd']:.1f} / "
+            f"{f['reconstruction_fd']:.1f} = {f['fd_ratio_to_recon']:.2f} | "
+            f"{f['sample_recall']:.3f} | see its card |")
+    return rows
 
 
 def _native_cpu(run: Path, report: dict[str, Any], flag: str) -> None:
