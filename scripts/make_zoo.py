@@ -78,8 +78,11 @@ def ship_model(args) -> None:
                   "minutes": round((report["times"]["total_s"] - args.paused_s) / 60, 1),
                   "paused_s": args.paused_s,
                   "stage_seconds": report["times"], "bld_version": report.get("bld_version"),
-                  "autoencoder_steps": report["autoencoder"].get("trained_steps"),
-                  "prior_steps": report["prior"].get("trained_steps"),
+                  # runs from before the time budget trained their configured steps
+                  "autoencoder_steps": report["autoencoder"].get(
+                      "trained_steps", report["autoencoder"]["steps"]),
+                  "prior_steps": report["prior"].get("trained_steps", report["prior"]["steps"]),
+                  "note": args.note,
                   "run_figures": report.get("figures", {})}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     zoo.write_manifest(out, {"name": args.name}, zoo.WEIGHT_FILES)
@@ -108,6 +111,7 @@ def main() -> None:
     m.add_argument("--run", required=True)
     m.add_argument("--name", required=True)
     m.add_argument("--command", action="append", required=True)
+    m.add_argument("--note", default="", help="a line for the card under the commands")
     m.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     m.add_argument("--paused-s", type=float, default=0.0, help="seconds the run was stopped "
                    "(SIGSTOP) while other work had the cores: left out of its minutes")

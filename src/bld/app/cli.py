@@ -108,13 +108,16 @@ def _image_flags(p: argparse.ArgumentParser, size: str) -> None:
     p.add_argument("--channels", type=int, choices=[1, 3], help="default: the dataset's")
 
 
-def _sampler_flags(p: argparse.ArgumentParser) -> None:
-    """The sampler's settings (bld.models.sampling), shared by sample, inpaint and eval."""
+def _sampler_flags(p: argparse.ArgumentParser, guidance: float | None = 0.0) -> None:
+    """The sampler's settings (bld.models.sampling), shared by sample, inpaint and eval
+    (``guidance`` None: the prior preset's sample_guidance)."""
     p.add_argument("--steps", type=_positive, default=16, help="sampling steps S (2..T)")
     p.add_argument("--temperature", type=_temperature, help=TEMPERATURE_HELP)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help=EVIDENCE_HELP)
-    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance w")
+    p.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance w"
+                   + (" (default: the prior preset's sample_guidance)" if guidance is None
+                      else ""))
     p.add_argument("--guidance-interval", type=_fraction, nargs=2, metavar=("LO", "HI"),
                    help=INTERVAL_HELP)
 
@@ -308,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, "dataset whose test split is the reference (default: the autoencoder's)")
     p.add_argument("-n", "--num", type=_positive, default=2000, help="generated samples (and the "
                    "real-vs-real floor at the same N)")
-    _sampler_flags(p)
+    _sampler_flags(p, guidance=None)
     p.add_argument("--unconditional", action="store_true", help="sample without labels")
     _seed_flag(p)
     _device_flags(p)

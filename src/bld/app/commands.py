@@ -269,7 +269,9 @@ def cmd_eval(args) -> None:
         ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
                             temperature=(prior.config.sample_temperature if args.temperature is None
                                          else args.temperature),
-                            evidence_weight=args.evidence_weight, guidance=args.guidance,
+                            evidence_weight=args.evidence_weight,
+                            guidance=(prior.config.sample_guidance if args.guidance is None
+                                      else args.guidance),
                             guidance_interval=_interval(args) or
                             tuple(prior.config.sample_guidance_interval),
                             seed=args.seed, conditional=not args.unconditional,

@@ -185,6 +185,7 @@ def write_card(name: str, licence: str) -> Path:
         "## Data and licence", "", licence, "",
         "## How it was made", "",
         "```bash", *prov["commands"], "```", "",
+        *([prov["note"], ""] if prov.get("note") else []),
         f"- autoencoder: latent {ae['bits']} bits x {_grid(ae)} x {_grid(ae)}, "
         f"{prov.get('autoencoder_steps')} steps",
         f"- prior: width {pr['model']['width']}, depth {pr['model']['depth']}, "
@@ -199,7 +200,7 @@ def write_card(name: str, licence: str) -> Path:
     if f:
         lines += [f"Measured by `bld eval --model {name} -n {f.get('n')}` (16 steps, the "
                   "prior's own guidance), in the feature space of the shipped FD classifier "
-                  f"`{f.get('classifier')}`:", "",
+                  f"`{_in_repo(f.get('classifier'))}`:", "",
                   "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                   for k, v in f.items() if k != "classifier"]
@@ -208,6 +209,14 @@ def write_card(name: str, licence: str) -> Path:
     out = folder / CARD_FILE
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _in_repo(path: str | None) -> str | None:
+    """A path inside the repository as the repository names it (src/bld/zoo/...)."""
+    try:
+        return Path(path).resolve().relative_to(ZOO_DIR.parents[2]).as_posix()
+    except (TypeError, ValueError):
+        return path
 
 
 def _grid(ae: dict[str, Any]) -> int:
