@@ -414,7 +414,9 @@ REPORT_TABLES = [
 # (docs/<name>_report.json, its targets)
 RESULTS_ROWS = [("demo", DEMO_TARGETS), ("demo_native", DEMO_TARGETS),
                 ("colour_demo_native", COLOUR_TARGETS), ("colour_demo_six", COLOUR_TARGETS)]
-DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "faces": "DiceBear faces", "emoji": "emoji"}
+# demo names and dataset sources, as the tables name them
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "faces": "DiceBear faces",
+                 "dicebear": "DiceBear faces", "emoji": "emoji"}
 
 
 def _machine(report: dict[str, Any]) -> str:
@@ -477,8 +479,7 @@ def _shipped_rows() -> list[str]:
         if not f:
             continue
         prov = json.loads((m.path / "provenance.json").read_text())
-        data = {"fashion-mnist": "Fashion-MNIST", "dicebear": "DiceBear faces"}.get(
-            m.dataset, m.dataset)
+        data = DATASET_NAMES.get(m.dataset, m.dataset)
         rows.append(
             f"| {data}, {len(m.classes)} classes | shipped model `{m.name}`: `bld eval --model "
             f"{m.name} -n {f['n']}` | trained on {prov.get('machine')} "

@@ -64,8 +64,7 @@ def cmd_models(args) -> None:
 
     from ..inference import zoo
     models = zoo.list_models()
-    classifiers = sorted(p.name for p in zoo.CLASSIFIERS_DIR.iterdir()
-                         if zoo.classifier_dir(p.name)) if zoo.CLASSIFIERS_DIR.is_dir() else []
+    classifiers = zoo.classifier_names()
     if args.json:
         print(json.dumps({"models": [{"name": m.name, "dataset": m.dataset,
                                       "classes": m.classes, "size_mb": round(m.size_mb, 2),

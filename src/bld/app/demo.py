@@ -153,10 +153,11 @@ def _config(kind: str, s: DemoSettings, overrides: list[str]):
     return config_from_dict(kind, load_config_dict(kind, DEMO_DATASETS[s.dataset][1], overrides))
 
 
-def _train_stage(kind: str, overrides: list[str], out: Path, s: DemoSettings, what: str,
+def _train_stage(kind: str, extra: list[str], out: Path, s: DemoSettings, what: str,
                  train_fn) -> tuple[Any, Path]:
-    """Train one model from the demo dataset's preset unless a finished run is there."""
-    cfg = _config(kind, s, overrides)
+    """Train one model from the demo dataset's preset (its config: `stage_config`, the one a
+    model card's command is replayed through) unless a finished run is there."""
+    cfg = stage_config(s, kind, extra)
     run_dir = out / kind
     t0 = time.perf_counter()
     reused = _stage_done(run_dir)
@@ -293,8 +294,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                 spent_s=time.perf_counter() - t_start + s.reused_s)
 
     # 1. binary autoencoder
-    ae_over = common + _planned(s, "autoencoder")
-    ae_cfg, ae_dir = _train_stage("autoencoder", ae_over, out, s, "[1/4] training the binary "
+    ae_cfg, ae_dir = _train_stage("autoencoder", [], out, s, "[1/4] training the binary "
                                   "autoencoder", train_autoencoder)
     ae = load_autoencoder(ae_dir, device)
 
@@ -314,9 +314,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
 
     # 3. class-conditional prior
     _replan_prior(s, out, time.perf_counter() - t_start + s.reused_s)
-    pr_over = common + [f"autoencoder={ae_dir}", f"latents={cache}"] + _planned(s, "prior")
-    pr_cfg, pr_dir = _train_stage("prior", pr_over, out, s, "[3/4] training the "
-                                  "class-conditional prior", train_prior)
+    pr_cfg, pr_dir = _train_stage("prior", [f"autoencoder={ae_dir}", f"latents={cache}"], out,
+                                  s, "[3/4] training the class-conditional prior", train_prior)
     prior = load_prior(pr_dir, device)
     if s.guidance is None:
         s.guidance = pr_cfg.sample_guidance

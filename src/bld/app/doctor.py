@@ -87,9 +87,7 @@ def shipped() -> dict[str, Any]:
     from ..inference import zoo
     models = [{"name": m.name, "dataset": m.dataset, "size_mb": m.size_mb,
                "figures": m.figures, "summary": m.summary()} for m in zoo.list_models()]
-    classifiers = sorted(p.name for p in zoo.CLASSIFIERS_DIR.iterdir()
-                         if zoo.classifier_dir(p.name)) if zoo.CLASSIFIERS_DIR.is_dir() else []
-    return {"folder": str(zoo.ZOO_DIR), "models": models, "classifiers": classifiers}
+    return {"folder": str(zoo.ZOO_DIR), "models": models, "classifiers": zoo.classifier_names()}
 
 
 def _seconds(fn: Callable[[], Any], device: torch.device) -> float:

@@ -410,11 +410,8 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
 
 def _zoo_path(name_or_path: str | Path) -> Path:
     """A shipped model's folder for its name; any other value as the path it is."""
-    from .zoo import ZOO_DIR, model_names
-    path = Path(name_or_path)
-    if not path.exists() and str(name_or_path) in model_names():
-        return ZOO_DIR / str(name_or_path)
-    return path
+    from .zoo import lookup
+    return lookup(name_or_path)
 
 
 def _is_pretrained_folder(path: Path) -> bool:

@@ -94,18 +94,32 @@ def list_models() -> list[ZooModel]:
     return [describe(n) for n in model_names()]
 
 
+def lookup(name_or_path: str | Path) -> Path:
+    """A shipped model's folder for its name, unless a path of that name exists; any other
+    value as the path it is (a folder, or a Hugging Face Hub id for from_pretrained)."""
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in model_names():
+        return ZOO_DIR / str(name_or_path)
+    return path
+
+
 def resolve_model(name_or_path: str | Path) -> Path:
     """The folder of a shipped model's name, or ``name_or_path`` itself where it is a folder
     (a run, a checkpoint or a save_pretrained folder); else a ZooError naming the models."""
-    path = Path(name_or_path)
+    path = lookup(name_or_path)
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if name in model_names():
-        return ZOO_DIR / name
     shipped = ", ".join(model_names()) or "none shipped"
     raise ZooError(f"{name!r} is neither a folder nor a shipped model (shipped: {shipped}; "
                    "`bld models` lists them)")
+
+
+def classifier_names() -> list[str]:
+    """The datasets whose FD classifier ships, sorted."""
+    if not CLASSIFIERS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in CLASSIFIERS_DIR.iterdir() if classifier_dir(p.name))
 
 
 def classifier_dir(dataset: str) -> Path | None:

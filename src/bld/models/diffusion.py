@@ -22,7 +22,7 @@ from typing import Callable, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .grouped import GroupedHead
+from .grouped import GroupedHead, _expand
 
 Schedule = Literal["linear", "cosine", "sigmoid"]
 Parameterization = Literal["flip", "z0"]
@@ -138,9 +138,6 @@ class TrainingDraw(NamedTuple):
         """The draws of the samples ``rows`` (a micro-batch)."""
         return TrainingDraw(self.t[rows], self.z_t[rows])
 
-
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
 
 
 class BernoulliDiffusion(GroupedHead, torch.nn.Module):

@@ -17,6 +17,7 @@ import torch
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample values shaped to broadcast over ``like`` (B, ...); diffusion uses it too."""
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
 
 
