@@ -19,6 +19,8 @@ the run's sampler settings (S = 16, its guidance, interval and temperature):
   depth3           3 deep                                      } run's x (its step's seconds /
   patch1           one grid position per token (no 2x2 patch)  } the arm's, timed here first)
   batch64, batch16 batch 64 / 16                               }
+  muon             Muon for the hidden 2-D weights (optim.optimizer=muon)    } equal seconds
+  muon-batch64     the same at batch 64 (Muon's step costs less per image)  }
   lr2.5e-3, lr5e-3, lr1e-2   learning rate 2.5e-3 / 5e-3 / 1e-2, the run's steps
   longer           the run's config for 1.25 x its steps (the demo's prior may grow so far)
   steps2x, steps4x the run's config for 2 / 4 x its steps: how far more training takes it
@@ -64,6 +66,10 @@ ARMS = {
                   1.0),
     "depth3": (["model.depth=3"], "depth 3, equal seconds", 1.0),
     "patch1": (["model.patch=1"], "one grid position per token, equal seconds", 1.0),
+    "muon": (["optim.optimizer=muon"], "Muon on the hidden matrices, AdamW on the rest, "
+             "equal seconds", 1.0),
+    "muon-batch64": (["optim.optimizer=muon", "optim.batch_size=64"],
+                     "Muon, batch 64, equal seconds", 1.0),
     "batch64": (["optim.batch_size=64"], "batch 64, equal seconds", 1.0),
     "batch16": (["optim.batch_size=16"], "batch 16, equal seconds", 1.0),
     "lr2.5e-3": (["optim.lr=0.0025"], "learning rate 2.5e-3, the run's steps", None),

@@ -33,6 +33,8 @@ LICENCES = {
     "fashion-mnist": "Fashion-MNIST (Zalando Research), MIT licence; the weights: MIT",
     "dicebear": "DiceBear avatar styles drawn from their npm packages (the styles' own "
                 "licences, CC BY 4.0 or CC0 1.0 by style); the weights: MIT",
+    "emoji-twitter": "Twemoji graphics (Twitter, Inc. and contributors), CC BY 4.0, from the "
+                     "npm package emoji-datasource-twitter; the weights: MIT",
 }
 
 

@@ -120,6 +120,23 @@ def test_sample_class_by_name_with_guidance(runs, tmp_path):
         assert im.size == grid_size(2, 8)
 
 
+def test_sample_guides_at_the_priors_own_guidance_unless_told(tmp_path):
+    """`bld sample --class C` samples at the prior preset's sample_guidance (as bld eval, bld
+    demo and the pipeline do); --guidance 0 turns it off. On the shipped Fashion-MNIST model:
+    the session fixture's prior trained 6 steps, too few for its class to change a sample."""
+    from bld.inference.pipeline import BinaryLatentDiffusionPipeline
+    w = BinaryLatentDiffusionPipeline.from_pretrained("fashion-mnist").default_guidance
+    assert w > 0
+
+    def sample(name: str, *extra) -> bytes:
+        assert run("sample", "--model", "fashion-mnist", "--out", tmp_path / name, "-n", 4,
+                   "--steps", 4, "--class", "Trouser", "--device", "cpu", *extra) == 0
+        return (tmp_path / name).read_bytes()
+    default = sample("default.png")
+    assert default == sample("same.png", "--guidance", w)
+    assert default != sample("off.png", "--guidance", 0)
+
+
 # -------------------------------------------------------------------------------- inpaint
 def test_inpaint_keeps_the_known_pixels(runs, tmp_path):
     images, _ = load_fashion_mnist("test")

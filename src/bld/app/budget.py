@@ -36,6 +36,7 @@ from ..models.autoencoder import AutoencoderLoss, BinaryAutoencoder
 from ..models.denoiser import Denoiser
 from ..models.diffusion import BernoulliDiffusion, sampling_timesteps
 from ..models.sampling import sample
+from ..training.optim import model_optimizer
 
 log = logging.getLogger("bld")
 
@@ -221,7 +222,7 @@ def _time_prior(prior_cfg, num_classes: int, device: torch.device, amp) -> tuple
     prior = Denoiser(m).to(device)
     prior_ema = copy.deepcopy(prior).requires_grad_(False)
     diffusion = BernoulliDiffusion(prior_cfg.diffusion).to(device)
-    popt = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+    popt = model_optimizer(prior, prior_cfg.optim)  # AdamW, or Muon + AdamW
     b = prior_cfg.optim.batch_size
     shape = (m.bits, m.grid, m.grid)
     # latents as the prior reads them: packed bits, unpacked item by item

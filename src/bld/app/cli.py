@@ -16,6 +16,7 @@ import sys
 
 from ..core.config import PRECISIONS, ConfigError, preset_names
 from ..data.dicebear import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE, DICEBEAR_STYLES
+from ..data.survey import SIZES as SURVEY_SIZES
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
@@ -108,16 +109,16 @@ def _image_flags(p: argparse.ArgumentParser, size: str) -> None:
     p.add_argument("--channels", type=int, choices=[1, 3], help="default: the dataset's")
 
 
-def _sampler_flags(p: argparse.ArgumentParser, guidance: float | None = 0.0) -> None:
-    """The sampler's settings (bld.models.sampling), shared by sample, inpaint and eval
-    (``guidance`` None: the prior preset's sample_guidance)."""
+def _sampler_flags(p: argparse.ArgumentParser) -> None:
+    """The sampler's settings (bld.models.sampling), shared by sample, inpaint and eval; the
+    guidance and its interval default to the prior preset's (unguided without a class)."""
     p.add_argument("--steps", type=_positive, default=16, help="sampling steps S (2..T)")
     p.add_argument("--temperature", type=_temperature, help=TEMPERATURE_HELP)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help=EVIDENCE_HELP)
-    p.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance w"
-                   + (" (default: the prior preset's sample_guidance)" if guidance is None
-                      else ""))
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance w (default: the prior preset's "
+                        "sample_guidance where a class is asked, else 0)")
     p.add_argument("--guidance-interval", type=_fraction, nargs=2, metavar=("LO", "HI"),
                    help=INTERVAL_HELP)
 
@@ -241,6 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
                             "Fashion-MNIST, ~/.cache/bld/emoji-twitter, ~/.cache/bld/dicebear6-64)")
     _seed_flag(p)
 
+    p = sub.add_parser("train", help="from a folder of images (a subfolder per class) to a "
+                       "trained model in one command: prepare, probe, train, sample, report")
+    p.add_argument("folder", help="PNG / JPEG / WebP images, a subfolder per class (none: no classes)")
+    p.add_argument("--out", required=True, help="output folder: data/, the models, report.md")
+    p.add_argument("--minutes", type=_minutes, default=20.0, help="the whole job's time budget, "
+                   "as bld demo's (default %(default)g; 0 = the presets' steps)")
+    p.add_argument("--size", type=int, choices=SURVEY_SIZES, help="training size (default: the "
+                   "median shorter side rounded down to one of these; 28 for greyscale only)")
+    p.add_argument("--background", default="white", help="for transparency: white, black, #rrggbb")
+    p.add_argument("--min-class-images", type=_positive, default=8, help="smaller classes are "
+                   "merged into 'other', or dropped where too few together (default 8)")
+    p.add_argument("--test-share", type=_float_in(0.01, 0.5, "a share", "in [0.01, 0.5]"),
+                   default=0.1, help="test share of each class, at least one image (default 0.1)")
+    p.add_argument("--bits", type=_positive, help="bits per latent grid position (no probe)")
+    p.add_argument("--probe-seconds", type=_float_in(1.0, math.inf, "seconds", "at least 1"),
+                   help="seconds per probed setting (default: 8%% of --minutes shared, >= 20)")
+    p.add_argument("--no-probe", action="store_true", help="the presets' latent, no probe")
+    p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    _device_flags(p)
+    _seed_flag(p)
+    for flag, default in (("--ae-steps", None), ("--prior-steps", None), ("--classifier-steps",
+                          None), ("--eval-samples", 1000), ("--samples-per-class", 10)):
+        p.add_argument(flag, type=_count, default=default, help=argparse.SUPPRESS)  # quick runs
+
     p = sub.add_parser("train-ae", help="train a binary autoencoder from a YAML config")
     _training_flags(p, "autoencoder")
 
@@ -311,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, "dataset whose test split is the reference (default: the autoencoder's)")
     p.add_argument("-n", "--num", type=_positive, default=2000, help="generated samples (and the "
                    "real-vs-real floor at the same N)")
-    _sampler_flags(p, guidance=None)
+    _sampler_flags(p)
     p.add_argument("--unconditional", action="store_true", help="sample without labels")
     _seed_flag(p)
     _device_flags(p)
@@ -391,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..training.context import TrainingError
     from . import commands as run
     commands = {
-        "demo": run.cmd_demo,
+        "demo": run.cmd_demo, "train": run.cmd_train_folder,
         "train-ae": lambda a: run.cmd_train(a, "autoencoder", _shortcut_overrides(a)),
         "train-prior": lambda a: run.cmd_train(a, "prior",
                                                _shortcut_overrides(a, SHORTCUTS + PRIOR_SHORTCUTS)),

@@ -40,7 +40,7 @@ from .autoencoder import AutoencoderTask
 from .batches import make_loader
 from .context import (Context, TrainingError, distribute, gather_generator_states, setup_context,
                       teardown)
-from .optim import EMA, NonFiniteGuard, lr_at, make_optimizer, set_lr
+from .optim import EMA, NonFiniteGuard, lr_at, model_optimizer, set_lr
 from .prior import PriorTask
 from .resume import start_run
 from .task import Task
@@ -75,7 +75,7 @@ def fit(task: Task, run_dir: str | Path, resume: bool = False,
         torch.manual_seed(cfg.run.seed)
         model = task.make_model(ctx)
         ema = EMA(model, cfg.optim.ema_decay)
-        opt = make_optimizer(model.parameters(), cfg.optim)
+        opt = model_optimizer(model, cfg.optim, bf16=ctx.precision.name == "bf16")
         gen, start, state = start_run(run_dir, task.kind, cfg, model, ema, opt, ctx, resume,
                                       allow_config_change)
         guard = NonFiniteGuard(cfg.run.max_bad_steps, ctx, state)
