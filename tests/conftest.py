@@ -110,3 +110,27 @@ def shards(tmp_path_factory, fashion_mnist) -> Path:
     out = tmp_path_factory.mktemp("shards") / "fmnist"
     assert main(["shard", "fashion-mnist", str(out), "--shard-size", "32", "--limit", "100"]) == 0
     return out
+
+
+@pytest.fixture
+def killed_after_checkpoint(monkeypatch):
+    """``fit(task, run_dir)`` that dies (KeyboardInterrupt) right after writing the
+    checkpoint of ``step``, as a killed training process would: returns nothing, raises
+    nothing past the kill."""
+    import contextlib
+
+    import bld.training.loop
+
+    def run(task, run_dir, step: int) -> None:
+        save = bld.training.loop._save
+
+        def save_then_die(run_dir, kind, cfg, at, *args, **kwargs):
+            save(run_dir, kind, cfg, at, *args, **kwargs)
+            if at == step:
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as m, contextlib.suppress(KeyboardInterrupt):
+            m.setattr(bld.training.loop, "_save", save_then_die)
+            bld.training.loop.fit(task, run_dir)
+            raise AssertionError(f"the run ended without a checkpoint at step {step}")
+    return run

@@ -96,20 +96,10 @@ def test_a_new_task_trains_through_the_loop(tmp_path):
     assert (tmp_path / "line" / "samples" / "line_000008.txt").is_file()
 
 
-def test_a_new_task_resumes_bitwise(tmp_path, monkeypatch):
+def test_a_new_task_resumes_bitwise(tmp_path, killed_after_checkpoint):
     a, b = tmp_path / "unbroken", tmp_path / "killed"
     bld.training.loop.fit(LineTask(LineConfig()), a)
-    save = bld.training.loop._save
-
-    def save_then_die(run_dir, kind, cfg, step, *args, **kwargs):
-        save(run_dir, kind, cfg, step, *args, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(bld.training.loop, "_save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            bld.training.loop.fit(LineTask(LineConfig()), b)
+    killed_after_checkpoint(LineTask(LineConfig()), b, 4)
     bld.training.loop.fit(LineTask(LineConfig()), b, resume=True)
     ca, cb = ckpt.load_checkpoint(a, "line"), ckpt.load_checkpoint(b, "line")
     for k in ca.model_state:

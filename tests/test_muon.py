@@ -117,7 +117,7 @@ def _mse(run_dir) -> float:
         return torch.nn.functional.mse_loss(net(xy[:, :2]), xy[:, 2:]).item()
 
 
-def test_muon_trains_in_the_loop_and_resumes_bitwise(tmp_path, monkeypatch):
+def test_muon_trains_in_the_loop_and_resumes_bitwise(tmp_path, killed_after_checkpoint):
     a, b = tmp_path / "unbroken", tmp_path / "killed"
     torch.manual_seed(0)
     start = Net()
@@ -127,17 +127,7 @@ def test_muon_trains_in_the_loop_and_resumes_bitwise(tmp_path, monkeypatch):
     ck = ckpt.load_checkpoint(a, "fit")
     assert set(ck.trainer_state()["optimizer"]) == {"muon", "adamw"}
     assert _mse(a) < 0.7 * before  # it learns
-    save = bld.training.loop._save
-
-    def save_then_die(run_dir, kind, cfg, step, *args, **kwargs):
-        save(run_dir, kind, cfg, step, *args, **kwargs)
-        if step == 12:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(bld.training.loop, "_save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            bld.training.loop.fit(FitTask(FitConfig()), b)
+    killed_after_checkpoint(FitTask(FitConfig()), b, 12)
     bld.training.loop.fit(FitTask(FitConfig()), b, resume=True)
     cb = ckpt.load_checkpoint(b, "fit")
     for k in ck.model_state:
