@@ -16,7 +16,6 @@ import sys
 
 from ..core.config import PRECISIONS, ConfigError, preset_names
 from ..data.dicebear import DICEBEAR_DEFAULT_STYLES, DICEBEAR_PER_STYLE, DICEBEAR_STYLES
-from ..data.survey import SIZES as SURVEY_SIZES
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
 
 log = logging.getLogger("bld")
@@ -244,20 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="from a folder of images (a subfolder per class) to a "
                        "trained model in one command: prepare, probe, train, sample, report")
-    p.add_argument("folder", help="PNG / JPEG / WebP images, a subfolder per class (none: no classes)")
+    p.add_argument("folder", help="images, a subfolder per class (no subfolders: no classes)")
     p.add_argument("--out", required=True, help="output folder: data/, the models, report.md")
-    p.add_argument("--minutes", type=_minutes, default=20.0, help="the whole job's time budget, "
-                   "as bld demo's (default %(default)g; 0 = the presets' steps)")
-    p.add_argument("--size", type=int, choices=SURVEY_SIZES, help="training size (default: the "
-                   "median shorter side rounded down to one of these; 28 for greyscale only)")
+    p.add_argument("--minutes", type=_minutes, default=20.0, help="time budget (default 20)")
+    p.add_argument("--size", type=int, choices=(28, 32, 64, 128, 256), help="training size "
+                   "(default: the median shorter side rounded down to one; 28 greyscale only)")
     p.add_argument("--background", default="white", help="for transparency: white, black, #rrggbb")
-    p.add_argument("--min-class-images", type=_positive, default=8, help="smaller classes are "
-                   "merged into 'other', or dropped where too few together (default 8)")
-    p.add_argument("--test-share", type=_float_in(0.01, 0.5, "a share", "in [0.01, 0.5]"),
-                   default=0.1, help="test share of each class, at least one image (default 0.1)")
+    p.add_argument("--min-class-images", type=_positive, default=8,
+                   help="smaller classes merge into 'other' (dropped if too few); default 8")
+    p.add_argument("--test-share", type=_fraction, default=0.1,
+                   help="each class's share of test images, at least one (default 0.1)")
     p.add_argument("--bits", type=_positive, help="bits per latent grid position (no probe)")
-    p.add_argument("--probe-seconds", type=_float_in(1.0, math.inf, "seconds", "at least 1"),
-                   help="seconds per probed setting (default: 8%% of --minutes shared, >= 20)")
+    p.add_argument("--probe-seconds", type=float, help="seconds per probed setting")
     p.add_argument("--no-probe", action="store_true", help="the presets' latent, no probe")
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     _device_flags(p)

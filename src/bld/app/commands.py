@@ -352,3 +352,15 @@ def demo_settings(args):
     s.ae_steps, s.prior_steps = args.ae_steps, args.prior_steps
     return s
 
+
+def cmd_train_folder(args) -> None:
+    """`bld train FOLDER --out DIR` (bld.app.train_folder)."""
+    from .train_folder import TrainFolderSettings, train_folder
+    train_folder(TrainFolderSettings(
+        folder=Path(args.folder), out=Path(args.out), minutes=args.minutes, size=args.size,
+        background=args.background, min_class_images=args.min_class_images,
+        test_share=args.test_share, bits=args.bits, probe=not args.no_probe,
+        probe_seconds=args.probe_seconds, resume=args.resume, seed=args.seed,
+        device=args.device, precision=args.precision, ae_steps=args.ae_steps,
+        prior_steps=args.prior_steps, classifier_steps=args.classifier_steps,
+        eval_samples=args.eval_samples, samples_per_class=args.samples_per_class))

@@ -25,8 +25,8 @@ from ..core.device import cpu_facts, cpu_name, cpu_seconds, load_average, resolv
 from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
-from .demo_report import (describe_plan, evaluate_demo, fd_classifier, report_markdown,
-                          shipped_model_for)
+from .demo_report import (colour_figures, describe_plan, evaluate_demo, fd_classifier,
+                          report_markdown, shipped_model_for)
 
 log = logging.getLogger("bld")
 
@@ -40,6 +40,9 @@ DEMO_DATASETS: dict[str, tuple[str, str, str]] = {
 # faces' classifier names the style of all 2,000 test faces of the ten styles after 400
 # steps, benchmarks/results/colour_datasets.md, and 0.999 of the six styles' 1,998)
 CLASSIFIER_STEPS = {"fashion-mnist": 1200, "emoji": 600, "faces": 400}
+# ... and on a folder of the user's (bld train): the emoji's count, chosen without a
+# measurement on other folders
+FOLDER_CLASSIFIER_STEPS = 600
 # Where the budget would cut the presets' steps below this share, the demo trains a compact
 # setting instead: a smaller prior (192 x 4, 0.37 of the preset's work per step) at a higher
 # learning rate for its full steps, and a cheaper autoencoder. At the same compute it learns
@@ -105,6 +108,16 @@ class DemoSettings:
     seed: int = 0
     limit: int = 0
     data_dir: str = ""
+    # another source than the demo dataset's (bld train: a prepared folder), with the presets
+    # both models start from, its image size and colours (0: the source's own), overrides
+    # per model (kind -> KEY=VALUE, before the plan's) and the demo dataset whose compact
+    # setting applies ("": ``dataset``'s)
+    source: str = ""
+    preset: str = ""
+    image_size: int = 0
+    channels: int = 0
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+    compact: str = ""
     ae_steps: int | None = None  # None: the preset's
     prior_steps: int | None = None
     sample_steps: int = 16
@@ -122,12 +135,18 @@ class DemoSettings:
     timings: dict[str, float] = field(default_factory=dict)
     reused_s: float = 0.0  # recorded seconds of stages a --resume reused (counted in total_s)
     plan: dict[str, Any] | None = None  # the time plan (bld.app.budget), kept in plan.json
+    started: float | None = None  # perf_counter() when the job began (None: in run_demo)
+
+
+def demo_source(s: DemoSettings) -> str:
+    """The data source the demo trains on: ``s.source``, else its demo dataset's."""
+    return s.source or DEMO_DATASETS[s.dataset][0]
 
 
 def _common(s: DemoSettings) -> list[str]:
     """The overrides both models' presets get from the demo's settings."""
     common = [f"run.seed={s.seed}", f"run.device={s.device}", f"data.limit={s.limit}",
-              f"run.precision={s.precision}", f"data.source={DEMO_DATASETS[s.dataset][0]}"]
+              f"run.precision={s.precision}", f"data.source={demo_source(s)}"]
     return common + ([f"data.data_dir={s.data_dir}"] if s.data_dir else [])
 
 
@@ -150,7 +169,9 @@ def _mark_done(run_dir: Path, info: dict[str, Any]) -> None:
 
 def _config(kind: str, s: DemoSettings, overrides: list[str]):
     from ..core.config import config_from_dict
-    return config_from_dict(kind, load_config_dict(kind, DEMO_DATASETS[s.dataset][1], overrides))
+    preset = s.preset or DEMO_DATASETS[s.dataset][1]
+    return config_from_dict(kind, load_config_dict(kind, preset,
+                                                   s.overrides.get(kind, []) + overrides))
 
 
 def _train_stage(kind: str, extra: list[str], out: Path, s: DemoSettings, what: str,
@@ -214,7 +235,7 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                                              pr_cfg.model.num_classes, device, precision))
             plan = plan_presets(rates)
         if plan.scale < COMPACT_BELOW and free:
-            over = compact_overrides(s.dataset, ae_cfg.optim.steps)
+            over = compact_overrides(s.compact or s.dataset, ae_cfg.optim.steps)
             cut = plan.scale
             compact_ae = _config("autoencoder", s, common + over["autoencoder"])
             if compact_ae.model != ae_cfg.model:  # another architecture: time it too
@@ -264,7 +285,11 @@ def _planned(s: DemoSettings, kind: str) -> list[str]:
         ([f"run.max_seconds={seconds:.1f}"] if seconds else [])
 
 
-def run_demo(s: DemoSettings) -> dict[str, Any]:
+def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
+    """Run the demo under settings ``s``; ``before_plan(train_set, test_set, classifier,
+    device, precision)``, where given, runs after the FD classifier and before the time
+    plan, whose budget counts its seconds (bld train probes the autoencoder's capacity
+    there and sets ``s.overrides``). -> the report."""
     from ..core.device import resolve_device
     from ..core.loading import load_autoencoder, load_prior
     from ..data import LimitedDataset
@@ -272,9 +297,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
     from ..training.loop import train_autoencoder, train_prior
 
-    if s.dataset not in DEMO_DATASETS:
+    if s.dataset not in DEMO_DATASETS and not s.source:
         raise ConfigError(f"unknown demo dataset {s.dataset!r}; choose one of {sorted(DEMO_DATASETS)}")
-    source = DEMO_DATASETS[s.dataset][0]
+    source = demo_source(s)
     out = s.out
     if out.exists() and any(out.iterdir()) and not s.resume:
         raise ConfigError(f"{out} is not empty; pass --resume to reuse its finished stages "
@@ -282,14 +307,20 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
-    t_start, cpu_start, load_start = time.perf_counter(), cpu_seconds(), load_average()
+    t_start = s.started or time.perf_counter()
+    cpu_start, load_start = cpu_seconds(), load_average()
     common = _common(s)
-    test_set = build_dataset(source, split="test", data_dir=s.data_dir or None)  # fail early
-    train_set = build_dataset(source, split="train", data_dir=s.data_dir or None)
+    size = dict(image_size=s.image_size or None, channels=s.channels or None,
+                data_dir=s.data_dir or None)
+    test_set = build_dataset(source, split="test", **size)  # fail early
+    train_set = build_dataset(source, split="train", **size)
     if s.limit:
         train_set = LimitedDataset(train_set, s.limit)
-    clf = (fd_classifier(s, out, device, source, CLASSIFIER_STEPS[s.dataset])
+    clf = (fd_classifier(s, out, device, source,
+                         CLASSIFIER_STEPS.get(s.dataset, FOLDER_CLASSIFIER_STEPS))
            if s.eval_samples > 0 else None)
+    if before_plan is not None:
+        before_plan(train_set, test_set, clf, device, precision)
     _plan_steps(s, out, common, train_set, len(test_set), device, precision,
                 spent_s=time.perf_counter() - t_start + s.reused_s)
 
@@ -317,8 +348,9 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     pr_cfg, pr_dir = _train_stage("prior", [f"autoencoder={ae_dir}", f"latents={cache}"], out,
                                   s, "[3/4] training the class-conditional prior", train_prior)
     prior = load_prior(pr_dir, device)
+    nc = prior.config.model.num_classes  # 0: unconditional (a folder without classes)
     if s.guidance is None:
-        s.guidance = pr_cfg.sample_guidance
+        s.guidance = pr_cfg.sample_guidance if nc else 0.0
     if s.guidance_interval is None:
         s.guidance_interval = tuple(pr_cfg.sample_guidance_interval)
     if s.temperature is None:
@@ -327,18 +359,19 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     # 4. figures
     log.info("[4/4] sampling and writing the report")
     pipe = BinaryLatentDiffusionPipeline(ae, prior, asdict(ae_cfg.data), s.precision)
-    nc = prior.config.model.num_classes
     k = s.samples_per_class
     sampling = dict(steps=s.sample_steps, guidance=s.guidance, temperature=s.temperature,
                     guidance_interval=s.guidance_interval, evidence_weight=s.evidence_weight,
                     seed=s.seed)
-    res = pipe(class_labels=torch.arange(nc).repeat_interleave(k), output_type="pt", **sampling)
+    res = pipe(class_labels=torch.arange(nc).repeat_interleave(k) if nc else None,
+               n=k * (nc or 4), output_type="pt", **sampling)
     save_image(image_grid(res.images, nrow=k), out / "samples.png", scale=2)
     from ..data import dataset_tensors
     from .figures import class_rows_figure, trajectory_figure
     xt, yt = dataset_tensors(test_set)
     trajectory_figure(pipe, out / "trajectory.png", **sampling)
-    class_rows_figure(pipe, xt, yt, out / "class_rows.png", **sampling)
+    if nc:
+        class_rows_figure(pipe, xt, yt, out / "class_rows.png", **sampling)
     rec = reconstruct(ae, xt)
     save_image(image_grid(torch.cat([xt[:16], rec.recon[:16]]), nrow=16), out / "reconstructions.png",
                scale=2)
@@ -350,6 +383,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "reconstruction_l1": rec.l1, "reconstruction_mse": rec.mse,
         "reconstruction_psnr_db": rec.psnr, "test_images": len(xt),
+        **colour_figures(rec.recon, xt),
         "sampling_seconds_per_image": res.seconds / len(res.images),
     }
     classes = list(prior.classes) or list(test_set.classes)
@@ -371,7 +405,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "cpu": cpu_facts(),
         **precision.as_dict(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
-                     if k not in ("timings", "reused_s", "plan")},
+                     if k not in ("timings", "reused_s", "plan", "started")},
         "plan": s.plan,
         "resumed_stages_s": s.reused_s,
         "autoencoder": {"params_M": sum(p.numel() for p in ae.parameters()) / 1e6,

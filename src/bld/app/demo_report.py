@@ -48,7 +48,8 @@ def fd_classifier(s, out: Path, device, source: str, default_steps: int
         log.info("training the FD classifier (%d steps) first: the time plan counts its "
                  "seconds", s.classifier_steps)
         train_and_save_classifier(source, cls_dir, steps=s.classifier_steps, seed=s.seed,
-                                  data_dir=s.data_dir or None)
+                                  data_dir=s.data_dir or None, image_size=s.image_size or None,
+                                  channels=s.channels or None)
     clf, meta = load_classifier(cls_dir, device)
     s.timings["classifier_s"] = time.perf_counter() - t0
     if reused and meta.get("train_seconds") is not None:
@@ -97,6 +98,14 @@ def evaluate_demo(prior, ae, clf_meta, xt, yt, recon, s, classes: list[str]
             "sample_class_accuracy": smp["class_accuracy"], "reconstruction_ssim": rec["ssim"],
             "dead_bit_fraction": rec["dead_bit_fraction"], "bit_entropy": rec["bit_entropy"]
             }, per_class
+
+
+def colour_figures(recon, images) -> dict[str, float]:
+    """The reconstructions' colour error (bld.core.metrics.colour_error), in CIE76 delta E."""
+    from ..core.metrics import colour_error
+    e = colour_error(recon, images)
+    return {"reconstruction_delta_e": e.delta_e,
+            "reconstruction_mean_colour_delta_e": e.mean_colour_delta_e}
 
 
 def _classifier_words(c: dict[str, Any]) -> str:
@@ -152,17 +161,21 @@ def schedule_name(prior: dict[str, Any]) -> str:
     return prior["schedule"] + ("" if shift == 1.0 else f" shifted x{shift:g}")
 
 
-def report_markdown(r: dict[str, Any]) -> str:
+def report_markdown(r: dict[str, Any], sections: list[str] = ()) -> str:
+    """The report as Markdown (``sections``: more lines, after the precision and the plan)."""
     f, t = r["figures"], r["times"]
+    rows = (f"one row per class ({', '.join(r['classes'])})" if r["classes"]
+            else "unconditional")
     lines = [
-        "# bld demo report", "",
+        f"# bld {r.get('command', 'demo')} report", "",
         f"bld {r['bld_version']}, torch {r['torch']}, {r['machine']}, device {r['device']}", "",
         f"Precision: {r['precision_reason']}.", "",
         *([f"FD classifier: {_classifier_words(r['classifier'])}.", ""]
           if r.get("classifier") else []),
         *([f"Time plan: {describe_plan(r['plan'])}.", ""] if r.get("plan") else []),
+        *sections,
         "![samples](samples.png)", "",
-        f"Samples: one row per class ({', '.join(r['classes'])}), "
+        f"Samples: {rows}, "
         f"{r['settings']['sample_steps']} steps, guidance {r['settings']['guidance']}"
         + describe_guidance_interval(r['settings'].get('guidance_interval')) + ", "
         f"temperature {r['settings']['temperature']}, evidence weight "
@@ -172,8 +185,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         "![denoising trajectory](trajectory.png)", "",
         "The denoising trajectory: the decoded z_t after each sampling step, and how many "
         "bits each step flipped.", "",
-        "![per-class rows](class_rows.png)", "",
-        "Per class: real test images (left) and samples (right).", "",
+        *(["![per-class rows](class_rows.png)", "",
+           "Per class: real test images (left) and samples (right).", ""] if r["classes"] else []),
         "## Figures", "", "| figure | value |", "|---|---|",
     ]
     for k, v in f.items():

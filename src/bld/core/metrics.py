@@ -271,3 +271,49 @@ def bit_usage(probs_or_bits: torch.Tensor) -> BitUsage:
         position_entropy=float(h.sum(dim=0).mean()),
         encoder_entropy=float(_binary_entropy_bits(z).mean()),
     )
+
+
+# ----------------------------------------------------------------------------------------
+# Colour
+# ----------------------------------------------------------------------------------------
+
+# sRGB's linear RGB -> CIE XYZ (D65 white, IEC 61966-2-1), and the D65 white point in XYZ
+_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                            [0.2126729, 0.7151522, 0.0721750],
+                            [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
+_D65_WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1], (B, C, H, W) with C = 3 (sRGB) or 1 (grey), -> CIELAB (B, 3, H, W)
+    in float64: L* in [0, 100], a* and b* about [-128, 127]. sRGB -> linear light -> XYZ
+    (D65) -> L*a*b* relative to the D65 white; pure red is (53.24, 80.09, 67.20)."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (B, 3 or 1, H, W), got {tuple(x.shape)}")
+    c = ((x.detach().double().cpu() + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1)
+    linear = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = torch.einsum("ij,bjhw->bihw", _RGB_TO_XYZ, linear) / _D65_WHITE.view(1, 3, 1, 1)
+    d = 6 / 29
+    f = torch.where(xyz > d ** 3, xyz.clamp_min(d ** 3) ** (1 / 3), xyz / (3 * d * d) + 4 / 29)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], 1)
+
+
+class ColourError(NamedTuple):
+    delta_e: float  # mean CIE76 delta E over every pixel of every image
+    mean_colour_delta_e: float  # mean over images of the delta E between their mean colours
+
+
+def colour_error(x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> ColourError:
+    """How far the colours of images ``x`` are from those of ``y`` (both in [-1, 1], one
+    shape (B, C, H, W)), in CIE76 delta E (Euclidean distance in CIELAB; about 2.3 is a
+    just-noticeable difference): per pixel, and between each image's mean colour (the mean
+    of its pixels' L*a*b*), which catches a tint that per-pixel noise hides. Converted
+    ``chunk`` images at a time (float64 Lab of a whole test set would be large)."""
+    _check_image_pair(x, y)
+    per_pixel = per_image = 0.0
+    for i in range(0, len(x), chunk):
+        lx, ly = rgb_to_lab(x[i:i + chunk]), rgb_to_lab(y[i:i + chunk])
+        per_pixel += float((lx - ly).norm(dim=1).mean(dim=(1, 2)).sum())
+        per_image += float((lx.mean(dim=(2, 3)) - ly.mean(dim=(2, 3))).norm(dim=1).sum())
+    return ColourError(per_pixel / len(x), per_image / len(x))
