@@ -195,3 +195,37 @@ def test_each_planned_stage_gets_its_predicted_seconds_as_its_time_budget(tmp_pa
     s = DemoSettings(out=tmp_path, plan=plan, ae_steps=50)
     assert _planned(s, "autoencoder") == ["optim.steps=50"]
     assert _planned(DemoSettings(out=tmp_path), "prior") == []  # --minutes 0: no plan
+
+
+def test_with_an_adopted_autoencoder_the_plan_gives_the_prior_all_the_training_seconds(
+        tmp_path, monkeypatch):
+    """`bld demo --autoencoder NAME` (adopt_autoencoder sets ae_steps 0): no autoencoder step
+    is planned, a slow machine still gets the compact prior (not the compact autoencoder),
+    and the prior gets more steps than when both models share the budget."""
+    import bld.app.budget
+    from bld.app.demo import DemoSettings, _plan_steps
+    from bld.core.device import resolve_precision
+
+    class Clothes:
+        classes = [str(i) for i in range(10)]
+
+        def __len__(self):
+            return 60000
+
+    monkeypatch.setattr(bld.app.budget, "calibrate", lambda *a: rates(0.5))
+    monkeypatch.setattr(bld.app.budget, "calibrate_autoencoder", lambda r, *a: r)
+    monkeypatch.setattr(bld.app.budget, "calibrate_prior", lambda r, *a: r)
+    plans = {}
+    for adopted in (False, True):
+        s = DemoSettings(out=tmp_path, minutes=15, autoencoder="fashion-mnist" if adopted else "",
+                         ae_steps=0 if adopted else None)
+        _plan_steps(s, tmp_path, [], Clothes(), 10000, torch.device("cpu"),
+                    resolve_precision("fp32", "cpu"))
+        plans[adopted] = s.plan
+    both, prior_only = plans[False], plans[True]
+    assert both["variant"] == prior_only["variant"] == "compact"
+    assert both["ae_steps"] > 0 and both["overrides"]["autoencoder"]
+    assert prior_only["ae_steps"] == 0 and prior_only["overrides"]["autoencoder"] == []
+    assert prior_only["overrides"]["prior"] == both["overrides"]["prior"]
+    assert prior_only["predicted_s"]["autoencoder"] == 0
+    assert prior_only["prior_steps"] > 1.5 * both["prior_steps"]

@@ -169,3 +169,31 @@ def test_schedule_name_reads_old_and_shifted_reports():
     assert schedule_name({"schedule": "cosine"}) == "cosine"  # reports from before the shift
     assert schedule_name({"schedule": "cosine", "schedule_shift": 1.0}) == "cosine"
     assert schedule_name({"schedule": "linear", "schedule_shift": 2.0}) == "linear shifted x2"
+
+
+def test_demo_trains_the_prior_only_on_a_shipped_autoencoder(tmp_path, fashion_mnist):
+    """--autoencoder NAME: stage 1 is the shipped model's autoencoder (not trained, its
+    reconstructions as good as its card says), the prior trains on its bits, and the report
+    says where the autoencoder came from (the plan: test_budget.py)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--autoencoder", "fashion-mnist", "--prior-steps",
+                 "3", "--limit", "256", "--eval-samples", "0", "--samples-per-class", "1",
+                 "--device", "cpu", "--minutes", "0"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    ae = rep["autoencoder"]
+    assert ae["adopted"]["from"] == "fashion-mnist" and ae["trained_steps"] == 3200
+    assert rep["times"]["autoencoder_s"] == 0
+    assert rep["figures"]["reconstruction_psnr_db"] > 25  # the card's 25.95 dB at N = 1000
+    assert rep["prior"]["trained_steps"] == 3
+    assert "not trained here: fashion-mnist's (3200 steps)" in (out / "report.md").read_text()
+    # --resume keeps it
+    assert main(["demo", "--out", str(out), "--autoencoder", "fashion-mnist", "--prior-steps",
+                 "3", "--limit", "256", "--eval-samples", "0", "--samples-per-class", "1",
+                 "--device", "cpu", "--minutes", "0", "--resume"]) == 0
+    assert json.loads((out / "report.json").read_text())["autoencoder"]["adopted"]
+
+
+def test_demo_refuses_an_autoencoder_of_another_dataset(tmp_path, capsys):
+    assert main(["demo", "--dataset", "faces", "--out", str(tmp_path / "d"), "--autoencoder",
+                 "fashion-mnist", "--eval-samples", "0", "--device", "cpu"]) == 2
+    assert "trained on fashion-mnist, not on this demo's dicebear" in capsys.readouterr().err

@@ -209,11 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  "runs/demo-faces for faces)")
     p.add_argument("--ae-steps", type=_positive, help="autoencoder training steps")
     p.add_argument("--prior-steps", type=_positive, help="prior training steps")
+    p.add_argument("--autoencoder", metavar="NAME_OR_DIR", help="train the prior only, on this "
+                   "trained autoencoder: a shipped model's (`bld models`) or a run folder")
     p.add_argument("--limit", type=_count, default=0, help="use only N training images (0 = all)")
     p.add_argument("--eval-samples", type=_count, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
-    p.add_argument("--samples-per-class", type=_positive, default=10,
-                   help="samples per class (per row) in samples.png (default %(default)s)")
+    p.add_argument("--samples-per-class", type=_positive, default=10, help="samples.png's per row")
     p.add_argument("--classifier", metavar="DIR", help="the FD classifier the report uses "
                    "(default: the one that ships for the dataset, `bld models`; a demo on "
                    "another --data-dir, or without a shipped one, trains its own first)")

@@ -26,7 +26,7 @@ from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
 from .demo_report import (colour_figures, describe_plan, evaluate_demo, fd_classifier,
-                          report_markdown, shipped_model_for)
+                          report_markdown, shipped_model_for, trained_facts)
 
 log = logging.getLogger("bld")
 
@@ -108,6 +108,7 @@ class DemoSettings:
     seed: int = 0
     limit: int = 0
     data_dir: str = ""
+    autoencoder: str = ""  # a trained autoencoder (shipped name or folder): train the prior only
     # another source than the demo dataset's (bld train: a prepared folder), with the presets
     # both models start from, its image size and colours (0: the source's own), overrides
     # per model (kind -> KEY=VALUE, before the plan's) and the demo dataset whose compact
@@ -226,7 +227,8 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
                              ae_steps=s.ae_steps, prior_steps=s.prior_steps,
                              spent_s=spent_s, **work)
         plan = plan_presets(rates)
-        free = s.ae_steps is None and s.prior_steps is None  # no step counts from the user
+        # no step counts from the user (an adopted autoencoder's 0 is not the user's)
+        free = (s.ae_steps is None or bool(s.autoencoder)) and s.prior_steps is None
         if RETIME_WITHIN * COMPACT_BELOW <= plan.scale < COMPACT_BELOW and free:
             # one noisy timing must not switch the variant: time again, keep the faster
             log.info("the presets would be cut to %.0f%% of their steps: timing once more "
@@ -236,6 +238,7 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
             plan = plan_presets(rates)
         if plan.scale < COMPACT_BELOW and free:
             over = compact_overrides(s.compact or s.dataset, ae_cfg.optim.steps)
+            over["autoencoder"] = [] if s.autoencoder else over["autoencoder"]
             cut = plan.scale
             compact_ae = _config("autoencoder", s, common + over["autoencoder"])
             if compact_ae.model != ae_cfg.model:  # another architecture: time it too
@@ -246,7 +249,7 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
             full = plan.full_minutes
             plan = make_plan(rates, s.minutes, preset_ae_steps=compact_ae.optim.steps,
                              preset_prior_steps=pr_c.optim.steps, precision=precision.name,
-                             spent_s=spent_s, say_full=False, **work)
+                             ae_steps=s.ae_steps, spent_s=spent_s, say_full=False, **work)
             plan.variant, plan.overrides, plan.full_minutes = "compact", over, full
             plan.max_prior_steps = round(PRIOR_GROWTH * pr_c.optim.steps)
             plan.note = (f"the presets would be cut to {cut:.0%} of their steps (all of them "
@@ -321,6 +324,9 @@ def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
            if s.eval_samples > 0 else None)
     if before_plan is not None:
         before_plan(train_set, test_set, clf, device, precision)
+    if s.autoencoder:  # trained before: a finished stage 1, its seconds go to the prior
+        from .demo_shipped import adopt_autoencoder
+        adopt_autoencoder(s, out, source)
     _plan_steps(s, out, common, train_set, len(test_set), device, precision,
                 spent_s=time.perf_counter() - t_start + s.reused_s)
 
@@ -411,7 +417,7 @@ def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
         "autoencoder": {"params_M": sum(p.numel() for p in ae.parameters()) / 1e6,
                         "latent_shape": list(ae.config.latent_shape),
                         "steps": ae_cfg.optim.steps, "batch_size": ae_cfg.optim.batch_size,
-                        **_trained(ae_dir),
+                        **trained_facts(ae_dir),
                         "config": to_dict(ae_cfg)},  # the whole training config, as trained
         "prior": {"params_M": sum(p.numel() for p in prior.model.parameters()) / 1e6,
                   "width": prior.config.model.width, "depth": prior.config.model.depth,
@@ -420,7 +426,7 @@ def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
                   "schedule": prior.config.diffusion.schedule,
                   "schedule_shift": prior.config.diffusion.schedule_shift,
                   "steps": pr_cfg.optim.steps, "batch_size": pr_cfg.optim.batch_size,
-                  **_trained(pr_dir),
+                  **trained_facts(pr_dir),
                   "config": to_dict(pr_cfg)},
         "times": s.timings, "figures": figures,
         "classifier": None if clf is None else clf[1],  # the FD instrument the figures use
@@ -432,12 +438,3 @@ def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
     (out / "report.md").write_text(report_markdown(report))
     log.info("demo finished in %.1f min: %s", s.timings["total_s"] / 60, out / "report.md")
     return report
-
-
-def _trained(run_dir: Path) -> dict[str, Any]:
-    """The steps a stage really trained and, where it had a time budget, how its count
-    moved (``timebox``: its seconds, the configured and final counts, the estimates)."""
-    from ..core.checkpoint import load_checkpoint
-    ck = load_checkpoint(run_dir)
-    return {"trained_steps": ck.step,
-            **({"timebox": ck.metadata["timebox"]} if "timebox" in ck.metadata else {})}

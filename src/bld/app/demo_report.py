@@ -204,11 +204,24 @@ def report_markdown(r: dict[str, Any], sections: list[str] = ()) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
     lines += ["", "## Models", "",
               f"- autoencoder: {r['autoencoder']['params_M']:.2f}M parameters, latent "
-              f"{r['autoencoder']['latent_shape']} bits, {r['autoencoder']['steps']} steps x "
-              f"batch {r['autoencoder']['batch_size']}",
+              f"{r['autoencoder']['latent_shape']} bits, " + (
+                  f"not trained here: {r['autoencoder']['adopted']['from']}'s "
+                  f"({r['autoencoder']['trained_steps']} steps)"
+                  if r["autoencoder"].get("adopted") else
+                  f"{r['autoencoder']['steps']} steps x batch {r['autoencoder']['batch_size']}"),
               f"- prior: {r['prior']['params_M']:.2f}M parameters (width {r['prior']['width']}, "
               f"depth {r['prior']['depth']}), T = {r['prior']['timesteps']} "
               f"({schedule_name(r['prior'])}), {r['prior']['steps']} steps x batch "
               f"{r['prior']['batch_size']}", "",
               "![autoencoder loss](loss_autoencoder.png)", "", "![prior loss](loss_prior.png)", ""]
     return "\n".join(lines)
+
+
+def trained_facts(run_dir: Path) -> dict[str, Any]:
+    """The steps a stage really trained and, where it had a time budget, how its count
+    moved (``timebox``: its seconds, the configured and final counts, the estimates); an
+    autoencoder the demo did not train says where it came from (``adopted``)."""
+    from ..core.checkpoint import load_checkpoint
+    ck = load_checkpoint(run_dir)
+    return {"trained_steps": ck.step, **{k: ck.metadata[k] for k in ("timebox", "adopted")
+                                         if k in ck.metadata}}
