@@ -146,7 +146,8 @@ def test_one_slow_timing_does_not_switch_the_demo_to_the_compact_setting(tmp_pat
         monkeypatch.setattr(bld.app.budget, "calibrate", lambda *a: next(calls))
         monkeypatch.setattr(bld.app.budget, "calibrate_autoencoder", lambda r, *a: r)
         monkeypatch.setattr(bld.app.budget, "calibrate_prior", lambda r, *a: r)
-        s = DemoSettings(out=tmp_path, dataset="faces", minutes=20)
+        # --train-autoencoder: the compact setting, not the shipped autoencoder (below)
+        s = DemoSettings(out=tmp_path, dataset="faces", minutes=20, train_autoencoder=True)
         _plan_steps(s, tmp_path, [], Faces(), 2000, torch.device("cpu"),
                     resolve_precision("fp32", "cpu"))
         return s.plan, calls
@@ -199,9 +200,10 @@ def test_each_planned_stage_gets_its_predicted_seconds_as_its_time_budget(tmp_pa
 
 def test_with_an_adopted_autoencoder_the_plan_gives_the_prior_all_the_training_seconds(
         tmp_path, monkeypatch):
-    """`bld demo --autoencoder NAME` (adopt_autoencoder sets ae_steps 0): no autoencoder step
-    is planned, a slow machine still gets the compact prior (not the compact autoencoder),
-    and the prior gets more steps than when both models share the budget."""
+    """On a machine whose plan would cut the presets hard, `bld demo` adopts the shipped
+    model's autoencoder (as --autoencoder NAME does): no autoencoder step is planned, the
+    compact prior (not the compact autoencoder) trains, with more steps than when both
+    models share the budget (--train-autoencoder)."""
     import bld.app.budget
     from bld.app.demo import DemoSettings, _plan_steps
     from bld.core.device import resolve_precision
@@ -216,12 +218,15 @@ def test_with_an_adopted_autoencoder_the_plan_gives_the_prior_all_the_training_s
     monkeypatch.setattr(bld.app.budget, "calibrate_autoencoder", lambda r, *a: r)
     monkeypatch.setattr(bld.app.budget, "calibrate_prior", lambda r, *a: r)
     plans = {}
-    for adopted in (False, True):
-        s = DemoSettings(out=tmp_path, minutes=15, autoencoder="fashion-mnist" if adopted else "",
-                         ae_steps=0 if adopted else None)
-        _plan_steps(s, tmp_path, [], Clothes(), 10000, torch.device("cpu"),
+    for adopted in (False, True):  # by default on this slow machine, or --train-autoencoder
+        out = tmp_path / str(adopted)
+        out.mkdir()
+        s = DemoSettings(out=out, minutes=15, train_autoencoder=not adopted)
+        _plan_steps(s, out, [], Clothes(), 10000, torch.device("cpu"),
                     resolve_precision("fp32", "cpu"))
         plans[adopted] = s.plan
+        assert s.autoencoder == ("fashion-mnist" if adopted else "")
+        assert (out / "autoencoder" / "done.json").exists() == adopted
     both, prior_only = plans[False], plans[True]
     assert both["variant"] == prior_only["variant"] == "compact"
     assert both["ae_steps"] > 0 and both["overrides"]["autoencoder"]

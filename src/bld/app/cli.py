@@ -205,12 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "emoji from npm, one class per category) or faces (64 px DiceBear "
                         "faces, one class per style, see prepare-dicebear); fetched with npm "
                         "on first use")
-    p.add_argument("--out", help="output folder (default runs/demo; runs/demo-emoji for emoji, "
-                                 "runs/demo-faces for faces)")
+    p.add_argument("--out", help="output folder (default runs/demo, runs/demo-emoji, -faces)")
     p.add_argument("--ae-steps", type=_positive, help="autoencoder training steps")
     p.add_argument("--prior-steps", type=_positive, help="prior training steps")
     p.add_argument("--autoencoder", metavar="NAME_OR_DIR", help="train the prior only, on this "
-                   "trained autoencoder: a shipped model's (`bld models`) or a run folder")
+                   "trained autoencoder: a shipped model's (`bld models`) or a run folder "
+                   "(default: where --minutes would cut both models' presets hard, the "
+                   "shipped model's of the dataset, if one ships)")
+    p.add_argument("--train-autoencoder", action="store_true", help="train it here all the same")
     p.add_argument("--limit", type=_count, default=0, help="use only N training images (0 = all)")
     p.add_argument("--eval-samples", type=_count, default=1000,
                    help="samples for the report's FD / class accuracy (0 = skip evaluation)")
@@ -218,10 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", metavar="DIR", help="the FD classifier the report uses "
                    "(default: the one that ships for the dataset, `bld models`; a demo on "
                    "another --data-dir, or without a shipped one, trains its own first)")
-    p.add_argument("--classifier-steps", type=_positive,
-                   help="train the report's FD classifier here for this many steps instead "
-                        "(default where one is trained: 1200 for fashion-mnist, 600 for "
-                        "emoji, 400 for faces)")
+    p.add_argument("--classifier-steps", type=_positive, help="train the report's FD "
+                   "classifier here for this many steps instead (default: 1200, 600, 400)")
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help="sampler's evidence weight lambda (see bld sample --help)")
     p.add_argument("--guidance", type=float, default=None,

@@ -348,7 +348,8 @@ def demo_settings(args):
                      classifier_steps=args.classifier_steps, classifier=args.classifier or "",
                      evidence_weight=args.evidence_weight, guidance=args.guidance,
                      guidance_interval=_interval(args), temperature=args.temperature,
-                     data_dir=args.data_dir or "", autoencoder=args.autoencoder or "")
+                     data_dir=args.data_dir or "", autoencoder=args.autoencoder or "",
+                     train_autoencoder=args.train_autoencoder)
     s.ae_steps, s.prior_steps = args.ae_steps, args.prior_steps
     return s
 

@@ -25,6 +25,7 @@ from ..core.device import cpu_facts, cpu_name, cpu_seconds, load_average, resolv
 from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
+from .demo_shipped import shipped_autoencoder
 from .demo_report import (colour_figures, describe_plan, evaluate_demo, fd_classifier,
                           report_markdown, shipped_model_for, trained_facts)
 
@@ -109,6 +110,7 @@ class DemoSettings:
     limit: int = 0
     data_dir: str = ""
     autoencoder: str = ""  # a trained autoencoder (shipped name or folder): train the prior only
+    train_autoencoder: bool = False  # train one even where the plan would adopt the shipped one
     # another source than the demo dataset's (bld train: a prepared folder), with the presets
     # both models start from, its image size and colours (0: the source's own), overrides
     # per model (kind -> KEY=VALUE, before the plan's) and the demo dataset whose compact
@@ -193,7 +195,7 @@ def _train_stage(kind: str, extra: list[str], out: Path, s: DemoSettings, what: 
 
 
 def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test: int,
-                device, precision, spent_s: float = 0.0) -> None:
+                device, precision, spent_s: float = 0.0, rates=None) -> None:
     """Fit the training steps to ``s.minutes`` (bld.app.budget): calibrate and plan, counting the
     ``spent_s`` seconds already taken (the FD classifier, trained first). The plan is kept in
     ``plan.json``, so a --resume trains to the counts the interrupted run planned."""
@@ -208,7 +210,8 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
         classes = len(getattr(train_set, "classes", ()))
         pr_cfg = resolve_prior_config(pr_cfg, ae_cfg.model, classes)
         log.info("calibrating: timing each stage's work on this machine (%s)", precision.reason)
-        rates = calibrate(ae_cfg, pr_cfg, train_set, pr_cfg.model.num_classes, device, precision)
+        rates = rates or calibrate(ae_cfg, pr_cfg, train_set, pr_cfg.model.num_classes,
+                                   device, precision)
         nc = max(pr_cfg.model.num_classes, 1)
         work = dict(n_train=len(train_set), n_test=n_test,
                     eval_samples=min(s.eval_samples, n_test // 2),
@@ -236,6 +239,10 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
             rates = fastest(rates, calibrate(ae_cfg, pr_cfg, train_set,
                                              pr_cfg.model.num_classes, device, precision))
             plan = plan_presets(rates)
+        if plan.scale < COMPACT_BELOW and free and not s.autoencoder and shipped_autoencoder(s):
+            from .demo_shipped import adopt_autoencoder  # its seconds go to the prior
+            adopt_autoencoder(s, out, demo_source(s), shipped_autoencoder(s))
+            return _plan_steps(s, out, common, train_set, n_test, device, precision, spent_s, rates)
         if plan.scale < COMPACT_BELOW and free:
             over = compact_overrides(s.compact or s.dataset, ae_cfg.optim.steps)
             over["autoencoder"] = [] if s.autoencoder else over["autoencoder"]
@@ -324,8 +331,9 @@ def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
            if s.eval_samples > 0 else None)
     if before_plan is not None:
         before_plan(train_set, test_set, clf, device, precision)
+    from .demo_shipped import adopt_autoencoder, adopted_before
+    s.autoencoder = s.autoencoder or adopted_before(out, s.resume)
     if s.autoencoder:  # trained before: a finished stage 1, its seconds go to the prior
-        from .demo_shipped import adopt_autoencoder
         adopt_autoencoder(s, out, source)
     _plan_steps(s, out, common, train_set, len(test_set), device, precision,
                 spent_s=time.perf_counter() - t_start + s.reused_s)

@@ -57,10 +57,36 @@ def _model_and_facts(folder: Path, kind: str) -> tuple[Any, dict[str, Any], dict
         {"source": meta.get("data", {}).get("source"), "steps": steps}
 
 
-def adopt_autoencoder(s, out: Path, source: str) -> dict[str, Any]:
-    """Make ``out/autoencoder`` a finished stage holding the autoencoder ``s.autoencoder``
-    names (unless a --resume finds it there), set ``s.overrides["autoencoder"]`` to its
-    architecture and ``s.ae_steps`` to 0 (the plan trains none). -> facts for the report."""
+def shipped_autoencoder(s) -> str:
+    """The shipped model whose autoencoder the demo adopts where its plan would cut the
+    presets below the compact threshold: the one of the demo's built-in dataset (not on
+    another folder, not with --train-autoencoder or the user's step counts); "" if none."""
+    from .demo import DEMO_DATASETS
+    if s.train_autoencoder or s.data_dir or s.source or s.dataset not in DEMO_DATASETS:
+        return ""
+    from .demo_report import shipped_model_for
+    shipped = shipped_model_for(DEMO_DATASETS[s.dataset][0])
+    return shipped["name"] if shipped else ""
+
+
+def adopted_before(out: Path, resume: bool) -> str:
+    """The autoencoder a resumed demo adopted before (its stage 1's record), else ""."""
+    done = out / "autoencoder" / "done.json"
+    if not (resume and done.is_file()):
+        return ""
+    return json.loads(done.read_text()).get("adopted", {}).get("from", "")
+
+
+def adopt_autoencoder(s, out: Path, source: str, name: str = "") -> dict[str, Any]:
+    """Make ``out/autoencoder`` a finished stage holding the autoencoder ``name`` (default
+    ``s.autoencoder``; it becomes that) names (unless a --resume finds it there), set
+    ``s.overrides["autoencoder"]`` to its architecture and ``s.ae_steps`` to 0 (the plan
+    trains none). -> facts for the report."""
+    if name and not s.autoencoder:
+        log.info("the presets of both models would be cut hard in --minutes %g here: the demo "
+                 "takes the shipped %s model's autoencoder and trains the prior only "
+                 "(--train-autoencoder trains both)", s.minutes, name)
+    s.autoencoder = name or s.autoencoder
     from ..core import checkpoint as ckpt
     from ..core.config import ConfigError, to_dict
     from .demo import _mark_done, _stage_done, stage_config
