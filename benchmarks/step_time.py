@@ -187,7 +187,7 @@ def main() -> None:
                      lambda: _ae_step(ae_cfg, train, "channels_last", False)),
                     ("prior", "eager, AdamW", lambda: _prior_step(pr_cfg, "adamw", False)),
                     ("prior", "eager, Muon", lambda: _prior_step(pr_cfg, "muon", False))]
-            if not args.no_compile:
+            if not args.no_compile and threads == max(args.thread_counts):  # compiling is slow
                 arms += [("autoencoder", "compile",
                           lambda: _ae_step(ae_cfg, train, "contiguous", True)),
                          ("prior", "compile, AdamW", lambda: _prior_step(pr_cfg, "adamw", True))]
