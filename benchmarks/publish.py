@@ -150,9 +150,11 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
                   f"{load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
                   f"{report['machine'].split(', ')[1]})") if None not in load else ""
     a, p = report["autoencoder"], report["prior"]
+    trained = (f"the shipped {a['adopted']['from']} model's, {a['trained_steps']} steps, not "
+               "trained in this run" if a.get("adopted") else
+               f"{a['steps']} steps x {a['batch_size']}")
     lines += ["", f"Models: a {a['params_M']:.2f}M-parameter autoencoder ({a['latent_shape'][1]}"
-              f"x{a['latent_shape'][2]} grid of {a['latent_shape'][0]} bits, {a['steps']} steps x "
-              f"{a['batch_size']}) and a {p['params_M']:.2f}M-parameter prior ({p['width']} wide x "
+              f"x{a['latent_shape'][2]} grid of {a['latent_shape'][0]} bits, {trained}) and a {p['params_M']:.2f}M-parameter prior ({p['width']} wide x "
               f"{p['depth']} deep, {p.get('conditioning', 'tokens')} conditioning, T = "
               f"{p['timesteps']} {schedule_name(p)}, {p['steps']} steps x {p['batch_size']}). "
               f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
@@ -457,9 +459,13 @@ def results_table() -> str:
         cmd = "bld demo" + (f" --dataset {r['dataset']}" if r["dataset"] != "fashion-mnist"
                             else "")
         cmd += f" --minutes {s['minutes']:g}" if s["minutes"] != _default_minutes() else ""
+        # the autoencoder the demo adopted (by default where the plan would cut the presets
+        # hard, or by --autoencoder): said, as the command alone would not
+        adopted = (f" (the shipped {r['autoencoder']['adopted']['from']} autoencoder, prior "
+                   "trained)" if r["autoencoder"].get("adopted") else "")
         data = f"{DATASET_NAMES.get(r['dataset'], r['dataset'])}, {len(r['classes'])} classes"
         lines.append(
-            f"| {data} | `{cmd}` | {_machine(r)} ({r.get('precision', '?')}) | "
+            f"| {data} | `{cmd}`{adopted} | {_machine(r)} ({r.get('precision', '?')}) | "
             f"{h['demo_minutes']:.1f} min | {f['reconstruction_psnr_db']:.2f} dB | "
             f"{f['sample_class_accuracy']:.3f} | "
             f"{f['sample_fd']:.1f} / {f['reconstruction_fd']:.1f} = "
