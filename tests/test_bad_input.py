@@ -156,6 +156,7 @@ BAD_INPUT = [
     (["train-classifier", "--out", "{out}", "--steps", "0"], "must be at least 1"),
     (["train-classifier", "--out", "{out}", "--data", "{f}/missing"], "unknown dataset source"),
     (["demo", "--out", "{out}", "--ae-steps", "0"], "argument --ae-steps: must be at least 1"),
+    (["train", "{out}/no-such-folder", "--out", "{out}/t"], "does not exist"),
     (["demo", "--out", "{out}", "--eval-samples", "-1"], "must be 0 or more"),
     (["demo", "--out", "{out}", "--limit", "-5"], "argument --limit: must be 0 or more"),
     (["shard", "fashion-mnist", "{out}", "--shard-size", "0"], "must be at least 1"),

@@ -25,7 +25,7 @@ from ..core.device import cpu_facts, cpu_name, cpu_seconds, load_average, resolv
 from ..core.plots import image_grid, save_image
 from ..data import build_dataset
 from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT
-from .demo_shipped import shipped_autoencoder
+from .demo_shipped import adopt_autoencoder, adopted_before, shipped_autoencoder
 from .demo_report import (colour_figures, describe_plan, evaluate_demo, fd_classifier,
                           report_markdown, shipped_model_for, trained_facts)
 
@@ -239,9 +239,9 @@ def _plan_steps(s: DemoSettings, out: Path, common: list[str], train_set, n_test
             rates = fastest(rates, calibrate(ae_cfg, pr_cfg, train_set,
                                              pr_cfg.model.num_classes, device, precision))
             plan = plan_presets(rates)
-        if plan.scale < COMPACT_BELOW and free and not s.autoencoder and shipped_autoencoder(s):
-            from .demo_shipped import adopt_autoencoder  # its seconds go to the prior
-            adopt_autoencoder(s, out, demo_source(s), shipped_autoencoder(s))
+        shipped = shipped_autoencoder(s, DEMO_DATASETS)
+        if plan.scale < COMPACT_BELOW and free and not s.autoencoder and shipped:
+            adopt_autoencoder(s, out, demo_source(s), stage_config, shipped)  # seconds: prior
             return _plan_steps(s, out, common, train_set, n_test, device, precision, spent_s, rates)
         if plan.scale < COMPACT_BELOW and free:
             over = compact_overrides(s.compact or s.dataset, ae_cfg.optim.steps)
@@ -331,10 +331,9 @@ def run_demo(s: DemoSettings, before_plan=None) -> dict[str, Any]:
            if s.eval_samples > 0 else None)
     if before_plan is not None:
         before_plan(train_set, test_set, clf, device, precision)
-    from .demo_shipped import adopt_autoencoder, adopted_before
     s.autoencoder = s.autoencoder or adopted_before(out, s.resume)
     if s.autoencoder:  # trained before: a finished stage 1, its seconds go to the prior
-        adopt_autoencoder(s, out, source)
+        adopt_autoencoder(s, out, source, stage_config)
     _plan_steps(s, out, common, train_set, len(test_set), device, precision,
                 spent_s=time.perf_counter() - t_start + s.reused_s)
 

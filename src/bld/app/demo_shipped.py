@@ -57,15 +57,14 @@ def _model_and_facts(folder: Path, kind: str) -> tuple[Any, dict[str, Any], dict
         {"source": meta.get("data", {}).get("source"), "steps": steps}
 
 
-def shipped_autoencoder(s) -> str:
+def shipped_autoencoder(s, datasets: dict) -> str:
     """The shipped model whose autoencoder the demo adopts where its plan would cut the
     presets below the compact threshold: the one of the demo's built-in dataset (not on
     another folder, not with --train-autoencoder or the user's step counts); "" if none."""
-    from .demo import DEMO_DATASETS
-    if s.train_autoencoder or s.data_dir or s.source or s.dataset not in DEMO_DATASETS:
+    if s.train_autoencoder or s.data_dir or s.source or s.dataset not in datasets:
         return ""
     from .demo_report import shipped_model_for
-    shipped = shipped_model_for(DEMO_DATASETS[s.dataset][0])
+    shipped = shipped_model_for(datasets[s.dataset][0])
     return shipped["name"] if shipped else ""
 
 
@@ -77,7 +76,7 @@ def adopted_before(out: Path, resume: bool) -> str:
     return json.loads(done.read_text()).get("adopted", {}).get("from", "")
 
 
-def adopt_autoencoder(s, out: Path, source: str, name: str = "") -> dict[str, Any]:
+def adopt_autoencoder(s, out: Path, source: str, stage_config, name: str = "") -> dict[str, Any]:
     """Make ``out/autoencoder`` a finished stage holding the autoencoder ``name`` (default
     ``s.autoencoder``; it becomes that) names (unless a --resume finds it there), set
     ``s.overrides["autoencoder"]`` to its architecture and ``s.ae_steps`` to 0 (the plan
@@ -89,7 +88,7 @@ def adopt_autoencoder(s, out: Path, source: str, name: str = "") -> dict[str, An
     s.autoencoder = name or s.autoencoder
     from ..core import checkpoint as ckpt
     from ..core.config import ConfigError, to_dict
-    from .demo import _mark_done, _stage_done, stage_config
+    from ..core.runfolder import find_latest
     folder, kind = _source(s.autoencoder)
     model, model_cfg, facts = _model_and_facts(folder, kind)
     if facts["source"] and facts["source"] != source:
@@ -101,7 +100,7 @@ def adopt_autoencoder(s, out: Path, source: str, name: str = "") -> dict[str, An
     s.ae_steps = 0
     run_dir = out / "autoencoder"
     facts = {"from": str(s.autoencoder), "folder": str(folder), **facts}
-    if not _stage_done(run_dir):
+    if not ((run_dir / "done.json").exists() and find_latest(run_dir) is not None):
         from ..core import runfolder
         cfg = stage_config(s, "autoencoder")
         step_dir = runfolder.checkpoint_dir(run_dir, facts["steps"] or 0)
@@ -109,7 +108,7 @@ def adopt_autoencoder(s, out: Path, source: str, name: str = "") -> dict[str, An
         ckpt.save_checkpoint(step_dir, kind="autoencoder", config=to_dict(cfg), model=model,
                              ema=model, step=facts["steps"] or 0, metadata={"adopted": facts})
         runfolder.write_latest(run_dir, step_dir)
-        _mark_done(run_dir, {"seconds": 0.0, "adopted": facts})
+        (run_dir / "done.json").write_text(json.dumps({"seconds": 0.0, "adopted": facts}))
         log.info("[1/4] the autoencoder is %s's (%s steps, not trained here): the budget goes "
                  "to the prior", s.autoencoder, facts["steps"] or "?")
     return facts
