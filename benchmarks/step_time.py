@@ -20,6 +20,7 @@ step; whether Muon learns more per second is measured by
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import tempfile
@@ -107,7 +108,7 @@ def _prior_step(cfg, optimizer: str, compiled: bool):
     net = Denoiser(m)
     ema = copy.deepcopy(net).requires_grad_(False)
     diffusion = BernoulliDiffusion(cfg.diffusion)
-    opt = model_optimizer(net, type(cfg.optim)(**{**vars(cfg.optim), "optimizer": optimizer}))
+    opt = model_optimizer(net, dataclasses.replace(cfg.optim, optimizer=optimizer))
     fwd = torch.compile(net) if compiled else net
     b = cfg.optim.batch_size
     z0 = torch.randint(0, 2, (b, m.bits, m.grid, m.grid), generator=g).float()
