@@ -171,7 +171,7 @@ def test_schedule_name_reads_old_and_shifted_reports():
     assert schedule_name({"schedule": "linear", "schedule_shift": 2.0}) == "linear shifted x2"
 
 
-def test_demo_trains_the_prior_only_on_a_shipped_autoencoder(tmp_path, fashion_mnist):
+def test_demo_trains_the_prior_only_on_a_shipped_autoencoder(tmp_path, fashion_mnist, capsys):
     """--autoencoder NAME: stage 1 is the shipped model's autoencoder (not trained, its
     reconstructions as good as its card says), the prior trains on its bits, and the report
     says where the autoencoder came from (the plan: test_budget.py)."""
@@ -191,6 +191,18 @@ def test_demo_trains_the_prior_only_on_a_shipped_autoencoder(tmp_path, fashion_m
                  "3", "--limit", "256", "--eval-samples", "0", "--samples-per-class", "1",
                  "--device", "cpu", "--minutes", "0", "--resume"]) == 0
     assert json.loads((out / "report.json").read_text())["autoencoder"]["adopted"]
+    # --resume with more prior steps trains the finished prior on from its last checkpoint
+    # (its seconds add up); a changed setting besides the steps is refused
+    first_s = json.loads((out / "prior" / "done.json").read_text())["seconds"]
+    common = ["demo", "--out", str(out), "--autoencoder", "fashion-mnist", "--limit", "256",
+              "--eval-samples", "0", "--samples-per-class", "1", "--device", "cpu",
+              "--minutes", "0", "--resume"]
+    assert main(common + ["--prior-steps", "9", "--seed", "1"]) == 2
+    assert "can only train on to more steps with the same settings" in capsys.readouterr().err
+    assert main(common + ["--prior-steps", "6"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["prior"]["trained_steps"] == 6 and rep["prior"]["config"]["optim"]["steps"] == 6
+    assert rep["times"]["prior_s"] > first_s
 
 
 def test_demo_refuses_an_autoencoder_of_another_dataset(tmp_path, capsys):

@@ -117,18 +117,24 @@ def _card_commands(folder) -> list[list[str]]:
 @pytest.mark.parametrize("name", REAL_MODELS)
 def test_a_cards_commands_give_the_config_its_weights_carry(name):
     """Replayed through the demo's own config building (nothing trained), the card's
-    `bld demo` command gives exactly the configs the shipped weights were trained with."""
+    `bld demo` commands give exactly the configs the shipped weights were trained with: the
+    first trains the autoencoder; a second, where there is one, trains the first run's prior
+    on to more steps (--resume in the same --out)."""
     from bld.app.commands import demo_settings
     from bld.app.demo import stage_config
     from bld.training.prior import resolve_prior_config
     folder = zoo.ZOO_DIR / name
     config = json.loads((folder / "config.json").read_text())
-    demos = [c for c in _card_commands(folder) if c[:2] == ["bld", "demo"]]
-    assert len(demos) == 1
-    s = demo_settings(build_parser().parse_args(demos[0][1:]))
-    ae = stage_config(s, "autoencoder")
+    demos = [demo_settings(build_parser().parse_args(c[1:]))
+             for c in _card_commands(folder) if c[:2] == ["bld", "demo"]]
+    assert len(demos) in (1, 2)
+    first, last = demos[0], demos[-1]
+    if len(demos) == 2:
+        assert last.resume and last.out == first.out and last.dataset == first.dataset
+        assert last.prior_steps > first.prior_steps
+    ae = stage_config(first, "autoencoder")
     assert to_dict(ae.model) == config["autoencoder_config"]
-    prior = resolve_prior_config(stage_config(s, "prior"), ae.model, len(config["classes"]))
+    prior = resolve_prior_config(stage_config(last, "prior"), ae.model, len(config["classes"]))
     # the shipped config as today's loader reads it (keys added since take their defaults,
     # the values that meant what the run did: optim.optimizer adamw)
     from bld.core.config import config_from_dict

@@ -1,7 +1,7 @@
 """`bld demo --autoencoder NAME_OR_DIR`: the demo trains only the prior, on an autoencoder
 trained before (a shipped model's, `bld models`, or a folder), as latent diffusion models
-usually do with a pretrained tokenizer. On a CPU whose plan cuts both models hard, the
-seconds the autoencoder would take go to the prior.
+usually do with a pretrained tokenizer. On a CPU whose plan cannot train all the presets'
+steps, the seconds the autoencoder would take go to the prior.
 
 The autoencoder is written into the demo's folder as a finished checkpoint of the stage
 (``autoencoder/``, its EMA weights in fp32, marked done), so encoding, the prior, the
@@ -58,8 +58,8 @@ def _model_and_facts(folder: Path, kind: str) -> tuple[Any, dict[str, Any], dict
 
 
 def shipped_autoencoder(s, datasets: dict) -> str:
-    """The shipped model whose autoencoder the demo adopts where its plan would cut the
-    presets below the compact threshold: the one of the demo's built-in dataset (not on
+    """The shipped model whose autoencoder the demo adopts where its plan cannot train all
+    the presets' steps: the one of the demo's built-in dataset (not on
     another folder, not with --train-autoencoder or the user's step counts); "" if none."""
     if s.train_autoencoder or s.data_dir or s.source or s.dataset not in datasets:
         return ""
@@ -82,8 +82,8 @@ def adopt_autoencoder(s, out: Path, source: str, stage_config, name: str = "") -
     ``s.overrides["autoencoder"]`` to its architecture and ``s.ae_steps`` to 0 (the plan
     trains none). -> facts for the report."""
     if name and not s.autoencoder:
-        log.info("the presets of both models would be cut hard in --minutes %g here: the demo "
-                 "takes the shipped %s model's autoencoder and trains the prior only "
+        log.info("the presets of both models cannot all train in --minutes %g here: the "
+                 "demo takes the shipped %s model's autoencoder and trains the prior only "
                  "(--train-autoencoder trains both)", s.minutes, name)
     s.autoencoder = name or s.autoencoder
     from ..core import checkpoint as ckpt
