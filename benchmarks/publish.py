@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bld.app.demo_report import schedule_name
+from bld.app.demo_report import schedule_name, steps_trained
 from bld.data import DICEBEAR_DEFAULT_STYLES
 from bld.models.sampling import describe_guidance_interval
 
@@ -152,11 +152,11 @@ def demo_table(report: dict[str, Any], targets: dict[str, tuple[str, float]] = D
     a, p = report["autoencoder"], report["prior"]
     trained = (f"the shipped {a['adopted']['from']} model's, {a['trained_steps']} steps, not "
                "trained in this run" if a.get("adopted") else
-               f"{a['steps']} steps x {a['batch_size']}")
+               f"{steps_trained(a)} x {a['batch_size']}")
     lines += ["", f"Models: a {a['params_M']:.2f}M-parameter autoencoder ({a['latent_shape'][1]}"
               f"x{a['latent_shape'][2]} grid of {a['latent_shape'][0]} bits, {trained}) and a {p['params_M']:.2f}M-parameter prior ({p['width']} wide x "
               f"{p['depth']} deep, {p.get('conditioning', 'tokens')} conditioning, T = "
-              f"{p['timesteps']} {schedule_name(p)}, {p['steps']} steps x {p['batch_size']}). "
+              f"{p['timesteps']} {schedule_name(p)}, {steps_trained(p)} x {p['batch_size']}). "
               f"Stage times: {times}. Sampling: {s['sample_steps']} steps, guidance "
               f"{s['guidance']}" + describe_guidance_interval(s.get("guidance_interval")) +
               f", evidence weight {s['evidence_weight']}, temperature "

@@ -208,13 +208,20 @@ def report_markdown(r: dict[str, Any], sections: list[str] = ()) -> str:
                   f"not trained here: {r['autoencoder']['adopted']['from']}'s "
                   f"({r['autoencoder']['trained_steps']} steps)"
                   if r["autoencoder"].get("adopted") else
-                  f"{r['autoencoder']['steps']} steps x batch {r['autoencoder']['batch_size']}"),
+                  f"{steps_trained(r['autoencoder'])} x batch {r['autoencoder']['batch_size']}"),
               f"- prior: {r['prior']['params_M']:.2f}M parameters (width {r['prior']['width']}, "
               f"depth {r['prior']['depth']}), T = {r['prior']['timesteps']} "
-              f"({schedule_name(r['prior'])}), {r['prior']['steps']} steps x batch "
+              f"({schedule_name(r['prior'])}), {steps_trained(r['prior'])} x batch "
               f"{r['prior']['batch_size']}", "",
               "![autoencoder loss](loss_autoencoder.png)", "", "![prior loss](loss_prior.png)", ""]
     return "\n".join(lines)
+
+
+def steps_trained(stage: dict[str, Any]) -> str:
+    """'N steps', or 'N of M planned steps' where the stage's time box stopped it early (a
+    report's ``trained_steps`` against its configured ``steps``)."""
+    done, planned = stage.get("trained_steps", stage["steps"]), stage["steps"]
+    return f"{done} steps" if done == planned else f"{done} of {planned} planned steps"
 
 
 def trained_facts(run_dir: Path) -> dict[str, Any]:
