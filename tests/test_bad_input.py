@@ -133,6 +133,15 @@ BAD_INPUT = [
     # train-prior
     (PRIOR[:4] + ["{prior}"] + PRIOR[5:], "expected 'autoencoder'"),
     (["train-prior", "--out", "{out}", *TINY_PRIOR], "train-prior needs the trained autoencoder"),
+    # distill
+    (["distill", "--teacher", "{uprior}", "--design", "mixture", "--out", "{out}", "--device",
+      "cpu"], "is unconditional: distillation folds classifier-free guidance"),
+    (["distill", "--teacher", "{prior}", "--design", "gan", "--out", "{out}"],
+     "argument --design: invalid choice: 'gan'"),
+    (["distill", "--teacher", "{prior}", "--design", "coupled", "--steps", "3", "--out", "{out}"],
+     "argument --steps: invalid choice: 3"),
+    (["distill", "--teacher", "no-such-model", "--design", "coupled", "--out", "{out}"],
+     "neither a folder nor a shipped model"),
     (PRIOR + ["--preset", "huge"], "unknown preset 'huge'"),
     (PRIOR + ["--set", "cond_drop=2"], "cond_drop must be >= 0 and <= 1"),
     (PRIOR + ["--set", "sample_guidance_interval=[0.9, 0.1]"],

@@ -111,7 +111,10 @@ def _image_flags(p: argparse.ArgumentParser, size: str) -> None:
 def _sampler_flags(p: argparse.ArgumentParser) -> None:
     """The sampler's settings (bld.models.sampling), shared by sample, inpaint and eval; the
     guidance and its interval default to the prior preset's (unguided without a class)."""
-    p.add_argument("--steps", type=_positive, default=16, help="sampling steps S (2..T)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="sampling steps S (2..T; default: the prior's sample_steps, 16 "
+                        "unless its config or model card says otherwise; a distilled "
+                        "student: 1 or 2, default its own K)")
     p.add_argument("--temperature", type=_temperature, help=TEMPERATURE_HELP)
     p.add_argument("--evidence-weight", type=float, default=DEFAULT_EVIDENCE_WEIGHT,
                    help=EVIDENCE_HELP)
@@ -273,6 +276,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", help="latent cache from `bld encode` (sets latents=...)")
     p.add_argument("--preset", help="denoiser size preset (tiny, small, base, large, original)")
 
+    p = sub.add_parser("distill", help="distil a guided diffusion prior into a student that "
+                       "samples in 1 or 2 network evaluations, guidance folded in "
+                       "(docs/distill.md)")
+    p.add_argument("--teacher", required=True, metavar="MODEL_OR_RUN",
+                   help="the teacher: " + MODEL_HELP)
+    p.add_argument("--design", required=True, choices=("coupled", "mixture"),
+                   help="coupled: a one-step map from the teacher's uniforms u to its sample "
+                        "f(u, class); mixture: z_T ~ B(1/2) as a latent code, trained with the "
+                        "mixture likelihood over M z_T draws per teacher sample")
+    p.add_argument("--steps", type=int, choices=(1, 2), default=1,
+                   help="K, the student's network evaluations per sample (default 1)")
+    p.add_argument("--out", required=True, help="run folder (pairs, checkpoints, metrics.csv)")
+    p.add_argument("--pairs", type=_positive, default=4096,
+                   help="teacher samples to make (cached in the run; default %(default)s)")
+    p.add_argument("--pair-dir", help="cache the pairs here instead of OUT/pairs (runs of one "
+                   "teacher and sampler may share it)")
+    p.add_argument("--pair-sampler", choices=("coupled", "plain"),
+                   help="the teacher sampler of the pairs (default: coupled for coupled, plain "
+                        "for mixture; the mixture may learn from coupled pairs)")
+    p.add_argument("--pairs-only", action="store_true",
+                   help="make (or complete) the cached pairs and stop, without training")
+    p.add_argument("--train-steps", type=_positive, default=2000,
+                   help="optimizer steps (at most; --minutes may stop sooner)")
+    p.add_argument("--minutes", type=_minutes, default=0.0,
+                   help="time box of the training, after the pairs are made (0: none)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="pairs per step")
+    p.add_argument("--mixture", type=_positive, metavar="M",
+                   help="z_T draws per teacher sample (design mixture; default 8)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept a config that differs from the checkpoint's")
+    _device_flags(p)
+    _seed_flag(p)
+
     p = sub.add_parser("encode", help="encode a dataset once into packed binary latents")
     p.add_argument("--autoencoder", required=True, help="trained autoencoder folder")
     p.add_argument("--out", required=True, help="output .safetensors file")
@@ -418,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-ae": lambda a: run.cmd_train(a, "autoencoder", _shortcut_overrides(a)),
         "train-prior": lambda a: run.cmd_train(a, "prior",
                                                _shortcut_overrides(a, SHORTCUTS + PRIOR_SHORTCUTS)),
+        "distill": run.cmd_distill,
         "encode": run.cmd_encode, "sample": run.cmd_sample, "inpaint": run.cmd_inpaint,
         "reconstruct": run.cmd_reconstruct, "prepare-emoji": run.cmd_prepare_emoji,
         "shard": run.cmd_shard, "prepare-openmoji": run.cmd_prepare_openmoji,

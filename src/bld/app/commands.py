@@ -27,6 +27,37 @@ def cmd_train(args, kind: str, overrides: list[str]) -> None:
     log.info("done: %s", path)
 
 
+def load_teacher(teacher: str, device: str = "auto"):
+    """The teacher pipeline of `bld distill`: a shipped model's name or any folder
+    `from_run` takes, checked (`bld.training.student.check_teacher`)."""
+    from ..inference.pipeline import BinaryLatentDiffusionPipeline
+    from ..training.student import check_teacher
+    pipe = BinaryLatentDiffusionPipeline.from_run(_named(teacher), device=device)
+    check_teacher(pipe, teacher)
+    return pipe
+
+
+def cmd_distill(args) -> None:
+    """distill: the teacher's pairs, then the student, in the one training loop."""
+    from ..models.sampling import check_student
+    from ..training.student import distill
+    check_student(args.design, args.steps)
+    overrides = list(args.overrides)
+    for flag, key in (("pair_dir", "student.pair_dir"), ("pair_sampler", "student.pair_sampler"),
+                      ("mixture", "student.mixture")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    path = distill(load_teacher(args.teacher, args.device), args.teacher, args.design,
+                   args.steps, args.out, pairs=args.pairs,
+                   train_steps=args.train_steps, minutes=args.minutes, seed=args.seed,
+                   device=args.device, precision=args.precision, batch_size=args.batch_size,
+                   overrides=overrides, resume=args.resume,
+                   allow_config_change=args.allow_config_change,
+                   pairs_only=args.pairs_only)
+    log.info("done: %s%s", path, "" if args.pairs_only else
+             f" (sample it with `bld sample --prior {args.out}`)")
+
+
 def _autoencoder_data(path: str):
     """The DataConfig an autoencoder was trained with (its checkpoint's config)."""
     from ..core import checkpoint as ckpt
@@ -104,8 +135,8 @@ def cmd_sample(args) -> None:
     if args.individual:
         for i, img in enumerate(res.images):
             save_image(img, Path(args.individual) / f"{i:05d}.png")
-    log.info("wrote %s (%d images, %d steps, %.3f s/image)", args.out, args.num, args.steps,
-             res.seconds / args.num)
+    log.info("wrote %s (%d images, %d steps, %.3f s/image)", args.out, args.num,
+             args.steps or pipe.default_steps, res.seconds / args.num)
 
 
 def _check_mask(mask_path: str, image_path: str) -> None:
@@ -265,7 +296,8 @@ def cmd_eval(args) -> None:
         reference, floor = real_reference(xt, min(args.num, len(xt) // 2), seed=args.seed)
         report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
     else:
-        ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=args.steps,
+        ev = evaluate_prior(prior, ae, clf, xt, n=args.num,
+                            steps=args.steps or pipe.default_steps,
                             temperature=(prior.config.sample_temperature if args.temperature is None
                                          else args.temperature),
                             evidence_weight=args.evidence_weight,
@@ -293,7 +325,8 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
     from .figures import class_rows_figure, trajectory_figure
     pipe = BinaryLatentDiffusionPipeline(ae, prior, ae_data, args.precision)
-    sampling = dict(steps=args.steps, temperature=args.temperature, seed=args.seed,
+    sampling = dict(steps=args.steps or pipe.default_steps, temperature=args.temperature,
+                    seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance,
                     guidance_interval=_interval(args))
     trajectory_figure(pipe, out / "trajectory.png", **sampling)

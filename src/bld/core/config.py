@@ -22,7 +22,7 @@ import yaml
 from ..models.autoencoder import AutoencoderConfig, AutoencoderLossConfig
 from ..models.denoiser import DenoiserConfig
 from ..models.diffusion import DiffusionConfig
-from ..models.sampling import check_guidance_interval
+from ..models.sampling import check_guidance_interval, check_student
 
 T = TypeVar("T")
 
@@ -287,6 +287,38 @@ class AutoencoderTrainConfig:
 
 
 @dataclass
+class StudentConfig:
+    """A distilled student (docs/distill.md, `bld distill`): what it is and what it learnt
+    from. ``design`` empty: the prior is a diffusion prior, not a student."""
+
+    design: str = ""  # "" | coupled | mixture
+    steps: int = 1  # K, network evaluations per sample (1 or 2)
+    teacher: str = ""  # the teacher's model name or run folder
+    bits: str = "draw"  # how sampling reads the logits: draw | threshold
+    pairs: int = 0  # teacher samples cached for training
+    pair_batch: int = 256  # teacher samples per generation chunk
+    mixture: int = 8  # M: z_T draws per teacher sample (design mixture)
+    teacher_steps: int = 16  # the teacher's sampling steps that made the pairs
+    # the teacher's sampler for the pairs: "" = the design's own (coupled for coupled,
+    # plain for mixture); the mixture may also learn from coupled pairs
+    pair_sampler: str = ""
+    pair_dir: str = ""  # where the pairs are cached ("" = the run's pairs/); runs may share one
+    # the coupled pairs' k-th draw uses frac(u + k * coupling_shift) (sample's noise_shift):
+    # 0 = the same u at every step, which makes the teacher's chain stick to z_T (measured:
+    # docs/distill.md); the default, the golden ratio, rotates u from step to step
+    coupling_shift: float = 0.6180339887498949
+
+    def __post_init__(self) -> None:
+        if self.design:
+            check_student(self.design, self.steps, self.bits)
+        if self.pair_sampler not in ("", "coupled", "plain"):
+            raise ValueError(f"pair_sampler must be coupled or plain (or empty: the design's "
+                             f"own), got {self.pair_sampler!r}")
+        _check(self, pairs=(0, None), pair_batch=(1, None), mixture=(1, None),
+               teacher_steps=(2, None), coupling_shift=(0, 1))
+
+
+@dataclass
 class PriorTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: str = ""  # checkpoint (or run) folder of the trained autoencoder
@@ -305,9 +337,13 @@ class PriorTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=200,
                                                                   weight_decay=0.0))
     run: RunConfig = field(default_factory=RunConfig)
+    # a distilled student's settings (`bld distill`); empty design: a diffusion prior
+    student: StudentConfig = field(default_factory=StudentConfig)
 
     def __post_init__(self) -> None:
-        _check(self, cond_drop=(0, 1), sample_steps=(2, None), sample_guidance=(0, None))
+        # a student samples in its own K = 1 or 2 steps; a diffusion prior in 2..T
+        _check(self, cond_drop=(0, 1), sample_guidance=(0, None),
+               sample_steps=(1 if self.student.design else 2, None))
         _check(self, strict=True, sample_temperature=(0, None))
         check_guidance_interval(self.sample_guidance_interval, "sample_guidance_interval")
         if self.model.bit_group not in (1, self.diffusion.bit_group):
@@ -339,7 +375,8 @@ def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A config written by an earlier bld, in today's keys: ``run.bf16: true / false`` (before
     ``run.precision``) becomes ``run.precision: bf16 / fp32``, what those runs computed in; a
     prior's config from before ``bit_group`` gets ``bit_group: 1`` (one logit per bit, all
-    there was) in ``diffusion`` and ``model``, so that such a run still resumes. The options
+    there was) in ``diffusion`` and ``model``, so that such a run still resumes, and one from
+    before distilled students the default ``student`` section (a diffusion prior). The options
     removed after they were measured with no gain (``model.self_condition``,
     ``model.refine_channels``, ``model.train_flip``) are dropped where they are off, and a
     config that turned one on is refused: its weights need code this version lacks."""
@@ -363,6 +400,10 @@ def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
             and "bit_group" not in diffusion and "bit_group" not in model):
         data = {**data, "diffusion": {**diffusion, "bit_group": 1},
                 "model": {**model, "bit_group": 1}}
+    if isinstance(data.get("diffusion"), dict) and "student" not in data:
+        # a prior's config from before distilled students: a diffusion prior, so that such
+        # a run still resumes without a config difference
+        data = {**data, "student": to_dict(StudentConfig())}
     return data
 
 

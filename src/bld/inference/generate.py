@@ -25,7 +25,7 @@ from ..core.loading import LoadedPrior
 from ..core.metrics import psnr_from_mse
 from ..models.autoencoder import BinaryAutoencoder
 from ..models.packing import pack_bits
-from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, sample
+from ..models.sampling import DEFAULT_EVIDENCE_WEIGHT, sample, student_sample
 
 
 @torch.no_grad()
@@ -110,7 +110,8 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
              generator: torch.Generator | None = None,
              callback: Callable[[int, int], None] | None = None,
              return_trajectory: bool = False) -> GenerateResult:
-    """Sample n latents from the prior in ``steps`` steps and decode them.
+    """Sample n latents from the prior in ``steps`` steps and decode them (a distilled
+    student, ``prior.config.student``, in its K = ``steps`` evaluations, without guidance).
 
     The generator is seeded once (from ``seed`` unless one is given), so the same seed and
     batch size give the same images. ``callback(done, total)`` counts sampling steps over all
@@ -118,6 +119,14 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
     """
     import time
     device = next(prior.model.parameters()).device
+    student = prior.config.student
+    if student.design and guidance != 0:
+        raise ValueError(f"this prior is a distilled student ({student.design}, K = "
+                         f"{student.steps}): guidance is folded into its weights; drop --guidance")
+    if student.design and known is not None:
+        raise ValueError("a distilled student maps noise to a sample in one go and cannot "
+                         "inpaint; inpaint with its teacher "
+                         f"({student.teacher or 'a diffusion prior'})")
     if guidance != 0 and prior.model.null_label is None:
         raise ValueError("this prior is unconditional (trained without class labels), so "
                          "classifier-free guidance does not apply; drop --guidance")
@@ -136,12 +145,18 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
         step_cb = None if callback is None else (
             lambda j, s, k=k: callback(k * s + j, len(batches) * s))
         with autocast(device, precision):
-            out = sample(prior.model, prior.diffusion, (b, *shape), steps=steps, y=y,
+            if student.design:
+                out = student_sample(prior.model, prior.diffusion, (b, *shape),
+                                     design=student.design, steps=steps, bits=student.bits, y=y,
+                                     temperature=temperature, generator=g, device=device,
+                                     return_intermediates=return_trajectory, callback=step_cb)
+            else:
+                out = sample(prior.model, prior.diffusion, (b, *shape), steps=steps, y=y,
                          guidance=guidance, temperature=temperature,
                          evidence_weight=evidence_weight, guidance_interval=guidance_interval,
-                         null_label=prior.model.null_label, known=kn, mask=mk, generator=g,
-                         device=device, return_intermediates=return_trajectory,
-                         callback=step_cb)
+                             null_label=prior.model.null_label, known=kn, mask=mk,
+                             generator=g, device=device,
+                             return_intermediates=return_trajectory, callback=step_cb)
             x = ae.decode(out.z0).float().clamp(-1, 1)
         imgs.append(x.cpu())
         bits.append(out.z0.cpu())

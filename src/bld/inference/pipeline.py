@@ -202,6 +202,17 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         return self.prior.diffusion.T
 
     @property
+    def is_student(self) -> bool:
+        """True for a distilled student (`bld distill`, docs/distill.md)."""
+        return bool(self.prior.config.student.design)
+
+    @property
+    def default_steps(self) -> int:
+        """Sampling steps when a call names none: the prior config's ``sample_steps`` (16
+        unless set; a shipped model's default chosen by measurement, a student's own K)."""
+        return self.prior.config.sample_steps
+
+    @property
     def default_guidance(self) -> float:
         """The guidance the prior's training snapshots used (0 when unconditional)."""
         return self.prior.config.sample_guidance if self.num_classes else 0.0
@@ -244,8 +255,12 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         temperature (the prior's when None)."""
         if temperature is None:
             temperature = self.default_temperature
-        steps = whole_number(steps, "steps")
-        if not 2 <= steps <= self.timesteps:
+        steps = whole_number(self.default_steps if steps is None else steps, "steps")
+        if self.is_student:
+            from ..models.sampling import STUDENT_STEPS
+            if steps not in STUDENT_STEPS:
+                raise ValueError(f"a distilled student samples in 1 or 2 steps, got {steps}")
+        elif not 2 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in 2..{self.timesteps} (the prior's T), got {steps}")
         if guidance is not None and finite(guidance, "guidance") < 0:
             raise ValueError(f"guidance must be >= 0 (0: no guidance), got {guidance}")
@@ -253,7 +268,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
             raise ValueError(f"temperature must be > 0, got {temperature}")
         return steps, temperature
 
-    def __call__(self, class_labels=None, n: int | None = None, *, steps: int = 16,
+    def __call__(self, class_labels=None, n: int | None = None, *, steps: int | None = None,
                  guidance: float | None = None, temperature: float | None = None,
                  evidence_weight: float = DEFAULT_EVIDENCE_WEIGHT,
                  guidance_interval: tuple[float, float] | None = None,
@@ -262,7 +277,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                  output_type: str = "pil", batch_size: int = 256, precision: str | None = None,
                  callback: Callable[[int, int], None] | None = None,
                  progress: bool = False) -> PipelineOutput:
-        """Sample n images in ``steps`` steps.
+        """Sample n images in ``steps`` steps (None: `default_steps`, 16 or a student's K).
 
         class_labels: an id, a name or a list of them (cycled over the n images); None
             samples unconditionally. n defaults to the number of labels (or 1).
@@ -306,6 +321,10 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
         are regenerated, the rest is known. Latent positions whose pixel patch is wholly
         known keep the image's bits. ``paste`` puts the known pixels back over the decoder's
         output (off by default, so the result shows what the prior made)."""
+        if self.is_student:
+            raise ValueError("a distilled student cannot inpaint (it maps noise to a sample in "
+                             "one go); inpaint with its teacher "
+                             f"{self.prior.config.student.teacher or ''}".rstrip())
         check_images(image, one=True)
         check_mask(mask, image)
         x = self.to_tensor(image)[0]
