@@ -9,6 +9,9 @@
     # each command that made the run, exactly as run
     python3 scripts/make_zoo.py model --run runs/zoo-fashion-mnist --name fashion-mnist \
         --command "bld demo --minutes 0 --ae-steps 3200 --prior-steps 5600 --out runs/..."
+    # the sampler's defaults of a shipped model, chosen after training by a measurement
+    # (only the prior config's sample_* keys; the card says which and why)
+    python3 scripts/make_zoo.py sampler --name faces64 --set sample_steps=32 --why "..."
     # after `bld eval --model NAME -n 1000 --out DIR`: the figures into the zoo and its card
     python3 scripts/make_zoo.py figures --name fashion-mnist --eval DIR/report.json
 
@@ -92,6 +95,36 @@ def ship_model(args) -> None:
     print(f"{out}: {sum((out / f).stat().st_size for f in zoo.WEIGHT_FILES) / 2**20:.1f} MB")
 
 
+SAMPLER_KEYS = ("sample_steps", "sample_guidance", "sample_guidance_interval",
+                "sample_temperature")
+
+
+def ship_sampler(args) -> None:
+    """Set a shipped model's sampler defaults (its prior config's sample_* keys), chosen
+    after training from measurements; the card names them and why. The weights and every
+    training setting stay as trained (tests/test_zoo.py replays the card's commands)."""
+    out = zoo.ZOO_DIR / args.name
+    settings = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SAMPLER_KEYS:
+            sys.exit(f"--set {item}: only the sampler's defaults may change ({SAMPLER_KEYS})")
+        settings[key] = json.loads(value)
+    config = json.loads((out / "config.json").read_text())
+    from bld.core.config import config_from_dict
+    config["prior_config"] = {**config["prior_config"], **settings}
+    config_from_dict("prior", config["prior_config"])  # a clear error on a bad value
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    provenance = json.loads((out / "provenance.json").read_text())
+    provenance["sampler"] = {"settings": settings, "why": args.why}
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    (out / zoo.EVAL_FILE).unlink(missing_ok=True)  # measured with the old defaults
+    source = config.get("data", {}).get("source", "")
+    zoo.write_card(args.name, LICENCES.get(source, "see the dataset"))
+    print(f"{out}: sampler defaults {settings}; measure again with bld eval --model "
+          f"{args.name} -n 1000")
+
+
 def ship_figures(args) -> None:
     out = zoo.ZOO_DIR / args.name
     shutil.copyfile(args.eval, out / zoo.EVAL_FILE)
@@ -117,11 +150,17 @@ def main() -> None:
     m.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     m.add_argument("--paused-s", type=float, default=0.0, help="seconds the run was stopped "
                    "(SIGSTOP) while other work had the cores: left out of its minutes")
+    s = sub.add_parser("sampler")
+    s.add_argument("--name", required=True)
+    s.add_argument("--set", action="append", required=True, metavar="KEY=JSON",
+                   help="a sampler default, e.g. sample_steps=32")
+    s.add_argument("--why", required=True, help="the measurement that chose it (for the card)")
     f = sub.add_parser("figures")
     f.add_argument("--name", required=True)
     f.add_argument("--eval", required=True)
     args = p.parse_args()
-    {"classifier": ship_classifier, "model": ship_model, "figures": ship_figures}[args.what](args)
+    {"classifier": ship_classifier, "model": ship_model, "sampler": ship_sampler,
+     "figures": ship_figures}[args.what](args)
 
 
 if __name__ == "__main__":

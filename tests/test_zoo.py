@@ -140,6 +140,15 @@ def test_a_cards_commands_give_the_config_its_weights_carry(name):
     from bld.core.config import config_from_dict
     want = to_dict(config_from_dict("prior", config["prior_config"]))
     got = to_dict(prior)
+    # the sampler's defaults chosen after training (scripts/make_zoo.py sampler), named on
+    # the card; nothing else may differ
+    sampler = json.loads((folder / "provenance.json").read_text()).get("sampler") or {}
+    assert set(sampler.get("settings", {})) <= {"sample_steps", "sample_guidance",
+                                                "sample_guidance_interval",
+                                                "sample_temperature"}
+    for key, value in sampler.get("settings", {}).items():
+        got[key] = value
+        assert f"`{key}` {value}" in (folder / zoo.CARD_FILE).read_text()
     for path_key in ("autoencoder", "latents"):  # where that run kept its files
         got.pop(path_key), want.pop(path_key)
     assert got == want
@@ -185,3 +194,15 @@ def test_a_demo_report_puts_the_run_beside_the_shipped_model(tmp_path, monkeypat
     text = "\n".join(_beside_shipped(run, shipped))
     assert "| class accuracy | 0.81 | 0.93 |" in text and "| recall | 0.15 | 0.45 |" in text
     assert "| FD / reconstruction FD | 2.37 | 1.2 |" in text and "-n 1000" in text
+
+
+@pytest.mark.parametrize("name", REAL_MODELS)
+def test_a_shipped_model_samples_in_its_own_default_steps(name):
+    """`bld sample / eval --model NAME` without --steps sample in the steps its config (and
+    card) give: faces64's 32, chosen by measurement after training."""
+    config = json.loads((zoo.ZOO_DIR / name / "config.json").read_text())
+    pipe = BinaryLatentDiffusionPipeline.from_pretrained(name)
+    assert pipe.default_steps == config["prior_config"]["sample_steps"]
+    seen = []
+    pipe(class_labels=[0], n=1, callback=lambda i, s: seen.append(s))
+    assert seen[-1] == config["prior_config"]["sample_steps"]

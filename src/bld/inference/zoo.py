@@ -209,11 +209,18 @@ def write_card(name: str, licence: str) -> Path:
         f"{prov.get('minutes')} minutes in all"
         + (f" (not counting {prov['paused_s']:.0f} s for which the run was stopped)"
            if prov.get("paused_s") else ""),
-        f"- weights: the EMA weights in {prov.get('dtype')} ({model.size_mb:.1f} MB)", "",
-        "## Figures", ""]
+        f"- weights: the EMA weights in {prov.get('dtype')} ({model.size_mb:.1f} MB)", ""]
+    sampler = prov.get("sampler") or {}
+    if sampler:
+        lines += ["The sampler's defaults were chosen after training, from measurements "
+                  f"({sampler.get('why', '')}): "
+                  + ", ".join(f"`{k}` {v}" for k, v in sampler["settings"].items())
+                  + ". Every other setting is the command's.", ""]
+    lines += ["## Figures", ""]
     if f:
-        lines += [f"Measured by `bld eval --model {name} -n {f.get('n')}` (16 steps, the "
-                  "prior's own guidance), in the feature space of the shipped FD classifier "
+        lines += [f"Measured by `bld eval --model {name} -n {f.get('n')}` "
+                  f"({pr.get('sample_steps', 16)} steps, the prior's own guidance "
+                  f"{pr.get('sample_guidance')}), in the feature space of the shipped FD classifier "
                   f"`{_in_repo(f.get('classifier'))}`:", "",
                   "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
