@@ -95,10 +95,6 @@ def ship_model(args) -> None:
     print(f"{out}: {sum((out / f).stat().st_size for f in zoo.WEIGHT_FILES) / 2**20:.1f} MB")
 
 
-SAMPLER_KEYS = ("sample_steps", "sample_guidance", "sample_guidance_interval",
-                "sample_temperature")
-
-
 def ship_sampler(args) -> None:
     """Set a shipped model's sampler defaults (its prior config's sample_* keys), chosen
     after training from measurements; the card names them and why. The weights and every
@@ -107,8 +103,8 @@ def ship_sampler(args) -> None:
     settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in SAMPLER_KEYS:
-            sys.exit(f"--set {item}: only the sampler's defaults may change ({SAMPLER_KEYS})")
+        if key not in zoo.SAMPLER_KEYS:
+            sys.exit(f"--set {item}: only the sampler's defaults may change ({zoo.SAMPLER_KEYS})")
         settings[key] = json.loads(value)
     config = json.loads((out / "config.json").read_text())
     from bld.core.config import config_from_dict

@@ -152,8 +152,9 @@ def generate(prior: LoadedPrior, ae: BinaryAutoencoder, n: int, *, steps: int = 
                                      return_intermediates=return_trajectory, callback=step_cb)
             else:
                 out = sample(prior.model, prior.diffusion, (b, *shape), steps=steps, y=y,
-                         guidance=guidance, temperature=temperature,
-                         evidence_weight=evidence_weight, guidance_interval=guidance_interval,
+                             guidance=guidance, temperature=temperature,
+                             evidence_weight=evidence_weight,
+                             guidance_interval=guidance_interval,
                              null_label=prior.model.null_label, known=kn, mask=mk,
                              generator=g, device=device,
                              return_intermediates=return_trajectory, callback=step_cb)

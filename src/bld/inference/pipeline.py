@@ -277,7 +277,7 @@ class BinaryLatentDiffusionPipeline(ModelHubMixin, library_name="bld",
                  output_type: str = "pil", batch_size: int = 256, precision: str | None = None,
                  callback: Callable[[int, int], None] | None = None,
                  progress: bool = False) -> PipelineOutput:
-        """Sample n images in ``steps`` steps (None: `default_steps`, 16 or a student's K).
+        """Sample n images in ``steps`` steps (None: `default_steps`, the prior config's).
 
         class_labels: an id, a name or a list of them (cycled over the n images); None
             samples unconditionally. n defaults to the number of labels (or 1).

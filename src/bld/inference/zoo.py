@@ -178,6 +178,12 @@ def classifier_command(dataset: str, steps: int, seed: int, out: str | Path) -> 
     return f"bld train-classifier --data {dataset} --steps {steps} --seed {seed} --out {out}"
 
 
+# the prior config's keys a shipped model's sampler defaults may change after training
+# (scripts/make_zoo.py sampler; its card names them and why)
+SAMPLER_KEYS = ("sample_steps", "sample_guidance", "sample_guidance_interval",
+                "sample_temperature")
+
+
 def write_card(name: str, licence: str) -> Path:
     """The model card (README.md) of zoo model ``name`` from what its folder holds: the
     configs (config.json), how it was made (provenance.json) and what `bld eval` measured
