@@ -131,6 +131,7 @@ def test_eval_command_reports_samples_and_autoencoder(runs, classifier_dir, tmp_
                "--out", out2, "--device", "cpu") == 0
     ae = json.loads((out2 / "eval.json").read_text())["autoencoder"]
     assert ae["n"] == 200 and ae["psnr"] > 0
+    assert "colour_delta_e" not in ae  # grey images: no colour error
 
 
 def test_eval_with_the_wrong_checkpoint_kind_is_clear(runs, tmp_path, capsys):

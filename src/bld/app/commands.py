@@ -296,8 +296,8 @@ def cmd_eval(args) -> None:
         reference, floor = real_reference(xt, min(args.num, len(xt) // 2), seed=args.seed)
         report["autoencoder"] = evaluate_autoencoder(ae, floor, clf, reference)
     else:
-        ev = evaluate_prior(prior, ae, clf, xt, n=args.num,
-                            steps=args.steps or pipe.default_steps,
+        steps = args.steps or pipe.default_steps
+        ev = evaluate_prior(prior, ae, clf, xt, n=args.num, steps=steps,
                             temperature=(prior.config.sample_temperature if args.temperature is None
                                          else args.temperature),
                             evidence_weight=args.evidence_weight,
@@ -310,7 +310,7 @@ def cmd_eval(args) -> None:
         images, per_class = ev.pop("images"), ev.pop("samples_per_class")
         ev.pop("labels")
         save_image(image_grid(images[:100], nrow=10), out / "samples.png")
-        _eval_figures(prior, ae, ae_data, test, xt, out, args)
+        _eval_figures(prior, ae, ae_data, test, xt, out, args, steps)
         report.update(ev)
         if per_class is not None:  # which classes the samples miss
             names = list(prior.classes) or [str(c) for c in range(len(per_class))]
@@ -318,14 +318,14 @@ def cmd_eval(args) -> None:
     print(write_report(report, out))
 
 
-def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args) -> None:
+def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args, steps: int) -> None:
     """The denoising trajectory and, for a conditional prior, per-class rows of samples
     beside real test images."""
     from ..data import dataset_tensors
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
     from .figures import class_rows_figure, trajectory_figure
     pipe = BinaryLatentDiffusionPipeline(ae, prior, ae_data, args.precision)
-    sampling = dict(steps=args.steps or pipe.default_steps, temperature=args.temperature,
+    sampling = dict(steps=steps, temperature=args.temperature,
                     seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance,
                     guidance_interval=_interval(args))

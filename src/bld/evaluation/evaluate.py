@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.metrics import FeatureStats, bit_usage, fd_from_features, precision_recall, psnr, ssim
+from ..core.metrics import (FeatureStats, bit_usage, colour_error, fd_from_features,
+                            precision_recall, psnr, ssim)
 from ..data import dataset_tensors
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -216,7 +217,9 @@ def evaluate_images(classifier: nn.Module, reference: torch.Tensor, floor_images
 def evaluate_autoencoder(ae: nn.Module, images: torch.Tensor, classifier: nn.Module | None = None,
                          reference: torch.Tensor | None = None, batch_size: int = 256
                          ) -> dict[str, float]:
-    """PSNR, SSIM, L1, bit usage and (given a classifier) FD of reconstructions."""
+    """PSNR, SSIM, L1, bit usage, for colour images the colour error (CIE76 delta E per
+    pixel and between mean colours, `bld.core.metrics.colour_error`) and (given a
+    classifier) FD, precision and recall of reconstructions."""
     device = next(ae.parameters()).device
     recon, probs = [], []
     for i in range(0, len(images), batch_size):
@@ -229,6 +232,10 @@ def evaluate_autoencoder(ae: nn.Module, images: torch.Tensor, classifier: nn.Mod
            "l1": (recon_t - images).abs().mean().item(),
            "bit_mean": usage.channel_mean.mean().item(), "dead_bit_fraction": usage.dead_fraction,
            "bit_entropy": usage.bit_entropy, "position_entropy_bits": usage.position_entropy}
+    if images.shape[1] == 3:  # a tint or a colour shift that PSNR alone hides
+        colour = colour_error(recon_t, images)
+        res["colour_delta_e"] = colour.delta_e
+        res["mean_colour_delta_e"] = colour.mean_colour_delta_e
     if classifier is not None:
         # the same figures as for samples (`evaluate_images`): FD, precision / recall against
         # the reference at the same N (the first N reference features for precision/recall)
