@@ -233,3 +233,42 @@ def test_sampler_settings_take_an_evidence_weight_only_where_the_sampler_has_one
         measures.sampler_setting("2:0:0.6:1.3:0.5:1", evidence=True)
     with pytest.raises(ValueError, match="temperature > 0"):
         measures.sampler_setting("2:0:0.6:0:0.5", evidence=True)
+
+
+def test_heldout_collects_each_runs_report_into_one_table(tmp_path):
+    """benchmarks/heldout.py --collect: a row per finished `bld train` run, class accuracy as
+    a share of the FD classifier's, issue 33's bar judged per row, the diagnosis and the
+    sample grid beside the table; a missing run is an error that says how to make it."""
+    from PIL import Image
+    runs = tmp_path / "runs"
+
+    def report(name, recon_acc, sample_acc, recall):
+        run = runs / f"heldout-{name}-20"
+        run.mkdir(parents=True)
+        (run / "report.json").write_text(json.dumps({
+            "classes": ["a", "b", "c"], "diagnosis": [f"{name}: the prior is the limit"],
+            "probe": {"picked": "16x16x32"},
+            "times": {"total_s": 1200.0, "classifier_s": 400.0, "probe_s": 100.0,
+                      "autoencoder_s": 300.0, "prior_s": 250.0},
+            "figures": {"classifier_test_accuracy": 0.9, "reconstruction_class_accuracy":
+                        recon_acc, "sample_class_accuracy": sample_acc, "sample_recall": recall,
+                        "reconstruction_psnr_db": 24.0, "reconstruction_recall": 0.5,
+                        "fd_ratio_samples_to_recon": 2.0, "eval_n": 80}}))
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(run / "samples.png")
+
+    report("one", 0.81, 0.72, 0.2)   # 0.9 and 0.8 of the classifier's, recall 0.2: met
+    report("two", 0.81, 0.54, 0.2)   # samples 0.6 of it: missed
+    out = tmp_path / "out"
+    args = ["--minutes", "20", "--runs", str(runs), "--collect", "--out", str(out)]
+    res = _bench("heldout.py", "--folders", "one", "two", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads((out / "heldout_20min.json").read_text())["results"]["rows"]
+    assert [r["folder"] for r in rows] == ["one", "two"]
+    assert rows[0]["recon_share"] == pytest.approx(0.9) and rows[0]["sample_share"] == pytest.approx(0.8)
+    assert rows[0]["minutes"] == pytest.approx(20.0)
+    assert [r["bar_met"] for r in rows] == [True, False]
+    md = (out / "heldout_20min.md").read_text()
+    assert "one: the prior is the limit" in md and "heldout_20min_two_samples.png" in md
+    assert (out / "heldout_20min_one_samples.png").exists()
+    missing = _bench("heldout.py", "--folders", "three", *args)
+    assert missing.returncode != 0 and "run without --collect" in missing.stderr
