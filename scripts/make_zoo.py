@@ -91,8 +91,15 @@ def ship_model(args) -> None:
                   "run_figures": report.get("figures", {})}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     zoo.write_manifest(out, {"name": args.name}, zoo.WEIGHT_FILES)
-    zoo.write_card(args.name, LICENCES.get(pipe.data.get("source", ""), "see the dataset"))
+    write_card(args.name)
     print(f"{out}: {sum((out / f).stat().st_size for f in zoo.WEIGHT_FILES) / 2**20:.1f} MB")
+
+
+def write_card(name: str) -> None:
+    """(Re)write zoo model ``name``'s card, with the licence of the data its config names."""
+    config = json.loads((zoo.ZOO_DIR / name / "config.json").read_text())
+    source = config.get("data", {}).get("source", "")
+    zoo.write_card(name, LICENCES.get(source, "see the dataset"))
 
 
 def ship_sampler(args) -> None:
@@ -115,8 +122,7 @@ def ship_sampler(args) -> None:
     provenance["sampler"] = {"settings": settings, "why": args.why}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     (out / zoo.EVAL_FILE).unlink(missing_ok=True)  # measured with the old defaults
-    source = config.get("data", {}).get("source", "")
-    zoo.write_card(args.name, LICENCES.get(source, "see the dataset"))
+    write_card(args.name)
     print(f"{out}: sampler defaults {settings}; measure again with bld eval --model "
           f"{args.name} -n 1000")
 
@@ -124,8 +130,7 @@ def ship_sampler(args) -> None:
 def ship_figures(args) -> None:
     out = zoo.ZOO_DIR / args.name
     shutil.copyfile(args.eval, out / zoo.EVAL_FILE)
-    source = json.loads((out / "config.json").read_text()).get("data", {}).get("source", "")
-    zoo.write_card(args.name, LICENCES.get(source, "see the dataset"))
+    write_card(args.name)
     print(zoo.describe(args.name).summary())
 
 

@@ -325,8 +325,7 @@ def _eval_figures(prior, ae, ae_data, test, xt, out: Path, args, steps: int) -> 
     from ..inference.pipeline import BinaryLatentDiffusionPipeline
     from .figures import class_rows_figure, trajectory_figure
     pipe = BinaryLatentDiffusionPipeline(ae, prior, ae_data, args.precision)
-    sampling = dict(steps=steps, temperature=args.temperature,
-                    seed=args.seed,
+    sampling = dict(steps=steps, temperature=args.temperature, seed=args.seed,
                     evidence_weight=args.evidence_weight, guidance=args.guidance,
                     guidance_interval=_interval(args))
     trajectory_figure(pipe, out / "trajectory.png", **sampling)
