@@ -198,14 +198,18 @@ def _rotated(noise: torch.Tensor, k: int, shift: float) -> torch.Tensor:
     return noise if shift == 0 else torch.remainder(noise + k * shift, 1.0)
 
 
+def _check_noise_shape(noise: torch.Tensor, shape) -> None:
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise {tuple(noise.shape)} must have the sample shape {tuple(shape)}")
+
+
 def _check_noise(noise: torch.Tensor | None, shape, device: torch.device,
                  diffusion: BernoulliDiffusion) -> torch.Tensor | None:
     """The coupled sampler's uniforms on ``device``, checked: the sample's shape, values in
     [0, 1), and the per-bit head (the grouped head draws patterns, not bits)."""
     if noise is None:
         return None
-    if tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"noise {tuple(noise.shape)} must have the sample shape {tuple(shape)}")
+    _check_noise_shape(noise, shape)
     if diffusion.grouped:
         raise ValueError("coupled sampling (noise=) needs the per-bit head (bit_group 1); the "
                          "grouped head draws a pattern per group")
@@ -339,8 +343,8 @@ def student_sample(model: Denoiser, diffusion: BernoulliDiffusion, shape: tuple[
     if noise is None:
         u = torch.rand(shape, generator=generator, device=device)
         noise = u if design == "coupled" else (u < 0.5).float()
-    elif tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"noise {tuple(noise.shape)} must have the sample shape {tuple(shape)}")
+    else:
+        _check_noise_shape(noise, shape)
     noise = noise.to(device)
     y = None if y is None else y.to(device)
     z = student_bits(student_logits(model, diffusion, design, noise, y), bits, temperature,
